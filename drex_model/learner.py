@@ -1,0 +1,603 @@
+"""The online DReX learner: predict, then learn, one t-batch at a time.
+
+Update order (leak-free; the same in ``drex evaluate``, ``drex replay`` and the
+streaming worker, which all call :meth:`DReXLearner.learn_many`):
+
+1. Each user and item holds a *memory* (its representation after the interactions
+   already folded in, detached) and at most one *pending message*: the review and
+   rating of its latest interaction, not yet folded in.
+2. A batch of interactions is cut into t-batches in which every user and every item
+   appears at most once (JODIE), kept in event-time order.
+3. For each interaction (u, i) of a t-batch, the pending messages of u and of i are
+   folded into their memories with the GRUs (eqs. 4-7) *with gradient*: this is where
+   the review head, rating projection, fusion and GRUs get trained, as in temporal graph
+   networks (TGN), whose stored messages update memory at the next batch.
+4. The rating of (u, i) is predicted from those representations. This is the score
+   that evaluation reports: it depends on interactions before (u, i) only, never on
+   the rating or review of (u, i) itself.
+5. Loss = MSE + lambda/2 (|u|^2 + |i|^2) (eq. 8) over the rated interactions;
+   zero_grad -> backward -> clip -> step (Adam for the dense network, SparseAdam for
+   per-entity parameters), in :meth:`DReXLearner._step`, the one place that calls
+   ``backward()``.
+6. The new memories are stored (detached) and (u, i)'s own review and rating become the
+   pending message of both u and i.
+
+The paper folds an interaction in and then predicts that same interaction's rating from
+the updated embeddings, so its loss can read the label from its input (the
+``drex-paper`` variant keeps the paper's architecture and loss in this leak-free order).
+
+Notation: B interactions in a t-batch, D embedding size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from drex_model.explain import KeywordProfiles, explain, word_weights
+from drex_model.model import DReX, DReXConfig, PreferenceInit
+from drex_model.text import ReviewCache, TextEncoder
+from drex_model.types import Interaction
+
+
+class EntityTable(nn.Module):
+    """Per-entity state of one side (users or items), growing as new ids arrive.
+
+    Learnable (sparse gradients): initial representation, bias, static embedding.
+    Not learnable: memory, whether it is set, the pending message, interaction count.
+    """
+
+    memory: torch.Tensor  # (N, D) representation after the folded interactions
+    has_memory: torch.Tensor  # (N,) bool: False -> the initial representation
+    pending_review: torch.Tensor  # (N,) review id of the pending message, -1 none
+    pending_rating: torch.Tensor  # (N,) rating of the pending message, nan none
+    has_pending: torch.Tensor  # (N,) bool
+    count: torch.Tensor  # (N,) interactions applied, all passes
+    rating_sum: torch.Tensor  # (N,) ratings folded this pass
+    rating_count: torch.Tensor  # (N,)
+
+    def __init__(self, config: DReXConfig, generator: torch.Generator, capacity: int = 64) -> None:
+        super().__init__()
+        self.config = config
+        self.generator = generator
+        self.index: dict[str, int] = {}
+        self.ids: list[str] = []
+        d = config.dim
+        self.init = nn.Parameter(torch.zeros(0, d))
+        self.bias = nn.Parameter(torch.zeros(0))
+        self.static = nn.Parameter(torch.zeros(0, d))
+        self.register_buffer("memory", torch.zeros(0, d))
+        self.register_buffer("has_memory", torch.zeros(0, dtype=torch.bool))
+        self.register_buffer("pending_review", torch.zeros(0, dtype=torch.long))  # -1: none
+        self.register_buffer("pending_rating", torch.zeros(0))  # nan: none
+        self.register_buffer("has_pending", torch.zeros(0, dtype=torch.bool))
+        self.register_buffer("count", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("rating_sum", torch.zeros(0))  # ratings of this pass
+        self.register_buffer("rating_count", torch.zeros(0))
+        self._grow(capacity)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _grow(self, capacity: int) -> dict[str, tuple[nn.Parameter, nn.Parameter]]:
+        """Enlarge every row tensor to ``capacity``; returns {name: (old, new)} params."""
+        old_n = self.init.shape[0]
+        extra = capacity - old_n
+        d = self.config.dim
+        fresh = torch.randn(extra, d, generator=self.generator) * self.config.init_std
+        swapped = {}
+        for name, tail in (
+            ("init", fresh),
+            ("bias", torch.zeros(extra)),
+            ("static", torch.zeros(extra, d)),
+        ):
+            old = getattr(self, name)
+            new = nn.Parameter(torch.cat([old.detach(), tail.to(old.device)]))
+            setattr(self, name, new)
+            swapped[name] = (old, new)
+        for name, fill in (
+            ("memory", 0.0),
+            ("has_memory", False),
+            ("pending_review", -1),
+            ("pending_rating", math.nan),
+            ("has_pending", False),
+            ("count", 0),
+            ("rating_sum", 0.0),
+            ("rating_count", 0.0),
+        ):
+            buf = getattr(self, name)
+            tail = torch.full((extra, *buf.shape[1:]), fill, dtype=buf.dtype, device=buf.device)
+            setattr(self, name, torch.cat([buf, tail]))
+        return swapped
+
+    def lookup(self, ids: Sequence[str]) -> tuple[torch.Tensor, dict[str, tuple[Any, Any]]]:
+        """Row indices for ``ids``, registering unseen ones (may grow the table)."""
+        for key in ids:
+            if key not in self.index:
+                self.index[key] = len(self.ids)
+                self.ids.append(key)
+        swapped: dict[str, tuple[Any, Any]] = {}
+        if len(self.ids) > self.init.shape[0]:
+            swapped = self._grow(max(len(self.ids), 2 * self.init.shape[0]))
+        rows = torch.tensor([self.index[k] for k in ids], dtype=torch.long)
+        return rows.to(self.memory.device), swapped
+
+    def known(self, ids: Sequence[str]) -> torch.Tensor:
+        return torch.tensor([k in self.index for k in ids], dtype=torch.bool)
+
+    def reset_memory(self) -> None:
+        """Back to the initial representations (the start of a training pass)."""
+        self.has_memory.zero_()
+        self.has_pending.zero_()
+        self.pending_review.fill_(-1)
+        self.pending_rating.fill_(math.nan)
+        self.rating_sum.zero_()
+        self.rating_count.zero_()
+
+
+class DReXLearner:
+    """DReX as an online learner (River style): ``predict_one``, ``learn_one``,
+    ``learn_many``, ``rank``. See the module docstring for the update order.
+
+    >>> from drex_model.types import Interaction
+    >>> learner = DReXLearner(DReXConfig.for_variant("drex", use_text=False), seed=0)
+    >>> scored = learner.learn_many([Interaction("ann", "amp", 5.0, None, 1.0),
+    ...                              Interaction("bob", "amp", 4.0, None, 2.0)])
+    >>> len(scored), 1.0 <= learner.predict_one("ann", "amp") <= 5.0
+    (2, True)
+    """
+
+    def __init__(
+        self,
+        config: DReXConfig,
+        encoder: TextEncoder | None = None,
+        cache: ReviewCache | None = None,
+        seed: int = 0,
+        device: str = "cpu",
+        n_items_hint: int = 0,
+        n_users_hint: int = 0,
+    ) -> None:
+        if config.use_text and encoder is None and cache is None:
+            config = _replace(config, use_text=False)
+        self.config = config
+        self.device = torch.device(device)
+        torch.manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.encoder = encoder
+        self.cache = (
+            cache
+            if cache is not None
+            else (
+                ReviewCache(encoder.hidden_size)
+                if encoder is not None
+                else ReviewCache(config.encoder_dim)
+            )
+        )
+        self.model = DReX(config).to(self.device)
+        self.users = EntityTable(config, self.generator, max(n_users_hint, 64)).to(self.device)
+        self.items = EntityTable(config, self.generator, max(n_items_hint, 64)).to(self.device)
+        self.user_keywords = KeywordProfiles()
+        self.item_keywords = KeywordProfiles()
+        self.track_keywords = True
+        self.step = 0
+        self._accumulated = 0  # rated interactions in the gradient not yet stepped
+        self.pref_nets: nn.ModuleDict | None = None
+        self._prefs: dict[str, torch.Tensor] = {}
+        self._ratings: dict[tuple[str, str], float] = {}  # drex-mlp's preference vectors
+        self._seen: dict[str, set[str]] = {}  # user -> items it interacted with
+        if config.preference_init:
+            self._catalogue = (n_users_hint, n_items_hint)
+            if n_users_hint <= 0 or n_items_hint <= 0:
+                raise ValueError("drex-mlp needs the catalogue sizes (n_users_hint, n_items_hint)")
+            self.pref_nets = nn.ModuleDict(
+                {
+                    "user": PreferenceInit(n_items_hint, config.dim),
+                    "item": PreferenceInit(n_users_hint, config.dim),
+                }
+            ).to(self.device)
+        dense = list(self.model.parameters())
+        if self.pref_nets is not None:
+            dense += list(self.pref_nets.parameters())
+        self.optimizer = torch.optim.Adam(dense, lr=config.lr)
+        self.sparse_optimizer = torch.optim.SparseAdam(self._entity_params(), lr=config.lr)
+
+    # ---- state ------------------------------------------------------------------------
+
+    def _entity_params(self) -> list[nn.Parameter]:
+        return [
+            self.users.init,
+            self.users.bias,
+            self.users.static,
+            self.items.init,
+            self.items.bias,
+            self.items.static,
+        ]
+
+    def _rows(self, table: EntityTable, ids: Sequence[str]) -> torch.Tensor:
+        rows, swapped = table.lookup(ids)
+        for old, new in swapped.values():  # carry SparseAdam's moments over to the grown rows
+            state = self.sparse_optimizer.state.pop(old, None)
+            for group in self.sparse_optimizer.param_groups:
+                group["params"] = [new if p is old else p for p in group["params"]]
+            if state:
+                for key, val in state.items():
+                    if torch.is_tensor(val) and val.shape[:1] == old.shape[:1]:
+                        pad = torch.zeros(
+                            (new.shape[0] - old.shape[0], *val.shape[1:]),
+                            dtype=val.dtype,
+                            device=val.device,
+                        )
+                        state[key] = torch.cat([val, pad])
+                self.sparse_optimizer.state[new] = state
+        return rows
+
+    def reset_memory(self) -> None:
+        """Start a new pass over the data: every representation back to its initial one."""
+        self.users.reset_memory()
+        self.items.reset_memory()
+
+    def refresh_preferences(self) -> None:
+        """DReX-MLP: rebuild preference vectors from the ratings learned so far.
+
+        Called between passes, never inside one, so a pass never sees its own labels.
+        """
+        if self.pref_nets is None:
+            return
+        nu, ni = self._catalogue
+        rows, cols, vals = [], [], []
+        for (u, i), r in self._ratings.items():
+            rows.append(self.users.index[u])
+            cols.append(self.items.index[i])
+            vals.append(r / self.config.rating_levels)
+        idx = torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1)
+        val = torch.tensor(vals, dtype=torch.float32)
+        mat = torch.sparse_coo_tensor(idx, val, (nu, ni)).coalesce().to(self.device)
+        self._prefs = {"users": mat, "items": mat.t().coalesce()}
+
+    # ---- the forward pieces -----------------------------------------------------------
+
+    def _initial(self, side: str, table: EntityTable, rows: torch.Tensor) -> torch.Tensor:
+        if self.pref_nets is not None and side in self._prefs:
+            prefs = self._prefs[side].index_select(0, rows).to_dense()  # (B, N)
+            return self.pref_nets[side[:-1]](prefs)
+        return table.init[rows]
+
+    def _current(
+        self,
+        side: str,
+        table: EntityTable,
+        rows: torch.Tensor,
+        keywords: KeywordProfiles | None = None,
+    ) -> torch.Tensor:
+        """Representations ``(B, D)`` with each row's pending message folded in."""
+        prev = torch.where(
+            table.has_memory[rows, None], table.memory[rows], self._initial(side, table, rows)
+        )  # (B, D)
+        pend = table.has_pending[rows].nonzero().squeeze(-1)
+        if len(pend) == 0:
+            return prev
+        prow = rows[pend]
+        review_ids = table.pending_review[prow]
+        rating = table.pending_rating[prow]
+        has_text = (review_ids >= 0).float()
+        tokens, mask = self.cache.batch(review_ids.tolist())
+        tokens, mask = tokens.to(self.device), mask.to(self.device)
+        x, attn = self.model.interaction(
+            tokens, mask, has_text, rating.nan_to_num(0.0), (~rating.isnan()).float()
+        )  # (P, D), (P, T)
+        gru = self.model.memory.user if side == "users" else self.model.memory.item
+        folded = gru(x, prev[pend])  # (P, D)
+        if keywords is not None and self.config.use_text:
+            for row, j, a in zip(prow.tolist(), review_ids.tolist(), attn.detach(), strict=True):
+                if j >= 0:
+                    keywords.add(table.ids[row], word_weights(self.cache.reviews[j], a))
+        return prev.index_copy(0, pend, folded)
+
+    def _represent(self, table: EntityTable, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        if self.config.static_embeddings:
+            return h + table.static[rows]
+        return h
+
+    def _predict_rows(
+        self, urows: torch.Tensor, irows: torch.Tensor, hu: torch.Tensor, hi: torch.Tensor
+    ) -> torch.Tensor:
+        u = self._represent(self.users, urows, hu)
+        i = self._represent(self.items, irows, hi)
+        pred = self.model.predict(
+            u, i, self.users.bias[urows], self.items.bias[irows], self._deviations(urows, irows)
+        )
+        return pred + self._mean()
+
+    def _mean(self) -> torch.Tensor:
+        """Mean of the ratings folded in so far this pass (scale midpoint before any).
+
+        The rating head predicts around it: a global offset from state, not from data the
+        prediction should not have seen.
+        """
+        n = self.users.rating_count.sum()
+        midpoint = (1.0 + self.config.rating_levels) / 2
+        return torch.where(
+            n > 0,
+            self.users.rating_sum.sum() / n.clamp(min=1.0),
+            torch.tensor(midpoint, device=n.device),
+        )
+
+    def _deviations(self, urows: torch.Tensor, irows: torch.Tensor) -> torch.Tensor:
+        """Shrunk mean rating deviations ``(B, 2)`` of each user and item, from state.
+
+        sum(r - mean) / (n + k) over the ratings folded in so far this pass: the classic
+        baseline estimator, kept as running sums so that it streams.
+        """
+        return torch.stack(
+            [self._deviation(self.users, urows), self._deviation(self.items, irows)], dim=-1
+        )
+
+    def _deviation(self, table: EntityTable, rows: torch.Tensor) -> torch.Tensor:
+        n = table.rating_count[rows]
+        return (table.rating_sum[rows] - n * self._mean()) / (n + self.config.shrinkage)  # (B,)
+
+    # ---- learning ---------------------------------------------------------------------
+
+    def learn_many(self, interactions: Sequence[Interaction], progress: bool = False) -> np.ndarray:
+        """Score each interaction, then learn from it (see the module docstring).
+
+        Returns the prediction scored for each interaction, in input order, clipped to
+        the rating scale: each one was computed before that interaction was used.
+        """
+        if not interactions:
+            return np.zeros(0)
+        review_ids = self._review_ids(interactions, progress)
+        urows = self._rows(self.users, [x.user for x in interactions])
+        irows = self._rows(self.items, [x.item for x in interactions])
+        rating = torch.tensor(
+            [math.nan if x.rating is None else x.rating for x in interactions],
+            dtype=torch.float32,
+            device=self.device,
+        )
+        out = torch.empty(len(interactions))
+        batches = t_batches(urows.tolist(), irows.tolist(), self.config.batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="learning", unit="t-batch", leave=False)
+        self.model.train()
+        for b in batches:
+            bt = torch.tensor(b, dtype=torch.long)
+            out[bt] = self._learn_batch(
+                urows[bt], irows[bt], rating[bt], review_ids[bt], [interactions[j] for j in b]
+            ).cpu()
+        lo, hi = 1.0, float(self.config.rating_levels)
+        return out.clamp(lo, hi).numpy().astype(np.float64)
+
+    def learn_one(
+        self,
+        user: str,
+        item: str,
+        rating: float | None = None,
+        text: str | None = None,
+        timestamp: float = 0.0,
+    ) -> float:
+        """Score one interaction, then learn from it; returns the score."""
+        return float(self.learn_many([Interaction(user, item, rating, text, timestamp)])[0])
+
+    def _review_ids(self, interactions: Sequence[Interaction], progress: bool) -> torch.Tensor:
+        ids = torch.full((len(interactions),), -1, dtype=torch.long)
+        if not self.config.use_text:
+            return ids
+        with_text = [j for j, x in enumerate(interactions) if x.text]
+        cached = [self.cache.lookup(interactions[j].text or "") for j in with_text]
+        if self.encoder is None and any(c is None for c in cached):
+            raise RuntimeError("a review is not in the cache and the learner has no encoder")
+        if with_text:
+            assert self.encoder is not None or all(c is not None for c in cached)
+            if any(c is None for c in cached):
+                assert self.encoder is not None
+                found = self.cache.add(
+                    self.encoder, [interactions[j].text or "" for j in with_text], progress
+                )
+            else:
+                found = [int(c) for c in cached if c is not None]
+            ids[with_text] = torch.tensor(found, dtype=torch.long)
+        return ids.to(self.device)
+
+    def _learn_batch(
+        self,
+        urows: torch.Tensor,
+        irows: torch.Tensor,
+        rating: torch.Tensor,
+        review_ids: torch.Tensor,
+        batch: Sequence[Interaction],
+    ) -> torch.Tensor:
+        uk = self.user_keywords if self.track_keywords else None
+        ik = self.item_keywords if self.track_keywords else None
+        hu = self._current("users", self.users, urows, uk)  # (B, D) before this interaction
+        hi = self._current("items", self.items, irows, ik)  # (B, D)
+        pred = self._predict_rows(urows, irows, hu, hi)  # (B,) the score evaluation sees
+        rated = ~rating.isnan()
+        if rated.any():
+            self._step(pred[rated], rating[rated], urows[rated], irows[rated], hu[rated], hi[rated])
+        with torch.no_grad():
+            for table, rows, h in ((self.users, urows, hu), (self.items, irows, hi)):
+                table.memory[rows] = h.detach()
+                table.has_memory[rows] = True
+                table.pending_review[rows] = review_ids
+                table.pending_rating[rows] = rating
+                table.has_pending[rows] = True
+                table.count[rows] += 1
+                table.rating_sum[rows] += rating.nan_to_num(0.0)
+                table.rating_count[rows] += (~rating.isnan()).float()
+        for x in batch:
+            self._seen.setdefault(x.user, set()).add(x.item)
+            if x.rating is not None and self.pref_nets is not None:
+                self._ratings[(x.user, x.item)] = x.rating
+        return pred.detach()
+
+    def _step(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        urows: torch.Tensor,
+        irows: torch.Tensor,
+        hu: torch.Tensor,
+        hi: torch.Tensor,
+    ) -> None:
+        """Eq. 8, accumulated until ``step_size`` rated interactions, then one Adam step.
+
+        The only place that calls ``backward()``. Gradients are summed over t-batches and
+        divided by ``step_size``: the late t-batches of a pass hold only the few most
+        active users and items, and one full step for each would let them drag the shared
+        network about (seen as end-of-pass swings in validation error).
+        """
+        cfg = self.config
+        per_example = (pred - target).pow(2)
+        per_example = per_example + cfg.l2 / 2 * (hu.pow(2).sum(-1) + hi.pow(2).sum(-1))
+        if cfg.bias_terms or cfg.static_embeddings:
+            per_example = per_example + cfg.bias_l2 / 2 * (
+                self.users.bias[urows].pow(2)
+                + self.items.bias[irows].pow(2)
+                + self.users.static[urows].pow(2).sum(-1)
+                + self.items.static[irows].pow(2).sum(-1)
+            )
+        loss = per_example.sum() / cfg.step_size
+        loss.backward()  # type: ignore[no-untyped-call]
+        self._accumulated += len(pred)
+        if self._accumulated < cfg.step_size:
+            return
+        for p in self._entity_params():  # SparseAdam takes sparse gradients only
+            if p.grad is not None:
+                p.grad = p.grad.to_sparse(1) if p.grad.dim() == 2 else p.grad.to_sparse()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.grad_clip)
+        self.optimizer.step()
+        self.sparse_optimizer.step()  # type: ignore[no-untyped-call]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.sparse_optimizer.zero_grad(set_to_none=True)
+        self._accumulated = 0
+        self.step += 1
+
+    # ---- prediction -------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def predict_many(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
+        """Predicted ratings (clipped to 1..S) from the current state; learns nothing.
+
+        Unknown users or items get their initial representation and zero bias.
+        """
+        self.model.eval()
+        urows = self._rows(self.users, users)
+        irows = self._rows(self.items, items)
+        hu = self._current("users", self.users, urows)
+        hi = self._current("items", self.items, irows)
+        pred = self._predict_rows(urows, irows, hu, hi)
+        return pred.clamp(1.0, float(self.config.rating_levels)).cpu().numpy().astype(np.float64)
+
+    def predict_one(self, user: str, item: str) -> float:
+        return float(self.predict_many([user], [item])[0])
+
+    @torch.inference_mode()
+    def score_matrix(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
+        """Unclipped scores ``(U, I)`` for every pair, for ranking (clipping would tie)."""
+        self.model.eval()
+        urows = self._rows(self.users, users)
+        irows = self._rows(self.items, items)
+        out = []
+        for s in range(0, len(urows), 512):
+            ur = urows[s : s + 512]
+            u = self._represent(self.users, ur, self._current("users", self.users, ur))
+            i = self._represent(self.items, irows, self._current("items", self.items, irows))
+            scores = self.model.head.score_all(u, i) + self._mean()  # (U, I)
+            if self.config.bias_terms:
+                scores = scores + self.users.bias[ur, None] + self.items.bias[None, irows]
+            if self.config.running_bias:
+                w = self.model.deviation_weight
+                scores = scores + w[0] * self._deviation(self.users, ur)[:, None]
+                scores = scores + w[1] * self._deviation(self.items, irows)[None, :]
+            out.append(scores)
+        return torch.cat(out).cpu().numpy().astype(np.float64)
+
+    def rank(
+        self, user: str, items: Sequence[str] | None = None, k: int = 10, exclude_seen: bool = True
+    ) -> list[tuple[str, float, list[str]]]:
+        """Top-k (item, predicted rating, keyword explanation) for ``user``."""
+        candidates = list(items) if items is not None else list(self.items.ids)
+        if exclude_seen:
+            seen = self._seen.get(user, set())
+            candidates = [i for i in candidates if i not in seen]
+        if not candidates:
+            return []
+        scores = self.score_matrix([user], candidates)[0]
+        order = np.argsort(-scores, kind="stable")[:k]
+        lo, hi = 1.0, float(self.config.rating_levels)
+        return [
+            (
+                candidates[j],
+                float(np.clip(scores[j], lo, hi)),
+                explain(self.user_keywords, self.item_keywords, user, candidates[j]),
+            )
+            for j in order
+        ]
+
+    @torch.inference_mode()
+    def rebuild_keywords(self, interactions: Sequence[Interaction], chunk: int = 256) -> None:
+        """Keyword profiles from scratch: each review's attention under the current model,
+        summed per word into its user's and its item's profile (the paper takes them from
+        the final pass of training)."""
+        self.user_keywords.clear()
+        self.item_keywords.clear()
+        if not self.config.use_text:
+            return
+        self.model.eval()
+        review_ids = self._review_ids(interactions, progress=False).tolist()
+        for s in range(0, len(interactions), chunk):
+            ids = review_ids[s : s + chunk]
+            tokens, mask = self.cache.batch(ids)
+            _, attn = self.model.review(tokens.to(self.device), mask.to(self.device))
+            for x, j, a in zip(interactions[s : s + chunk], ids, attn, strict=True):
+                if j >= 0:
+                    weights = word_weights(self.cache.reviews[j], a)
+                    self.user_keywords.add(x.user, weights)
+                    self.item_keywords.add(x.item, weights)
+
+    # ---- introspection ----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors only (dense network, entity tables, optimisers), for safe checkpoints."""
+        return {
+            "model": self.model.state_dict(),
+            "users": self.users.state_dict(),
+            "items": self.items.state_dict(),
+        }
+
+
+def t_batches(users: Sequence[int], items: Sequence[int], max_size: int) -> list[list[int]]:
+    """Cut an event-ordered sequence into batches where each user and item appears once.
+
+    Interaction n goes to the batch after the last one holding its user or its item, so
+    every entity's interactions stay in order across batches (JODIE's t-batch).
+
+    >>> t_batches([0, 0, 1, 2], [5, 6, 5, 7], max_size=10)
+    [[0, 3], [1, 2]]
+    """
+    last_u: dict[int, int] = {}
+    last_i: dict[int, int] = {}
+    batches: list[list[int]] = []
+    for n, (u, i) in enumerate(zip(users, items, strict=True)):
+        b = max(last_u.get(u, -1), last_i.get(i, -1)) + 1
+        while b < len(batches) and len(batches[b]) >= max_size:
+            b += 1
+        if b == len(batches):
+            batches.append([])
+        batches[b].append(n)
+        last_u[u] = last_i[i] = b
+    return batches
+
+
+def _replace(config: DReXConfig, **changes: Any) -> DReXConfig:
+    from dataclasses import replace
+
+    return replace(config, **changes)

@@ -1,0 +1,51 @@
+"""Fixtures shared by every test tier."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer, 32-wide BERT with the bundled MiniLM's real uncased tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    from drex_model.text import default_encoder_path
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    source = Path(default_encoder_path())
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, path / name)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_encoder_dir: Path):  # type: ignore[no-untyped-def]
+    from drex_model.text import TextEncoder
+
+    return TextEncoder(str(tiny_encoder_dir), max_tokens=32, device="cpu", precision="fp32")
+
+
+def shared_dataset(name: str) -> Path:
+    """A file of ../shared/data, or a clean skip when the folder is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"shared data folder absent: {path} (tests that read it are skipped)")
+    return path

@@ -1,0 +1,31 @@
+"""Keyword profiles (word -> summed attention) and overlap explanations."""
+
+from __future__ import annotations
+
+import torch
+
+from drex_model.explain import KeywordProfiles, explain, word_weights
+from drex_model.text import EncodedReview
+
+
+def test_word_weights_sum_word_pieces_of_each_word() -> None:
+    review = EncodedReview(
+        words=["tone", "unbelievable", "tone"],
+        tokens=torch.zeros(4, 3, dtype=torch.float16),
+        word_of_token=torch.tensor([0, 1, 1, 2]),
+    )
+    weights = word_weights(review, torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0]))
+    assert weights == {"tone": 0.5, "unbelievable": 0.5} or (
+        abs(weights["tone"] - 0.5) < 1e-6 and abs(weights["unbelievable"] - 0.5) < 1e-6
+    )
+
+
+def test_profiles_accumulate_and_explanations_are_the_top_k_overlap() -> None:
+    users, items = KeywordProfiles(), KeywordProfiles()
+    users.add("ann", {"tone": 1.0, "price": 0.9})
+    users.add("ann", {"tone": 0.5, "strap": 0.2})
+    items.add("amp", {"strap": 2.0, "tone": 1.0, "loud": 3.0})
+    assert users.top("ann", 2) == [("tone", 1.5), ("price", 0.9)]
+    assert explain(users, items, "ann", "amp", k=3) == ["tone", "strap"]
+    assert explain(users, items, "ann", "amp", k=1) == []
+    assert explain(users, items, "nobody", "amp") == []

@@ -1,0 +1,148 @@
+"""The learner contract, checked for every variant, and the leak-free update order."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from drex_model.learner import DReXLearner, t_batches
+from drex_model.model import VARIANTS, DReXConfig
+from drex_model.text import TextEncoder
+from drex_model.types import Interaction
+
+WORDS = ["tone", "cheap", "sturdy", "strap", "noise", "great", "broke", "tune", "warm", "value"]
+
+
+def stream(n: int = 60, users: int = 8, items: int = 6, seed: int = 0) -> list[Interaction]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(n):
+        words = " ".join(rng.choice(WORDS, size=int(rng.integers(2, 7))))
+        out.append(
+            Interaction(
+                f"u{rng.integers(users)}",
+                f"i{rng.integers(items)}",
+                float(rng.integers(1, 6)),
+                f"the {words}",
+                float(t),
+            )
+        )
+    return out
+
+
+def make(variant: str, encoder: TextEncoder, seed: int = 0, **overrides: object) -> DReXLearner:
+    config = DReXConfig.for_variant(
+        variant, dim=8, encoder_dim=encoder.hidden_size, step_size=4, **overrides
+    )  # type: ignore[arg-type]
+    return DReXLearner(config, encoder=encoder, seed=seed, n_users_hint=8, n_items_hint=6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_changing_interaction_n_leaves_its_own_score_unchanged(
+    variant: str, tiny_encoder: TextEncoder
+) -> None:
+    """The pin of the update order: the score for n never sees n's rating or review."""
+    data = stream()
+    n = 37
+    changed = list(data)
+    x = data[n]
+    changed[n] = dataclasses.replace(
+        x, rating=6.0 - (x.rating or 3.0), text="utterly different words"
+    )
+    a = make(variant, tiny_encoder).learn_many(data)
+    b = make(variant, tiny_encoder).learn_many(changed)
+    assert np.array_equal(a[: n + 1], b[: n + 1])
+    assert not np.array_equal(a[n + 1 :], b[n + 1 :])  # later scores do learn from it
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_learner_contract(variant: str, tiny_encoder: TextEncoder) -> None:
+    learner = make(variant, tiny_encoder)
+    data = stream()
+    scores = learner.learn_many(data)
+    assert scores.shape == (len(data),) and np.all((scores >= 1) & (scores <= 5))
+    one = learner.predict_one("u1", "i2")
+    assert one == learner.predict_one("u1", "i2")  # prediction learns nothing
+    assert 1.0 <= learner.learn_one("u1", "i2", 4.0, "great tone") <= 5.0
+    assert 1.0 <= learner.learn_one("u1", "i3", None, "review only, no rating") <= 5.0
+    assert 1.0 <= learner.learn_one("u1", "i4", 2.0, None) <= 5.0
+    ranked = learner.rank("u1", k=3)
+    seen = {x.item for x in data if x.user == "u1"} | {"i2", "i4"}
+    assert len(ranked) <= 3 and not seen & {item for item, _, _ in ranked}
+    assert all(isinstance(why, list) for _, _, why in ranked)
+
+
+def test_same_seed_same_scores(tiny_encoder: TextEncoder) -> None:
+    data = stream()
+    assert np.array_equal(
+        make("drex", tiny_encoder).learn_many(data), make("drex", tiny_encoder).learn_many(data)
+    )
+
+
+def test_training_moves_the_review_head_fusion_and_grus(tiny_encoder: TextEncoder) -> None:
+    learner = make("drex-paper", tiny_encoder)
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    learner.learn_many(stream())
+    after = learner.model.state_dict()
+    for name in (
+        "review.proj.weight",
+        "review.v.weight",
+        "rating.proj.weight",
+        "fusion.proj.weight",
+        "memory.user_gru.weight_ih",
+        "memory.item_gru.weight_hh",
+        "head.hidden.weight",
+    ):
+        assert not torch.equal(before[name], after[name]), name
+
+
+def test_tables_grow_past_their_capacity_and_keep_learning(tiny_encoder: TextEncoder) -> None:
+    learner = make("drex", tiny_encoder)
+    data = stream(n=400, users=150, items=90)
+    learner.learn_many(data)
+    assert len(learner.users) == len({x.user for x in data}) > 64
+    assert learner.users.init.shape[0] >= len(learner.users)
+    assert int(learner.users.count.sum()) == len(data)
+
+
+def test_keyword_profiles_collect_review_words(tiny_encoder: TextEncoder) -> None:
+    learner = make("drex", tiny_encoder)
+    data = stream()
+    learner.learn_many(data)
+    learner.rebuild_keywords(data)
+    top = dict(learner.user_keywords.top("u1", k=20))
+    assert top and set(top) <= set(WORDS)
+    total = sum(learner.user_keywords.profile("u1").values())
+    n_reviews = sum(1 for x in data if x.user == "u1")
+    assert total == pytest.approx(n_reviews, rel=1e-4)  # attention sums to 1 per review
+
+
+def test_rating_only_learner_needs_no_encoder() -> None:
+    learner = DReXLearner(DReXConfig.for_variant("drex", dim=8), seed=0)
+    assert not learner.config.use_text
+    scores = learner.learn_many([Interaction("a", "b", 5.0, "ignored text", 0.0)])
+    assert scores.shape == (1,)
+
+
+def test_t_batches_hold_each_entity_once_and_keep_its_order() -> None:
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 10, 300).tolist(), rng.integers(0, 7, 300).tolist()
+    batches = t_batches(users, items, max_size=5)
+    assert sorted(j for b in batches for j in b) == list(range(300))
+    position = {j: k for k, b in enumerate(batches) for j in b}
+    for b in batches:
+        assert len(b) <= 5
+        assert len({users[j] for j in b}) == len(b) == len({items[j] for j in b})
+    for entity in (users, items):
+        for e in set(entity):
+            steps = [position[j] for j in range(300) if entity[j] == e]
+            assert steps == sorted(steps) and len(set(steps)) == len(steps)
+
+
+def test_missing_encoder_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TextEncoder(str(tmp_path / "nope"))

@@ -1,0 +1,69 @@
+"""Review preprocessing, the frozen encoder wrapper and its cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from drex_model.text import ReviewCache, TextEncoder, preprocess
+
+
+def test_preprocess_lowercases_drops_stopwords_keeps_negations_and_lemmatises() -> None:
+    assert preprocess("The strings weren't bad, and they STAYED in tune!") == [
+        "string",
+        "not",
+        "bad",
+        "stay",
+        "tune",
+    ]
+    assert preprocess("") == []
+    assert preprocess("I can't recommend it") == ["not", "recommend"]
+
+
+def test_encoder_gives_one_embedding_per_word_piece(tiny_encoder: TextEncoder) -> None:
+    reviews = tiny_encoder.encode(["Great tone, sturdy build", "", "the and of"])
+    assert [r.words for r in reviews] == [["great", "tone", "sturdy", "build"], [], []]
+    first = reviews[0]
+    assert first.tokens.shape == (len(first.word_of_token), tiny_encoder.hidden_size)
+    assert first.tokens.dtype == torch.float16
+    assert sorted(set(first.word_of_token.tolist())) == [0, 1, 2, 3]
+    assert reviews[1].tokens.shape[0] == 0 and reviews[2].tokens.shape[0] == 0
+
+
+def test_long_reviews_are_truncated(tiny_encoder: TextEncoder) -> None:
+    (review,) = tiny_encoder.encode(["guitar " * 500])
+    assert review.tokens.shape[0] == tiny_encoder.max_tokens - 2  # [CLS] and [SEP] dropped
+
+
+def test_cache_encodes_each_text_once_and_round_trips(
+    tiny_encoder: TextEncoder, tmp_path: Path
+) -> None:
+    calls: list[int] = []
+    original = tiny_encoder.encode
+
+    def counting(texts, progress=False):  # type: ignore[no-untyped-def]
+        calls.append(len(texts))
+        return original(texts, progress)
+
+    tiny_encoder.encode = counting  # type: ignore[method-assign]
+    try:
+        cache = ReviewCache(tiny_encoder.hidden_size)
+        ids = cache.add(tiny_encoder, ["warm tone", "cheap strap", "warm tone"])
+        again = cache.add(tiny_encoder, ["cheap strap", "warm tone"])
+    finally:
+        tiny_encoder.encode = original  # type: ignore[method-assign]
+    assert ids == [0, 1, 0] and again == [1, 0] and calls == [2]
+    cache.save(tmp_path / "c")
+    loaded = ReviewCache.load(tmp_path / "c")
+    assert loaded.lookup("cheap strap") == 1 and len(loaded) == 2
+    assert torch.equal(loaded.reviews[0].tokens, cache.reviews[0].tokens)
+    tokens, mask = loaded.batch([1, -1, 0])
+    assert tokens.shape[0] == 3 and not mask[1].any() and mask[0].any()
+
+
+def test_bundled_encoder_loads_offline() -> None:
+    encoder = TextEncoder(precision="fp32")
+    (review,) = encoder.encode(["Sounds great and stays in tune"])
+    assert encoder.hidden_size == 384 and review.tokens.shape[1] == 384
+    assert review.words == ["sound", "great", "stay", "tune"]
