@@ -1,0 +1,1 @@
+"""Offline evaluation: dataset loading and splitting, the paper's metrics, simple baselines."""
