@@ -1,0 +1,1 @@
+"""Faust wiring of the streaming learner (agents, tables, topics) and the CLI."""

@@ -1,0 +1,123 @@
+"""``drex evaluate`` end to end on generated data and (when present) the shared files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from drex_model.evaluate.runner import EvaluateOptions, evaluate
+from drex_model.evaluate.sample import write_sample
+from streams.cli import main
+from tests.conftest import shared_dataset
+
+
+def test_evaluate_writes_results_for_every_model(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    data = write_sample(tmp_path / "sample.jsonl", users=60, items=30, per_user=8)
+    out = tmp_path / "run"
+    code = main(
+        [
+            "evaluate",
+            "--dataset",
+            str(data),
+            "--output",
+            str(out),
+            "--seeds",
+            "0",
+            "1",
+            "--max-epochs",
+            "3",
+            "--patience",
+            "2",
+            "--encoder",
+            str(tiny_encoder_dir),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--quiet",
+            "--set",
+            "dim=8",
+        ]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {
+        "drex",
+        "drex-paper",
+        "drex-mlp",
+        "global-mean",
+        "bias",
+        "mf",
+        "popularity",
+    }
+    drex = results["models"]["drex"]
+    for key in (
+        "mae",
+        "mae_std",
+        "rmse",
+        "rmse_std",
+        "f1@5",
+        "ndcg@5",
+        "ndcg@10",
+        "paper_ndcg@5",
+        "rmse_cold",
+        "epochs",
+    ):
+        assert key in drex, key
+    assert 0 < drex["rmse"] < 2 and 0 <= drex["ndcg@10"] <= 1
+    assert "mae" not in results["models"]["popularity"]
+    assert results["protocol"]["seeds"] == [0, 1]
+    assert "| bias |" in (out / "results.md").read_text()
+    assert (out / "learning_curves.png").stat().st_size > 1000
+    # the frozen encoder's outputs were cached for the next run
+    assert any((tmp_path / "cache").iterdir())
+
+
+def test_evaluate_is_repeatable_for_a_seed(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    data = write_sample(tmp_path / "sample.jsonl", users=40, items=20, per_user=6)
+    runs = []
+    for name in ("a", "b"):
+        opts = EvaluateOptions(
+            dataset=str(data),
+            output=str(tmp_path / name),
+            seeds=(3,),
+            variants=("drex",),
+            baselines=("bias",),
+            max_epochs=2,
+            encoder=str(tiny_encoder_dir),
+            cache_dir=str(tmp_path / "c"),
+            overrides={"dim": 8},
+            progress=False,
+        )
+        runs.append(evaluate(opts)["models"])
+    assert runs[0]["drex"]["rmse"] == runs[1]["drex"]["rmse"]
+    assert runs[0]["bias"]["ndcg@5"] == runs[1]["bias"]["ndcg@5"]
+
+
+def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="not found"):
+        main(["evaluate", "--dataset", str(tmp_path / "none.json"), "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--set expects"):
+        main(["evaluate", "--dataset", "sample", "--output", str(tmp_path), "--set", "dimm=3"])
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_musical_instruments_with_the_real_encoder(tmp_path: Path) -> None:
+    """A reduced run of the headline benchmark: real data, real MiniLM encoder."""
+    path = shared_dataset("amazon14_musical_instruments_5.json.gz")
+    opts = EvaluateOptions(
+        dataset=str(path),
+        output=str(tmp_path / "mi"),
+        seeds=(0,),
+        variants=("drex",),
+        baselines=("global-mean", "bias"),
+        limit=3000,
+        max_epochs=4,
+        patience=2,
+        cache_dir=str(tmp_path / "c"),
+        progress=False,
+    )
+    models = evaluate(opts)["models"]
+    assert models["bias"]["rmse"] < models["global-mean"]["rmse"]
+    assert models["drex"]["rmse"] < models["global-mean"]["rmse"] * 1.02
