@@ -184,6 +184,7 @@ class DReXLearner:
         self.user_keywords = KeywordProfiles()
         self.item_keywords = KeywordProfiles()
         self.track_keywords = True
+        self.exposure_weight = max(config.exposure_weight, 0.0)  # see ranking_scores
         self.step = 0
         self._accumulated = 0  # rated interactions in the gradient not yet stepped
         self.pref_nets: nn.ModuleDict | None = None
@@ -506,10 +507,10 @@ class DReXLearner:
         urows = self._rows(self.users, users)
         irows = self._rows(self.items, items)
         out = []
+        i = self._represent(self.items, irows, self._current("items", self.items, irows))
         for s in range(0, len(urows), 512):
             ur = urows[s : s + 512]
             u = self._represent(self.users, ur, self._current("users", self.users, ur))
-            i = self._represent(self.items, irows, self._current("items", self.items, irows))
             scores = self.model.head.score_all(u, i) + self._mean()  # (U, I)
             if self.config.bias_terms:
                 scores = scores + self.users.bias[ur, None] + self.items.bias[None, irows]
@@ -519,6 +520,21 @@ class DReXLearner:
                 scores = scores + w[1] * self._deviation(self.items, irows)[None, :]
             out.append(scores)
         return torch.cat(out).cpu().numpy().astype(np.float64)
+
+    def ranking_scores(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
+        """Scores ``(U, I)`` that order recommendations: predicted rating plus
+        ``exposure_weight * log(1 + ratings of the item so far)``.
+
+        A rating model says how much a user would like an item, not whether they would
+        ever pick it; the item's interaction count (state, not future data) is the
+        simplest prior for the latter. ``exposure_weight`` 0 ranks by rating alone.
+        """
+        scores = self.score_matrix(users, items)
+        if self.exposure_weight:
+            with torch.inference_mode():
+                counts = self.items.rating_count[self._rows(self.items, items)]
+            scores = scores + self.exposure_weight * np.log1p(counts.cpu().numpy())[None, :]
+        return scores
 
     def rank(
         self, user: str, items: Sequence[str] | None = None, k: int = 10, exclude_seen: bool = True
@@ -530,16 +546,16 @@ class DReXLearner:
             candidates = [i for i in candidates if i not in seen]
         if not candidates:
             return []
-        scores = self.score_matrix([user], candidates)[0]
-        order = np.argsort(-scores, kind="stable")[:k]
+        order = np.argsort(-self.ranking_scores([user], candidates)[0], kind="stable")[:k]
+        scores = self.score_matrix([user], [candidates[j] for j in order])[0]
         lo, hi = 1.0, float(self.config.rating_levels)
         return [
             (
                 candidates[j],
-                float(np.clip(scores[j], lo, hi)),
+                float(np.clip(scores[n], lo, hi)),
                 explain(self.user_keywords, self.item_keywords, user, candidates[j]),
             )
-            for j in order
+            for n, j in enumerate(order)
         ]
 
     @torch.inference_mode()

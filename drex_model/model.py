@@ -43,6 +43,9 @@ class DReXConfig:
     static_embeddings: bool = False  # learnable per-entity vector added to the GRU state
     running_bias: bool = False  # add shrunk mean rating deviations of user and item (state)
     shrinkage: float = 5.0  # pseudo-count k of those means: sum(r - mean) / (n + k)
+    # ranking: predicted rating + exposure_weight * log(1 + item ratings); -1 = choose on
+    # the validation split (drex evaluate), 0 = by rating alone (the paper)
+    exposure_weight: float = 0.0
     bias_l2: float = 1e-2  # L2 on the bias terms and static embeddings (per example)
     dropout: float = 0.0  # dropout on the head's input
     grad_clip: float = 1.0  # max gradient norm (0: off)
@@ -64,6 +67,7 @@ class DReXConfig:
                 dropout=0.1,
                 lr=3e-3,
                 bias_l2=0.05,
+                exposure_weight=-1.0,
             )
         else:
             raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")

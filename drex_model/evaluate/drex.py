@@ -25,6 +25,7 @@ from drex_model.text import ReviewCache
 from drex_model.types import Interaction
 
 EARLY_STOP = ("ranking", "rmse")
+EXPOSURE_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class DReXRecommender:
     on_epoch: Callable[[EpochLog], None] | None = None
     history: list[EpochLog] = field(default_factory=list)
     best_epoch: int = -1
+    exposure_weight: float = 0.0  # the ranking mix in use after fit()
     predicts_ratings: bool = True
 
     def __post_init__(self) -> None:
@@ -121,7 +123,23 @@ class DReXRecommender:
                     break
         assert best_state is not None
         _restore(learner, best_state)
+        if self.config.exposure_weight < 0:
+            self.exposure_weight = self._choose_exposure_weight(valid, seen, items)
         learner.rebuild_keywords(train)
+
+    def _choose_exposure_weight(
+        self, valid: Sequence[Interaction], seen: dict[str, set[str]], items: Sequence[str]
+    ) -> float:
+        """The ranking mix (see ``DReXLearner.ranking_scores``) best on validation."""
+        learner = self._learner()
+        best, best_score = 0.0, -np.inf
+        for weight in EXPOSURE_GRID:
+            learner.exposure_weight = weight
+            score = self._validate(valid, seen, items)[1]
+            if score > best_score:
+                best, best_score = weight, score
+        learner.exposure_weight = best
+        return best
 
     def _validate(
         self, valid: Sequence[Interaction], seen: dict[str, set[str]], items: Sequence[str]
@@ -157,10 +175,10 @@ class DReXRecommender:
         return self._learner().predict_many(users, items)
 
     def score_items(self, user: str, items: Sequence[str]) -> np.ndarray:
-        return self._learner().score_matrix([user], items)[0]
+        return self._learner().ranking_scores([user], items)[0]
 
     def score_matrix(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
-        return self._learner().score_matrix(users, items)
+        return self._learner().ranking_scores(users, items)
 
 
 def _seen(train: Sequence[Interaction]) -> dict[str, set[str]]:

@@ -113,6 +113,7 @@ def evaluate(opts: EvaluateOptions) -> dict[str, Any]:
             if isinstance(model, DReXRecommender):
                 metrics["epochs"] = float(len(model.history))
                 metrics["best_epoch"] = float(model.best_epoch)
+                metrics["exposure_weight"] = model.exposure_weight
             per_seed.setdefault(name, []).append(metrics)
             _say(
                 opts,
