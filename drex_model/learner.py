@@ -69,7 +69,7 @@ class EntityTable(nn.Module):
         self.ids: list[str] = []
         d = config.dim
         self.init = nn.Parameter(torch.zeros(0, d))
-        self.bias = nn.Parameter(torch.zeros(0))
+        self.bias = nn.Parameter(torch.zeros(0, 1))
         self.static = nn.Parameter(torch.zeros(0, d))
         self.register_buffer("memory", torch.zeros(0, d))
         self.register_buffer("has_memory", torch.zeros(0, dtype=torch.bool))
@@ -93,7 +93,7 @@ class EntityTable(nn.Module):
         swapped = {}
         for name, tail in (
             ("init", fresh),
-            ("bias", torch.zeros(extra)),
+            ("bias", torch.zeros(extra, 1)),
             ("static", torch.zeros(extra, d)),
         ):
             old = getattr(self, name)
@@ -126,6 +126,11 @@ class EntityTable(nn.Module):
             swapped = self._grow(max(len(self.ids), 2 * self.init.shape[0]))
         rows = torch.tensor([self.index[k] for k in ids], dtype=torch.long)
         return rows.to(self.memory.device), swapped
+
+    def row(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of a learnable per-entity parameter, with a sparse gradient (SparseAdam)."""
+        weight = getattr(self, name)
+        return nn.functional.embedding(rows, weight, sparse=True)
 
     def known(self, ids: Sequence[str]) -> torch.Tensor:
         return torch.tensor([k in self.index for k in ids], dtype=torch.bool)
@@ -257,7 +262,8 @@ class DReXLearner:
             vals.append(r / self.config.rating_levels)
         idx = torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1)
         val = torch.tensor(vals, dtype=torch.float32)
-        mat = torch.sparse_coo_tensor(idx, val, (nu, ni)).coalesce().to(self.device)
+        mat = torch.sparse_coo_tensor(idx, val, (nu, ni), check_invariants=True)
+        mat = mat.coalesce().to(self.device)
         self._prefs = {"users": mat, "items": mat.t().coalesce()}
 
     # ---- the forward pieces -----------------------------------------------------------
@@ -266,7 +272,7 @@ class DReXLearner:
         if self.pref_nets is not None and side in self._prefs:
             prefs = self._prefs[side].index_select(0, rows).to_dense()  # (B, N)
             return self.pref_nets[side[:-1]](prefs)
-        return table.init[rows]
+        return table.row("init", rows)
 
     def _current(
         self,
@@ -301,7 +307,7 @@ class DReXLearner:
 
     def _represent(self, table: EntityTable, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         if self.config.static_embeddings:
-            return h + table.static[rows]
+            return h + table.row("static", rows)
         return h
 
     def _predict_rows(
@@ -310,7 +316,11 @@ class DReXLearner:
         u = self._represent(self.users, urows, hu)
         i = self._represent(self.items, irows, hi)
         pred = self.model.predict(
-            u, i, self.users.bias[urows], self.items.bias[irows], self._deviations(urows, irows)
+            u,
+            i,
+            self.users.row("bias", urows).squeeze(-1),
+            self.items.row("bias", irows).squeeze(-1),
+            self._deviations(urows, irows),
         )
         return pred + self._mean()
 
@@ -459,19 +469,16 @@ class DReXLearner:
         per_example = per_example + cfg.l2 / 2 * (hu.pow(2).sum(-1) + hi.pow(2).sum(-1))
         if cfg.bias_terms or cfg.static_embeddings:
             per_example = per_example + cfg.bias_l2 / 2 * (
-                self.users.bias[urows].pow(2)
-                + self.items.bias[irows].pow(2)
-                + self.users.static[urows].pow(2).sum(-1)
-                + self.items.static[irows].pow(2).sum(-1)
+                self.users.row("bias", urows).squeeze(-1).pow(2)
+                + self.items.row("bias", irows).squeeze(-1).pow(2)
+                + self.users.row("static", urows).pow(2).sum(-1)
+                + self.items.row("static", irows).pow(2).sum(-1)
             )
         loss = per_example.sum() / cfg.step_size
         loss.backward()  # type: ignore[no-untyped-call]
         self._accumulated += len(pred)
         if self._accumulated < cfg.step_size:
             return
-        for p in self._entity_params():  # SparseAdam takes sparse gradients only
-            if p.grad is not None:
-                p.grad = p.grad.to_sparse(1) if p.grad.dim() == 2 else p.grad.to_sparse()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.grad_clip)
         self.optimizer.step()
@@ -513,7 +520,7 @@ class DReXLearner:
             u = self._represent(self.users, ur, self._current("users", self.users, ur))
             scores = self.model.head.score_all(u, i) + self._mean()  # (U, I)
             if self.config.bias_terms:
-                scores = scores + self.users.bias[ur, None] + self.items.bias[None, irows]
+                scores = scores + self.users.bias[ur] + self.items.bias[irows].T
             if self.config.running_bias:
                 w = self.model.deviation_weight
                 scores = scores + w[0] * self._deviation(self.users, ur)[:, None]

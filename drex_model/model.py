@@ -88,7 +88,9 @@ class ReviewEncoder(nn.Module):
     def forward(
         self, tokens: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        e = self.proj(tokens)  # (B, T, D)  e'_j = P_t^T e_j + b_t
+        # project only real tokens: reviews in a batch differ a lot in length
+        e = tokens.new_zeros(*tokens.shape[:2], self.proj.out_features)  # (B, T, D)
+        e[mask] = self.proj(tokens[mask])  # e'_j = P_t^T e_j + b_t
         score = self.v(e).squeeze(-1).masked_fill(~mask, float("-inf"))  # (B, T)
         attn = torch.softmax(score, dim=-1).nan_to_num(0.0)  # (B, T); empty review -> 0
         t = torch.einsum("bt,btd->bd", attn, e)  # (B, D)  eq. 3
