@@ -1,0 +1,377 @@
+"""The event contract between producers and the drex stream processor.
+
+Producers (in any language) write one JSON object per Kafka message, keyed by the user
+id as UTF-8 bytes, to ``reviews`` or ``ratings``; docs/events.md and
+docs/events.schema.json are the same contract for people and for validators. The two
+halves of one (user, item) interaction travel separately, so they may arrive in either
+order, late, twice, or never; ``event_id`` is what lets the consumer drop a resend.
+
+A message that breaks the contract must never stop the stream: the validators raise
+:class:`InvalidEvent` with a short, stable reason code, and :func:`dead_letter` wraps the
+original bytes so they can be inspected (and replayed) from ``dead-letters`` later.
+
+Wire fields, shared by both kinds:
+
+- ``schema``: int, the contract version; only ``1`` exists. A consumer rejects versions
+  it does not know instead of guessing what their fields mean.
+- ``event_id``: non-empty string (an integer is accepted and turned into a string),
+  unique per event. A resend of the same event must reuse it: same id = duplicate.
+- ``user_id`` / ``item_id``: non-empty string (or integer), the external ids. Ids are
+  stripped of surrounding white space, as the offline loader does.
+- ``event_time``: number, seconds since the Unix epoch (fractions allowed), when the
+  user acted; orders the stream. Negative, non-finite or millisecond-looking values
+  (>= 1e11, i.e. after the year 5138) are rejected.
+- review only, ``text``: string, the review body; not blank, at most ``max_text_chars``
+  characters (default 20,000) after stripping surrounding white space.
+- rating only, ``rating``: number (int or float) in ``1..rating_scale`` (default 5).
+
+Unknown extra fields are ignored, so producers can add fields without breaking consumers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Final
+
+import faust
+import orjson
+
+from drex_model.types import Interaction
+
+REVIEWS_TOPIC: Final = "reviews"
+RATINGS_TOPIC: Final = "ratings"
+DEAD_LETTERS_TOPIC: Final = "dead-letters"
+INTERACTIONS_TOPIC: Final = "interactions"
+
+SCHEMA_VERSION: Final = 1
+DEFAULT_MAX_TEXT_CHARS: Final = 20_000
+DEFAULT_RATING_SCALE: Final = 5
+# A dead letter quotes its payload; a cap keeps the wrapped message under Kafka's size limit
+# even when JSON escaping inflates it (a control character becomes 6 bytes).
+DEFAULT_MAX_RAW_CHARS: Final = 100_000
+# Event times at or above this are almost surely milliseconds (seconds would be year 5138+).
+MAX_EVENT_TIME: Final = 1e11
+
+# Reason codes: stable strings that dashboards and alerts match on. Field-specific codes
+# are "<code>:<field>", e.g. "missing_field:user_id".
+INVALID_JSON: Final = "invalid_json"
+NOT_AN_OBJECT: Final = "not_an_object"
+MISSING_FIELD: Final = "missing_field"
+WRONG_TYPE: Final = "wrong_type"
+EMPTY_ID: Final = "empty_id"
+UNKNOWN_SCHEMA_VERSION: Final = "unknown_schema_version"
+BAD_EVENT_TIME: Final = "bad_event_time"
+RATING_OUT_OF_RANGE: Final = "rating_out_of_range"
+EMPTY_TEXT: Final = "empty_text"
+TEXT_TOO_LONG: Final = "text_too_long"
+PROCESSING_ERROR: Final = "processing_error"
+
+
+class InvalidEvent(ValueError):
+    """A message that breaks the contract; ``reason`` is a stable code, ``message`` prose."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class ReviewEvent(faust.Record, serializer="json", include_metadata=False):
+    """A validated review; ``dumps()`` gives exactly the wire format."""
+
+    schema: int
+    event_id: str
+    user_id: str
+    item_id: str
+    event_time: float
+    text: str
+
+
+class RatingEvent(faust.Record, serializer="json", include_metadata=False):
+    """A validated rating; ``dumps()`` gives exactly the wire format."""
+
+    schema: int
+    event_id: str
+    user_id: str
+    item_id: str
+    event_time: float
+    rating: float
+
+
+class InteractionEvent(faust.Record, serializer="json", include_metadata=False):
+    """A joined (user, item) interaction passed between agents on ``interactions``.
+
+    A missing half is ``None`` (a review that never got its rating, or the reverse); the
+    event ids of the halves are kept so a downstream step can trace and deduplicate.
+    ``event_time`` is the latest of the halves' times: when the interaction was complete.
+    """
+
+    user_id: str
+    item_id: str
+    rating: float | None
+    text: str | None
+    event_time: float
+    review_event_id: str | None = None
+    rating_event_id: str | None = None
+
+    def to_interaction(self) -> Interaction:
+        """The model's record type, so the learner never sees Kafka-specific fields."""
+        return Interaction(
+            user=self.user_id,
+            item=self.item_id,
+            rating=self.rating,
+            text=self.text,
+            timestamp=self.event_time,
+        )
+
+
+class DeadLetter(faust.Record, serializer="json", include_metadata=False):
+    """A rejected message with why it was rejected, as written to ``dead-letters``."""
+
+    topic: str  # source topic
+    reason: str  # reason code (see the module constants)
+    message: str  # human explanation
+    raw: str  # the original payload, UTF-8 decoded with replacement characters
+    received_at: float  # when the processor rejected it, seconds since the epoch
+
+
+# --- encoding (producers) ------------------------------------------------------------
+
+
+def event_key(user_id: str) -> bytes:
+    """Kafka key of an event: the user id, so one user's events stay in one partition."""
+    return user_id.encode("utf-8")
+
+
+def encode_review(event_id: str, user_id: str, item_id: str, event_time: float, text: str) -> bytes:
+    """A review event's wire bytes, fields in contract order."""
+    return orjson.dumps(
+        {
+            "schema": SCHEMA_VERSION,
+            "event_id": event_id,
+            "user_id": user_id,
+            "item_id": item_id,
+            "event_time": event_time,
+            "text": text,
+        }
+    )
+
+
+def encode_rating(
+    event_id: str, user_id: str, item_id: str, event_time: float, rating: float
+) -> bytes:
+    """A rating event's wire bytes, fields in contract order."""
+    return orjson.dumps(
+        {
+            "schema": SCHEMA_VERSION,
+            "event_id": event_id,
+            "user_id": user_id,
+            "item_id": item_id,
+            "event_time": event_time,
+            "rating": rating,
+        }
+    )
+
+
+# --- validation (consumers) ----------------------------------------------------------
+
+
+def validate_review(
+    raw: bytes | bytearray | memoryview | str, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+) -> ReviewEvent:
+    """Parse and check one ``reviews`` message; raise :class:`InvalidEvent` if it breaks the
+    contract. The text is returned stripped of surrounding white space."""
+    obj = _common(raw)
+    text = obj.get("text")
+    if text is None:
+        raise InvalidEvent(f"{MISSING_FIELD}:text", "a review event needs a 'text' field")
+    if not isinstance(text, str):
+        raise InvalidEvent(f"{WRONG_TYPE}:text", f"'text' must be a string, got {_kind(text)}")
+    text = text.strip()
+    if not text:
+        raise InvalidEvent(EMPTY_TEXT, "'text' is empty or white space only")
+    if len(text) > max_text_chars:
+        raise InvalidEvent(
+            TEXT_TOO_LONG, f"'text' has {len(text)} characters, the limit is {max_text_chars}"
+        )
+    return ReviewEvent(
+        schema=SCHEMA_VERSION,
+        event_id=obj["event_id"],
+        user_id=obj["user_id"],
+        item_id=obj["item_id"],
+        event_time=obj["event_time"],
+        text=text,
+    )
+
+
+def validate_rating(
+    raw: bytes | bytearray | memoryview | str, rating_scale: int = DEFAULT_RATING_SCALE
+) -> RatingEvent:
+    """Parse and check one ``ratings`` message; raise :class:`InvalidEvent` if it breaks the
+    contract. Integer ratings are accepted and returned as floats."""
+    obj = _common(raw)
+    rating = obj.get("rating")
+    if rating is None:
+        raise InvalidEvent(f"{MISSING_FIELD}:rating", "a rating event needs a 'rating' field")
+    if not _is_number(rating):
+        raise InvalidEvent(
+            f"{WRONG_TYPE}:rating", f"'rating' must be a number, got {_kind(rating)}"
+        )
+    value = float(rating)
+    if not (math.isfinite(value) and 1.0 <= value <= rating_scale):
+        raise InvalidEvent(
+            RATING_OUT_OF_RANGE, f"'rating' is {rating!r}, outside 1..{rating_scale}"
+        )
+    return RatingEvent(
+        schema=SCHEMA_VERSION,
+        event_id=obj["event_id"],
+        user_id=obj["user_id"],
+        item_id=obj["item_id"],
+        event_time=obj["event_time"],
+        rating=value,
+    )
+
+
+def validate(
+    topic: str,
+    raw: bytes | bytearray | memoryview | str,
+    rating_scale: int = DEFAULT_RATING_SCALE,
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+) -> ReviewEvent | RatingEvent:
+    """Validate a message by the topic it came from (one entry point for a generic agent)."""
+    if topic == REVIEWS_TOPIC:
+        return validate_review(raw, max_text_chars=max_text_chars)
+    if topic == RATINGS_TOPIC:
+        return validate_rating(raw, rating_scale=rating_scale)
+    raise ValueError(f"no event contract for topic {topic!r}")
+
+
+def _common(raw: bytes | bytearray | memoryview | str) -> dict[str, Any]:
+    """Check the fields both kinds share; returns the object with ids as str and a float
+    event_time, so the kind-specific validators only look at their own field."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise InvalidEvent(INVALID_JSON, f"not valid UTF-8 JSON: {err}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(NOT_AN_OBJECT, f"expected a JSON object, got {_kind(obj)}")
+
+    version = obj.get("schema")
+    if version is None:
+        raise InvalidEvent(f"{MISSING_FIELD}:schema", "no 'schema' version field")
+    if not _is_number(version):
+        raise InvalidEvent(
+            f"{WRONG_TYPE}:schema", f"'schema' must be an integer, got {_kind(version)}"
+        )
+    if version != SCHEMA_VERSION:
+        raise InvalidEvent(
+            UNKNOWN_SCHEMA_VERSION, f"schema version {version!r}; this consumer knows 1"
+        )
+
+    for name in ("event_id", "user_id", "item_id"):
+        obj[name] = _id(obj, name)
+
+    when = obj.get("event_time")
+    if when is None:
+        raise InvalidEvent(f"{MISSING_FIELD}:event_time", "no 'event_time' field")
+    if not _is_number(when):
+        raise InvalidEvent(
+            BAD_EVENT_TIME, f"'event_time' must be seconds since the epoch, got {_kind(when)}"
+        )
+    seconds = float(when)
+    if not math.isfinite(seconds) or seconds < 0.0:
+        raise InvalidEvent(BAD_EVENT_TIME, f"'event_time' {when!r} is not a time after 1970")
+    if seconds >= MAX_EVENT_TIME:
+        raise InvalidEvent(
+            BAD_EVENT_TIME, f"'event_time' {when!r} looks like milliseconds; send seconds"
+        )
+    obj["event_time"] = seconds
+    return obj
+
+
+def _id(obj: dict[str, Any], name: str) -> str:
+    value = obj.get(name)
+    if value is None:
+        raise InvalidEvent(f"{MISSING_FIELD}:{name}", f"no '{name}' field")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidEvent(
+            f"{WRONG_TYPE}:{name}", f"'{name}' must be a string or an integer, got {_kind(value)}"
+        )
+    if not value.strip():
+        raise InvalidEvent(f"{EMPTY_ID}:{name}", f"'{name}' is empty")
+    return value.strip()  # as the offline loader does, so both see the same ids
+
+
+def _is_number(value: object) -> bool:
+    """JSON numbers only: Python counts booleans as ints, the contract does not."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _kind(value: object) -> str:
+    """A JSON type name for messages (producers may not know Python's names)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+# --- dead letters --------------------------------------------------------------------
+
+
+def dead_letter(
+    raw: bytes | bytearray | memoryview | str | None,
+    topic: str,
+    err: BaseException,
+    received_at: float | None = None,
+    max_raw_chars: int = DEFAULT_MAX_RAW_CHARS,
+) -> bytes:
+    """The ``dead-letters`` message for a rejected payload.
+
+    ``err`` is normally an :class:`InvalidEvent`; any other exception (a bug met while
+    processing a valid-looking event) is recorded as ``processing_error`` so that one bad
+    message still costs one dead letter, not a crashed worker. A payload longer than
+    ``max_raw_chars`` is cut, and the message says so.
+    """
+    if isinstance(err, InvalidEvent):
+        reason, message = err.reason, err.message
+    else:
+        reason, message = PROCESSING_ERROR, f"{type(err).__name__}: {err}"
+    if raw is None:
+        text = ""
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        text = bytes(raw).decode("utf-8", errors="replace")
+    if len(text) > max_raw_chars:
+        message += f" (raw cut to {max_raw_chars} of {len(text)} characters)"
+        text = text[:max_raw_chars]
+    letter = DeadLetter(
+        topic=topic,
+        reason=reason,
+        message=message,
+        raw=text,
+        received_at=time.time() if received_at is None else float(received_at),
+    )
+    return orjson.dumps(letter.asdict())
+
+
+def parse_dead_letter(data: bytes | str) -> DeadLetter:
+    """Read a ``dead-letters`` message back (for tooling, replays and tests)."""
+    obj = orjson.loads(data)
+    return DeadLetter(
+        topic=obj["topic"],
+        reason=obj["reason"],
+        message=obj["message"],
+        raw=obj["raw"],
+        received_at=float(obj["received_at"]),
+    )
