@@ -1,0 +1,1 @@
+"""Online serving: the item index that answers similarity queries while items change."""
