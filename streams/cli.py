@@ -1,4 +1,4 @@
-"""The ``drex`` command line: one entry point, one subcommand per job.
+"""The drex command line: one entry point, one subcommand per job.
 
 Heavy imports (torch, transformers) happen inside the subcommand that needs them, so
 ``drex --help`` answers at once.
@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=0, help="use only the first N interactions")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_evaluate)
+
+    from streams import broker, producer
+
+    broker.register(sub)
+    producer.register(sub)
     return parser
 
 
