@@ -60,7 +60,8 @@ def test_evaluate_writes_results_for_every_model(tiny_encoder_dir: Path, tmp_pat
         "ndcg@5",
         "ndcg@10",
         "paper_ndcg@5",
-        "rmse_cold",
+        "rmse_warm",
+        "n_cold",
         "epochs",
     ):
         assert key in drex, key
