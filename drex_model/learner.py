@@ -312,17 +312,18 @@ class DReXLearner:
 
     def _predict_rows(
         self, urows: torch.Tensor, irows: torch.Tensor, hu: torch.Tensor, hi: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted ratings ``(B,)`` and the MLP's share of them ``(B,)``."""
         u = self._represent(self.users, urows, hu)
         i = self._represent(self.items, irows, hi)
-        pred = self.model.predict(
+        pred, mlp = self.model.predict(
             u,
             i,
             self.users.row("bias", urows).squeeze(-1),
             self.items.row("bias", irows).squeeze(-1),
             self._deviations(urows, irows),
         )
-        return pred + self._mean()
+        return pred + self._mean(), mlp
 
     def _mean(self) -> torch.Tensor:
         """Mean of the ratings folded in so far this pass (scale midpoint before any).
@@ -428,10 +429,18 @@ class DReXLearner:
         ik = self.item_keywords if self.track_keywords else None
         hu = self._current("users", self.users, urows, uk)  # (B, D) before this interaction
         hi = self._current("items", self.items, irows, ik)  # (B, D)
-        pred = self._predict_rows(urows, irows, hu, hi)  # (B,) the score evaluation sees
+        pred, mlp = self._predict_rows(urows, irows, hu, hi)  # (B,) the score evaluation sees
         rated = ~rating.isnan()
         if rated.any():
-            self._step(pred[rated], rating[rated], urows[rated], irows[rated], hu[rated], hi[rated])
+            self._step(
+                pred[rated],
+                rating[rated],
+                urows[rated],
+                irows[rated],
+                hu[rated],
+                hi[rated],
+                mlp[rated],
+            )
         with torch.no_grad():
             for table, rows, h in ((self.users, urows, hu), (self.items, irows, hi)):
                 table.memory[rows] = h.detach()
@@ -456,6 +465,7 @@ class DReXLearner:
         irows: torch.Tensor,
         hu: torch.Tensor,
         hi: torch.Tensor,
+        mlp: torch.Tensor,
     ) -> None:
         """Eq. 8, accumulated until ``step_size`` rated interactions, then one Adam step.
 
@@ -467,6 +477,8 @@ class DReXLearner:
         cfg = self.config
         per_example = (pred - target).pow(2)
         per_example = per_example + cfg.l2 / 2 * (hu.pow(2).sum(-1) + hi.pow(2).sum(-1))
+        if cfg.residual_l2:
+            per_example = per_example + cfg.residual_l2 * mlp.pow(2)
         if cfg.bias_terms or cfg.static_embeddings:
             per_example = per_example + cfg.bias_l2 / 2 * (
                 self.users.row("bias", urows).squeeze(-1).pow(2)
@@ -501,7 +513,7 @@ class DReXLearner:
         irows = self._rows(self.items, items)
         hu = self._current("users", self.users, urows)
         hi = self._current("items", self.items, irows)
-        pred = self._predict_rows(urows, irows, hu, hi)
+        pred, _ = self._predict_rows(urows, irows, hu, hi)
         return pred.clamp(1.0, float(self.config.rating_levels)).cpu().numpy().astype(np.float64)
 
     def predict_one(self, user: str, item: str) -> float:
@@ -595,6 +607,64 @@ class DReXLearner:
             "users": self.users.state_dict(),
             "items": self.items.state_dict(),
         }
+
+    # ---- read-only views for the streaming worker (streams/) ----------------------------
+    # Added for serving embeddings and keyword profiles from a live learner; they change
+    # no state except the model's train/eval mode (as predict_many does).
+
+    @torch.inference_mode()
+    def embeddings(self, side: str, ids: Sequence[str]) -> np.ndarray:
+        """Representations ``(B, D)`` float32 of known ``ids`` as a prediction would see
+        them now: memory with the pending message folded in, plus the static embedding.
+
+        ``side`` is "users" or "items". Unknown ids raise ``KeyError`` (nothing is
+        registered, unlike :meth:`predict_many`).
+        """
+        table = self._side(side)
+        if not ids:
+            return np.zeros((0, self.config.dim), dtype=np.float32)
+        rows = self._known_rows(table, ids)
+        self.model.eval()
+        h = self._current(side, table, rows)  # (B, D)
+        return self._represent(table, rows, h).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def keyword_profiles(self, side: str, ids: Sequence[str]) -> list[dict[str, float]]:
+        """Keyword profile of each known id, including its pending review's words.
+
+        The stored profiles grow when a pending message is folded in, i.e. at the entity's
+        next interaction; this view adds the pending review under the current model, so an
+        entity with a single review already has a profile. Unknown ids raise ``KeyError``.
+        """
+        table = self._side(side)
+        keywords = self.user_keywords if side == "users" else self.item_keywords
+        out = [keywords.profile(k) for k in ids]
+        if not ids or not self.config.use_text:
+            return out
+        rows = self._known_rows(table, ids)
+        review_ids = torch.where(table.has_pending[rows], table.pending_review[rows], -1)
+        with_text = [n for n, j in enumerate(review_ids.tolist()) if j >= 0]
+        if not with_text:
+            return out
+        self.model.eval()
+        ids_text = [int(review_ids[n]) for n in with_text]
+        tokens, mask = self.cache.batch(ids_text)
+        _, attn = self.model.review(tokens.to(self.device), mask.to(self.device))  # (P, T)
+        for n, j, a in zip(with_text, ids_text, attn, strict=True):
+            for word, w in word_weights(self.cache.reviews[j], a).items():
+                out[n][word] = out[n].get(word, 0.0) + w
+        return out
+
+    def _side(self, side: str) -> EntityTable:
+        if side not in ("users", "items"):
+            raise ValueError(f"side must be 'users' or 'items', not {side!r}")
+        return self.users if side == "users" else self.items
+
+    def _known_rows(self, table: EntityTable, ids: Sequence[str]) -> torch.Tensor:
+        missing = [k for k in ids if k not in table.index]
+        if missing:
+            raise KeyError(f"unknown ids: {missing[:5]}")
+        return torch.tensor([table.index[k] for k in ids], dtype=torch.long, device=self.device)
 
 
 def t_batches(users: Sequence[int], items: Sequence[int], max_size: int) -> list[list[int]]:

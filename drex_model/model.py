@@ -46,6 +46,7 @@ class DReXConfig:
     # ranking: predicted rating + exposure_weight * log(1 + item ratings); -1 = choose on
     # the validation split (drex evaluate), 0 = by rating alone (the paper)
     exposure_weight: float = 0.0
+    residual_l2: float = 0.0  # L2 on the MLP's output: a correction over the bias terms
     bias_l2: float = 1e-2  # L2 on the bias terms and static embeddings (per example)
     dropout: float = 0.0  # dropout on the head's input
     grad_clip: float = 1.0  # max gradient norm (0: off)
@@ -214,11 +215,13 @@ class DReX(nn.Module):
         user_bias: torch.Tensor,  # (B,) learnable bias (zeros unless bias_terms)
         item_bias: torch.Tensor,  # (B,)
         deviations: torch.Tensor,  # (B, 2) shrunk mean deviations of user, item
-    ) -> torch.Tensor:
-        """Predicted rating ``(B,)``, unclipped (training sees the raw value)."""
-        out = self.head(u, i)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted rating ``(B,)`` (unclipped: training sees the raw value) and the MLP's
+        share of it ``(B,)``, which ``residual_l2`` keeps small."""
+        mlp = self.head(u, i)
+        out = mlp
         if self.config.bias_terms:
             out = out + user_bias + item_bias
         if self.config.running_bias:
             out = out + deviations @ self.deviation_weight
-        return out
+        return out, mlp

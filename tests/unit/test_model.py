@@ -60,8 +60,8 @@ def test_interaction_and_prediction_shapes(variant: str) -> None:
     )
     assert x.shape == (B, D) and attn.shape == (B, T)
     u2 = model.memory.user(x, torch.zeros(B, D))
-    pred = model.predict(u2, u2, torch.zeros(B), torch.zeros(B), torch.zeros(B, 2))
-    assert pred.shape == (B,)
+    pred, mlp = model.predict(u2, u2, torch.zeros(B), torch.zeros(B), torch.zeros(B, 2))
+    assert pred.shape == (B,) and mlp.shape == (B,)
 
 
 def test_unknown_variant_is_a_clear_error() -> None:
