@@ -127,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_evaluate)
 
-    from streams import broker, producer
+    from streams import broker, producer, worker
 
     broker.register(sub)
+    worker.register(sub)
     producer.register(sub)
     return parser
 

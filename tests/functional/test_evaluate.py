@@ -114,6 +114,8 @@ def test_musical_instruments_with_the_real_encoder(tmp_path: Path) -> None:
         variants=("drex",),
         baselines=("global-mean", "bias"),
         limit=3000,
+        min_user=2,
+        min_item=2,
         max_epochs=4,
         patience=2,
         cache_dir=str(tmp_path / "c"),

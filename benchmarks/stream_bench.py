@@ -1,0 +1,215 @@
+"""End-to-end throughput of the streaming learner, next to the encoder's own.
+
+A ``drex worker`` (a subprocess, as in production) against the embedded broker learns a
+generated stream; the clock runs from the first event sent to the last interaction
+persisted in the learner store, with the worker already started and holding the
+learner. Two streams: every interaction with text and rating, and ratings only (no
+encoder work: the cost of the join, the learner update and the store; each lone rating
+waits one join window for a review, so the last ones arrive a window late). A third run
+gives the join alone (``--role join``, no learner): one worker's join capacity. The same run then
+encodes the same reviews with the same encoder directly (``TextEncoder.encode``, batched),
+which is the ceiling for text: the ratio says how much the streaming machinery costs.
+
+    python benchmarks/stream_bench.py [--interactions 2000] [--threads 2] [--encoder DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from drex_model.evaluate.data import load_interactions
+from drex_model.evaluate.sample import write_sample
+from drex_model.types import Interaction
+from streams.broker import EmbeddedBroker, free_port
+from streams.producer import EventProducer, plan_events
+from streams.worker import spawn
+
+
+@dataclass
+class Run:
+    name: str
+    interactions: int
+    events: int
+    seconds: float
+    learn_seconds: float  # inside learn_many, summed over batches
+    persist_seconds: float  # the store's WriteBatch, summed
+    batches: int
+
+    @property
+    def rate(self) -> float:
+        return self.interactions / self.seconds
+
+
+def metrics(port: int) -> dict[str, float]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def wait(port: int, name: str, target: float, timeout: float, proc: object) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        m = metrics(port)
+        if m.get(name, 0.0) >= target:
+            return m
+        if proc.poll() is not None or time.monotonic() > deadline:  # type: ignore[attr-defined]
+            raise RuntimeError(f"worker stopped or timed out waiting for {name} >= {target}")
+        time.sleep(0.1)
+
+
+def stream_run(
+    name: str,
+    rows: Sequence[Interaction],
+    rating_only: float,
+    args: argparse.Namespace,
+    workdir: Path,
+    role: str = "all",
+) -> Run:
+    """Time one stream through a worker of ``role``: "all" until the learner store holds
+    every interaction, "join" until every pair was joined (the join's own capacity)."""
+    plan = plan_events(rows, seed=0, rating_only=rating_only)
+    port = free_port()
+    with EmbeddedBroker(log_dir=workdir / f"tansu-{name}") as broker:
+        log = open(workdir / f"worker-{name}.log", "wb")  # noqa: SIM115 - closed below
+        command = [
+            "--broker",
+            broker.url,
+            "--embedded",
+            "--state-dir",
+            str(workdir / f"state-{name}"),
+            "--metrics-port",
+            str(port),
+            "--torch-threads",
+            str(args.threads),
+            "--batch-size",
+            str(args.batch_size),
+            "--session-timeout",
+            "4",
+            "--checkpoint-every",
+            "0",
+            "--join-window",
+            str(args.join_window),
+            "--role",
+            role,
+        ]
+        if args.encoder:
+            command += ["--encoder", args.encoder]
+        proc = spawn(command, log=log)
+        try:
+            if role == "join":
+                wait(port, "drex_join_partitions", 1.0, 300, proc)
+            else:
+                wait(port, "drex_owns_learner", 1.0, 300, proc)
+
+            async def send() -> None:
+                async with EventProducer(broker.url) as producer:
+                    for topic, key, value in plan.events:
+                        await producer.send_raw(topic, key, value)
+
+            started = time.monotonic()
+            asyncio.run(send())
+            if role == "join":
+                both = 'drex_join_outcomes_total{outcome="both"}'
+                m = wait(port, both, plan.truth.both, 3600, proc)
+            else:
+                total = "drex_learner_interactions_total"
+                m = wait(port, total, plan.truth.interactions, 3600, proc)
+            seconds = time.monotonic() - started
+        finally:
+            proc.terminate()
+            proc.wait(60)
+            log.close()
+    return Run(
+        name,
+        plan.truth.interactions,
+        len(plan.events),
+        seconds,
+        m.get("drex_learn_seconds_sum", 0.0),
+        m.get("drex_persist_seconds_sum", 0.0),
+        int(m.get("drex_learn_seconds_count", 0.0)),
+    )
+
+
+def encoder_rate(rows: Sequence[Interaction], args: argparse.Namespace) -> tuple[float, float]:
+    """Reviews/s and tokens/s of the encoder alone on the same texts."""
+    import torch
+
+    from drex_model.text import TextEncoder
+
+    torch.set_num_threads(args.threads)
+    encoder = TextEncoder(args.encoder or None, batch_size=64)
+    texts = list(dict.fromkeys(r.text for r in rows if r.text))
+    encoder.encode(texts[:64])  # warm-up
+    started = time.monotonic()
+    encoded = encoder.encode(texts)
+    seconds = time.monotonic() - started
+    tokens = sum(int(e.tokens.shape[0]) for e in encoded)
+    return len(texts) / seconds, tokens / seconds
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--interactions", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--encoder", default="", help="local HF folder (default: MiniLM)")
+    parser.add_argument(
+        "--join-window",
+        type=float,
+        default=1.0,
+        help="seconds a lone rating waits for a review that never comes (counted in the "
+        "rating-only run's time)",
+    )
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="drex-stream-bench-"))
+    try:
+        users = max(10, args.interactions // 12)
+        data = write_sample(workdir / "sample.jsonl", users=users)
+        rows = load_interactions(data).interactions[: args.interactions]
+        runs = [
+            stream_run("text+rating", rows, 0.0, args, workdir),
+            stream_run("rating-only", rows, 1.0, args, workdir),
+            stream_run("join only", rows, 0.0, args, workdir, role="join"),
+        ]
+        reviews_per_s, tokens_per_s = encoder_rate(rows, args)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(
+        f"{len(rows)} interactions, {args.threads} torch threads, batch {args.batch_size}, "
+        f"join window {args.join_window} s, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'stream':<14}{'events':>8}{'seconds':>9}{'events/s':>10}{'inter./s':>10}"
+        f"{'learn s':>9}{'store s':>9}"
+    )
+    for r in runs:
+        print(
+            f"{r.name:<14}{r.events:>8}{r.seconds:>9.1f}{r.events / r.seconds:>10.0f}"
+            f"{r.rate:>10.0f}{r.learn_seconds:>9.1f}{r.persist_seconds:>9.1f}"
+        )
+    print(f"encoder alone: {reviews_per_s:.0f} reviews/s ({tokens_per_s:.0f} tokens/s)")
+    print(f"text+rating end to end / encoder alone: {runs[0].rate / reviews_per_s:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

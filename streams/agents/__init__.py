@@ -1,0 +1,1 @@
+"""The worker's agents, in data-flow order: join -> learn -> index."""

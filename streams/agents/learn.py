@@ -1,0 +1,442 @@
+"""Interactions -> the learner -> its store, the embedding tables and the item index.
+
+**One model.** The dense network (review head, fusion, GRUs, rating MLP) and every
+user's and item's state form one model that must see every interaction. So the
+``interactions`` topic has exactly one partition: in a consumer group of several
+workers exactly one is assigned it, and that worker holds the learner. Joins scale out
+across workers by user partitions (streams/agents/join.py); the learner's throughput is
+bounded by one process. The scaling path is the encoder, which dominates the cost per
+interaction: run the learner's worker on a GPU (``DREX_DEVICE=cuda``) and give it the
+``learn`` role, with ``join`` workers (no torch imported) around it.
+
+**Taking over.** The learner lives in its store (streams/state.py), opened when this
+worker is assigned ``interactions`` and closed when the partition is revoked (after the
+batch in progress is written). Workers that may take over from each other must share the
+store's folder (``DREX_LEARNER_DIR`` on a shared volume); RocksDB's lock keeps a second
+process out until the first has let go, and the new owner restores the learner from the
+store and rebuilds the item index. A worker whose store is not shared starts from what
+its own folder holds: give the ``learn`` role to one worker at a time in that setup.
+
+**A micro-batch**, in the learner's thread (one dedicated thread, so the event loop keeps
+serving joins and heartbeats while the CPU works):
+
+1. drop records already applied (offset <= stored offset, or id already applied);
+2. ``DReXLearner.learn_many`` (the same call as ``drex evaluate`` and replays); its
+   scores, made before each label was used, feed the prequential error metrics;
+3. read back the representations and keyword profiles of the users and items whose
+   state changed (those in the batch, and after an optimiser step also those whose
+   learnable rows the step moved);
+4. write all of it, the applied ids and the offset in one RocksDB WriteBatch;
+5. upsert the changed items into the FAISS index; every ``checkpoint_every`` batches
+   write a versioned checkpoint folder (keeping the last few) and sweep the store.
+
+Back on the event loop the changed representations are mirrored, as float32 bytes, into
+the ``user-embeddings`` and ``item-embeddings`` tables, whose changelogs serving
+replicas follow (overwrite-only, so replaying them is harmless). Faust acknowledges the
+batch's records only after this body returns (``take_events``), so the consumer group
+never commits past what the store holds. It acknowledges them also when the body raises,
+so a failed batch is not left to faust: it is retried from the store's state, and after
+three failures its interactions go to ``dead-letters`` (replayable) with a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from streams import metrics
+from streams.agents.index import IndexFeeder
+from streams.agents.join import interaction_id
+from streams.events import (
+    DEAD_LETTERS_TOPIC,
+    INTERACTIONS_TOPIC,
+    PROCESSING_ERROR,
+    InteractionEvent,
+    dead_letter,
+)
+from streams.tables import bytes_table, event_context, raw_topic
+
+if TYPE_CHECKING:
+    import faust
+
+    from streams.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+USER_EMBEDDINGS: Final = "user-embeddings"
+ITEM_EMBEDDINGS: Final = "item-embeddings"
+STORE_WAIT_SECONDS: Final = 120.0  # how long a new owner waits for the old one to let go
+RETRIES: Final = 3  # attempts at a micro-batch before its interactions are dead-lettered
+
+
+@dataclass
+class BatchResult:
+    """What one micro-batch did, for the event loop (tables, metrics)."""
+
+    applied: int = 0
+    skipped_offset: int = 0
+    skipped_applied: int = 0
+    errors: list[float] = field(default_factory=list)  # score - rating, rated ones
+    users: dict[str, bytes] = field(default_factory=dict)  # id -> float32 embedding
+    items: dict[str, bytes] = field(default_factory=dict)
+    learn_seconds: float = 0.0
+    persist_seconds: float = 0.0
+
+
+class LearnerSession:
+    """The learner while this worker holds it; every method runs in the learner thread."""
+
+    def __init__(self, settings: WorkerSettings, feeder: IndexFeeder) -> None:
+        self.settings = settings
+        self.feeder = feeder
+        self.learner: Any = None
+        self.store: Any = None
+        self.info: Any = None
+        self._carry: dict[str, set[str]] = {"users": set(), "items": set()}
+        self.last_checkpoint = time.time()
+        self._encoder: Any = None
+        metrics.bind_gauge(metrics.CHECKPOINT_AGE, lambda: time.time() - self.last_checkpoint)
+
+    @property
+    def held(self) -> bool:
+        return self.learner is not None
+
+    def acquire(self) -> None:
+        """Open the store (waiting for a previous owner), restore the learner and index."""
+        if self.held:
+            return
+        import torch
+
+        from drex_model.learner import DReXLearner
+        from drex_model.model import DReXConfig
+        from drex_model.text import TextEncoder
+        from streams.state import LearnerStore
+
+        s = self.settings
+        if s.torch_threads > 0:
+            torch.set_num_threads(s.torch_threads)
+        device = s.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        started = time.monotonic()
+        store = LearnerStore.open(s.learner_path, fsync=s.fsync, wait=STORE_WAIT_SECONDS)
+        try:
+            if self._encoder is None:
+                self._encoder = TextEncoder(
+                    s.encoder or None, max_tokens=s.encoder_max_tokens, device=device
+                )
+            config = DReXConfig.for_variant(s.variant, encoder_dim=self._encoder.hidden_size)
+            learner = DReXLearner(config, encoder=self._encoder, seed=s.seed, device=device)
+            info = store.restore(learner)
+            items = list(learner.items.ids)
+            self.feeder.rebuild(config.dim, items, learner.embeddings("items", items))
+        except BaseException:
+            store.close()
+            raise
+        self.learner, self.store, self.info = learner, store, info
+        self._carry = {"users": set(), "items": set()}
+        metrics.OWNS_LEARNER.set(1)
+        self._update_gauges()
+        logger.info(
+            "learner restored in %.1f s: offset %d, %d interactions, %d users, %d items",
+            time.monotonic() - started,
+            info.offset,
+            info.applied,
+            len(learner.users),
+            len(learner.items),
+        )
+
+    def release(self, save_index: bool = True) -> None:
+        """Close the store and forget the learner (another worker takes it over)."""
+        if not self.held:
+            return
+        try:
+            if save_index:  # serving gets the latest items even between timed saves
+                self.feeder.save()
+        except Exception:
+            logger.exception("saving the item index failed")
+        self.store.close()
+        self.learner = self.store = self.info = None
+        self.feeder.drop()
+        metrics.OWNS_LEARNER.set(0)
+        logger.info("learner released")
+
+    def process(self, batch: Sequence[tuple[int, InteractionEvent]]) -> BatchResult:
+        """Learn one micro-batch of (offset, interaction) and persist it (module doc).
+
+        If anything fails, the in-memory learner (possibly half updated) is dropped, so
+        that a retry starts again from the store, and the error propagates.
+        """
+        self.acquire()
+        try:
+            return self._process(batch)
+        except BaseException:
+            logger.exception("a micro-batch failed; the learner is reloaded from its store")
+            self.release(save_index=False)
+            raise
+
+    def _process(self, batch: Sequence[tuple[int, InteractionEvent]]) -> BatchResult:
+        from drex_model.checkpoint import dense_state_bytes, export_rows
+        from streams.state import BatchWrite, StoreInfo, text_key
+
+        learner, store, info = self.learner, self.store, self.info
+        result = BatchResult()
+        fresh = [(o, e) for o, e in batch if o > info.offset]
+        result.skipped_offset = len(batch) - len(fresh)
+        ids = [interaction_id(e) for _, e in fresh]
+        done = store.applied(ids)
+        keep: list[InteractionEvent] = []
+        kept_ids: list[str] = []
+        for i, (_, event) in zip(ids, fresh, strict=True):
+            if i in done:
+                result.skipped_applied += 1
+            else:
+                done.add(i)  # also drops a repeat within the batch
+                keep.append(event)
+                kept_ids.append(i)
+        last_offset = max((o for o, _ in batch), default=info.offset)
+        step_before = learner.step
+        started = time.perf_counter()
+        if keep:
+            interactions = [e.to_interaction() for e in keep]
+            scores = learner.learn_many(interactions)
+            result.errors = [
+                float(s) - float(e.rating)
+                for s, e in zip(scores, keep, strict=True)
+                if e.rating is not None
+            ]
+            for e in keep:
+                if e.text and learner.config.use_text:
+                    index = learner.cache.lookup(e.text)
+                    if index is not None:
+                        store.review_keys[index] = text_key(e.text)
+        result.learn_seconds = time.perf_counter() - started
+        stepped = learner.step != step_before
+        changed = {
+            "users": {e.user_id for e in keep},
+            "items": {e.item_id for e in keep},
+        }
+        for side in ("users", "items"):
+            if stepped:  # the step moved the learnable rows of earlier batches' entities too
+                changed[side] |= self._carry[side]
+                self._carry[side] = {e.user_id if side == "users" else e.item_id for e in keep}
+            else:
+                self._carry[side] |= changed[side]
+        ordered = {side: sorted(ids_) for side, ids_ in changed.items()}
+        vectors = {side: learner.embeddings(side, ordered[side]) for side in ordered}
+        started = time.perf_counter()
+        new_info = StoreInfo(
+            offset=max(info.offset, last_offset),
+            applied=info.applied + len(keep),
+            batches=info.batches + 1,
+            step=learner.step,
+            updated_at=time.time(),
+        )
+        store.commit(
+            learner,
+            BatchWrite(
+                info=new_info,
+                rows={side: export_rows(learner, side, ordered[side]) for side in ordered},
+                keywords={
+                    side: dict(
+                        zip(
+                            ordered[side],
+                            learner.keyword_profiles(side, ordered[side]),
+                            strict=True,
+                        )
+                    )
+                    for side in ordered
+                },
+                applied_ids=kept_ids,
+                dense=dense_state_bytes(learner) if stepped or info.batches == 0 else None,
+            ),
+        )
+        result.persist_seconds = time.perf_counter() - started
+        self.info = new_info
+        result.applied = len(keep)
+        self.feeder.upsert(ordered["items"], vectors["items"])
+        result.users = {
+            k: v.tobytes() for k, v in zip(ordered["users"], vectors["users"], strict=True)
+        }
+        result.items = {
+            k: v.tobytes() for k, v in zip(ordered["items"], vectors["items"], strict=True)
+        }
+        every = self.settings.checkpoint_every
+        if every > 0 and new_info.batches % every == 0:
+            self.checkpoint()
+        self._update_gauges()
+        return result
+
+    def checkpoint(self) -> Path:
+        """A versioned folder for serving and people; sweeps the store; keeps the last N."""
+        from drex_model.checkpoint import save_checkpoint
+
+        s = self.settings
+        name = f"step-{self.info.batches:09d}"
+        root: Path = s.checkpoint_path
+        tmp = root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_checkpoint(
+            self.learner,
+            tmp,
+            extra={
+                "offset": self.info.offset,
+                "interactions": self.info.applied,
+                "batches": self.info.batches,
+                "settings": s.to_dict(),
+                "written_at": time.time(),
+            },
+        )
+        out = root / name
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)  # a reader never sees a half-written folder
+        for old in sorted(p for p in root.glob("step-*") if p.is_dir())[: -s.checkpoints_kept]:
+            shutil.rmtree(old, ignore_errors=True)
+        reviews, applied = self.store.gc(time.time() - s.dedup_retention)
+        self.last_checkpoint = time.time()
+        logger.info("checkpoint %s (swept %d reviews, %d applied ids)", out, reviews, applied)
+        return out
+
+    def _update_gauges(self) -> None:
+        if self.learner is None:
+            return
+        metrics.USERS.set(len(self.learner.users))
+        metrics.ITEMS.set(len(self.learner.items))
+        metrics.APPLIED_TOTAL.set(self.info.applied)
+        metrics.LEARNER_OFFSET.set(self.info.offset)
+
+
+@dataclass
+class LearnWiring:
+    """What :func:`register` added to the app."""
+
+    session: LearnerSession
+    agent: Any
+    user_embeddings: Any
+    item_embeddings: Any
+    executor: concurrent.futures.ThreadPoolExecutor
+
+
+def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> LearnWiring:
+    """Add the learn agent, the embedding tables and the ownership hooks to ``app``."""
+    interactions = raw_topic(app, INTERACTIONS_TOPIC, partitions=1)
+    dead_letters = raw_topic(app, DEAD_LETTERS_TOPIC)
+    # partitions=1: written while processing interactions' only partition
+    tables = [
+        bytes_table(app, USER_EMBEDDINGS, 1, help="user id -> float32 representation"),
+        bytes_table(app, ITEM_EMBEDDINGS, 1, help="item id -> float32 representation"),
+    ]
+    session = LearnerSession(settings, feeder)
+    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="drex-learner")
+    prequential = metrics.Prequential()
+
+    def owned() -> bool:
+        return any(tp.topic == INTERACTIONS_TOPIC for tp in app.consumer.assignment())
+
+    async def in_learner_thread(fun: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(executor, fun, *args)
+
+    async def learn_with_retries(
+        batch: list[tuple[int, InteractionEvent]], events: Sequence[Any]
+    ) -> BatchResult | None:
+        """``session.process`` with retries; a batch that keeps failing is dead-lettered.
+
+        Raising out of the loop would not replay the batch: ``take_events`` acknowledges
+        the events on its way out. So a failure is retried from the store's state (the
+        session reloads it), and a batch that fails three times goes to ``dead-letters``
+        (replayable from there) instead of blocking the stream.
+        """
+        for attempt in range(RETRIES):
+            try:
+                result: BatchResult = await in_learner_thread(session.process, batch)
+                return result
+            except Exception as err:
+                if attempt + 1 < RETRIES:
+                    await asyncio.sleep(2.0**attempt)
+                    continue
+                logger.error("%d interactions go to dead-letters", len(events))
+                for event in events:
+                    await dead_letters.send(value=dead_letter(event.value, INTERACTIONS_TOPIC, err))
+                metrics.DEAD_LETTERS.labels(PROCESSING_ERROR).inc(len(events))
+        return None
+
+    @app.agent(interactions, name="drex.learn")
+    async def learn(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            if not owned():  # revoked while these were buffered: the new owner reads them
+                continue
+            metrics.EVENTS_IN.labels(INTERACTIONS_TOPIC).inc(len(events))
+            batch = []
+            for event in events:
+                try:
+                    batch.append((event.message.offset, InteractionEvent.loads(event.value)))
+                except Exception as err:  # only a bug or a foreign writer gets here
+                    logger.exception("undecodable interaction at offset %d", event.message.offset)
+                    await dead_letters.send(value=dead_letter(event.value, INTERACTIONS_TOPIC, err))
+                    metrics.DEAD_LETTERS.labels(PROCESSING_ERROR).inc()
+            result = await learn_with_retries(batch, events)
+            if result is None:
+                continue
+            with event_context(events[-1]):
+                for table, vectors in zip(tables, (result.users, result.items), strict=True):
+                    for key, value in vectors.items():
+                        table[key.encode()] = value
+            metrics.BATCH_SIZE.observe(len(events))
+            metrics.LEARN_SECONDS.observe(result.learn_seconds)
+            metrics.PERSIST_SECONDS.observe(result.persist_seconds)
+            metrics.INTERACTIONS_APPLIED.inc(result.applied)
+            if result.skipped_offset:
+                metrics.INTERACTIONS_SKIPPED.labels("offset").inc(result.skipped_offset)
+            if result.skipped_applied:
+                metrics.INTERACTIONS_SKIPPED.labels("applied").inc(result.skipped_applied)
+            prequential.update(result.errors)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        if any(tp.topic == INTERACTIONS_TOPIC for tp in args[0]):  # args: (revoked,)
+            await in_learner_thread(session.release)  # after the batch in progress
+
+    pending: list[asyncio.Future[Any]] = []
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        if any(tp.topic == INTERACTIONS_TOPIC for tp in args[0]):  # args: (assigned,)
+            # restore now rather than at the first record; not awaited: the rebalance
+            # must not wait for torch and the store (the next batch queues behind it)
+            future = asyncio.ensure_future(in_learner_thread(session.acquire))
+            future.add_done_callback(_log_failure)
+            pending[:] = [future]
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await in_learner_thread(session.release)
+        executor.shutdown(wait=True)
+
+    return LearnWiring(session, learn, tables[0], tables[1], executor)
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("restoring the learner failed", exc_info=future.exception())
+
+
+def decode_embedding(value: bytes) -> Any:
+    """An embedding table value back to a float32 vector (for serving and tests)."""
+    import numpy as np
+
+    return np.frombuffer(value, dtype=np.float32)
+
+
+def parse_interaction(raw: bytes) -> InteractionEvent:
+    """An ``interactions`` message (for tools and tests)."""
+    obj = orjson.loads(raw)
+    return InteractionEvent(**obj)

@@ -1,0 +1,57 @@
+"""Topic and table declarations over raw bytes, and the one faust workaround they need.
+
+Everything drex passes through Kafka is bytes it encodes itself (orjson, float32 arrays):
+faust's value decoding would otherwise crash an agent on the first malformed message
+(``value_type=dict``) or silently skip it, where drex wants a dead letter. A faust
+``Topic`` needs its serializers named ("raw"); a ``Table`` picks "raw" from
+``value_type=bytes`` by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+
+def raw_topic(app: Any, *names: str, partitions: int | None = None) -> Any:
+    """A topic (or several read as one) whose keys and values are bytes, untouched."""
+    return app.topic(
+        *names,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+    )
+
+
+def bytes_table(app: Any, name: str, partitions: int, help: str = "") -> Any:
+    """A RocksDB table (rocksdict driver) of bytes -> bytes, changelogged."""
+    return app.Table(
+        name,
+        key_type=bytes,
+        value_type=bytes,  # -> the "raw" serializer for both
+        partitions=partitions,
+        options={"driver": "rocksdict"},
+        help=help,
+    )
+
+
+@contextlib.contextmanager
+def event_context(event: Any) -> Iterator[None]:
+    """Let table writes happen while ``event`` is not the stream's current event.
+
+    faust tables accept writes only while an event is current (the changelog partition
+    and the local RocksDB partition come from it). A ``take_events`` body runs after
+    faust has moved past the batch's events; the caller names the event whose partition
+    the writes belong to. This sets faust's private ``current_event`` context variable.
+    """
+    from faust.streams import _current_event
+
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)

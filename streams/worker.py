@@ -1,0 +1,161 @@
+"""``drex worker``: run the streaming learner (join, learn, index) as a faust worker.
+
+    drex worker --broker kafka://HOST:PORT [--state-dir ./state] [--partitions 4]
+                [--batch-size 64] [--join-window 30] [--device auto] [--metrics-port 9101]
+                [--embedded]
+
+Every flag has an environment variable (streams/settings.py); flags win. The worker
+creates its topics, serves Prometheus metrics, and runs until SIGTERM or Ctrl-C, when it
+finishes the micro-batch in progress, writes it and leaves the consumer group.
+``python -m streams.worker`` is the same command (tests start workers that way:
+:func:`spawn`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from streams.settings import WorkerSettings
+
+logger = logging.getLogger("drex.worker")
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``drex worker`` to the ``drex`` command's subparsers."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "worker",
+        help="run the streaming learner: join reviews and ratings, learn, index",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(func=cmd_worker)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The worker's flags; a flag left out keeps the environment's (or default) value."""
+    flag = _flag_adder(p)
+    flag("--broker", "kafka://HOST:PORT")
+    flag("--state-dir", "local state folder")
+    flag("--learner-dir", "the learner's store (share it between workers that take over)")
+    flag("--app-id", "faust app id = consumer group")
+    flag("--partitions", "join partitions", type=int)
+    flag("--batch-size", "interactions per learner micro-batch", type=int)
+    flag("--batch-within", "seconds a partial micro-batch waits", type=float)
+    flag("--join-window", "seconds a review waits for its rating", type=float)
+    flag("--dedup-retention", "seconds event ids are kept to drop resends", type=float)
+    flag("--device", "torch device", choices=["auto", "cpu", "cuda"])
+    flag("--variant", "DReX variant", choices=["drex", "drex-paper"])
+    flag("--encoder", "local Hugging Face encoder folder (empty: bundled MiniLM)")
+    flag("--role", "agents to run", choices=["all", "join", "learn"])
+    flag("--checkpoint-every", "micro-batches between checkpoint folders", type=int)
+    flag("--metrics-port", "Prometheus port (0: any free, -1: off)", type=int)
+    flag("--torch-threads", "torch threads (0: torch's default)", type=int)
+    flag("--session-timeout", "consumer group session timeout, s", type=float)
+    flag("--log-level", "log level")
+    p.add_argument(
+        "--embedded",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="the broker is the embedded Tansu: apply streams.compat (DREX_EMBEDDED)",
+    )
+
+
+def _flag_adder(p: argparse.ArgumentParser) -> Any:
+    defaults = WorkerSettings()
+
+    def add(name: str, text: str, **kwargs: Any) -> None:
+        field = name[2:].replace("-", "_")
+        env = f"DREX_{field.upper()}"
+        default = getattr(defaults, field)
+        p.add_argument(
+            name, default=argparse.SUPPRESS, help=f"{text} ({env}; default {default!r})", **kwargs
+        )
+
+    return add
+
+
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Any:
+    known = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    return WorkerSettings.from_env(env, **known)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Resolve the settings and run the worker until it is stopped; the exit code."""
+    try:
+        settings = settings_from_args(args)
+    except ValueError as err:
+        print(f"drex worker: {err}", file=sys.stderr)
+        return 2
+    return run(settings)
+
+
+def run(settings: WorkerSettings) -> int:
+    """Create the topics, serve metrics, run the faust worker (blocks)."""
+    import faust
+
+    from streams import metrics
+    from streams.app import create_app, ensure_topics
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
+    )
+    settings.faust_datadir.mkdir(parents=True, exist_ok=True)
+    try:
+        created = ensure_topics(settings)
+    except Exception as err:
+        print(f"drex worker: cannot reach {settings.broker}: {err}", file=sys.stderr)
+        return 1
+    if created:
+        logger.info("created topics %s", sorted(created))
+    if settings.metrics_port >= 0:
+        port = metrics.serve(settings.metrics_port, settings.metrics_host)
+        print(f"drex worker: metrics on http://{settings.metrics_host}:{port}/metrics", flush=True)
+    drex = create_app(settings)
+    worker = faust.Worker(drex.app, loglevel=settings.log_level, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    return 0
+
+
+def spawn(
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    log: IO[bytes] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m streams.worker ARGS`` (for tests and benchmarks).
+
+    Its output goes to ``log`` (default: inherited). Stop it with ``terminate()`` (a
+    clean stop) or ``kill()`` (a crash).
+    """
+    full_env = dict(os.environ if env is None else env)
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.worker", *args],
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT if log is not None else None,
+        cwd=str(cwd) if cwd is not None else str(Path(__file__).resolve().parents[1]),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="drex worker", description=__doc__)
+    add_arguments(parser)
+    return cmd_worker(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""The streaming learner end to end: real broker, worker processes, faulty event streams.
+
+Every test starts its own embedded broker (the topic names are fixed) and ``drex worker``
+subprocesses with the tiny test encoder, streams a planned dataset with dropped halves,
+resends, malformed events and reordering, and checks the learner store against the
+plan's ground truth: each valid interaction applied exactly once per user and per item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from drex_model.checkpoint import load_checkpoint
+from drex_model.evaluate.data import load_interactions
+from drex_model.evaluate.sample import write_sample
+from drex_model.types import Interaction
+from serving.index import ItemIndex
+from streams.broker import BrokerError, EmbeddedBroker, free_port, resolve_tansu_bin
+from streams.compat import tansu_end_offsets
+from streams.events import (
+    DEAD_LETTERS_TOPIC,
+    REVIEWS_TOPIC,
+    InvalidEvent,
+    parse_dead_letter,
+    validate_review,
+)
+from streams.producer import EventPlan, EventProducer, plan_events
+from streams.state import LearnerStore
+from streams.worker import spawn
+from tests.conftest import shared_dataset
+
+pytestmark = pytest.mark.integration
+
+JOIN_WINDOW = "2"  # short, so that lone halves expire during the test
+APP_ID = "drex-it"
+_SOURCES = ("reviews", "ratings")
+
+
+# --- fixtures and helpers ----------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A broker of this test's own: the worker's topic names are fixed."""
+    try:
+        binary = resolve_tansu_bin()
+    except BrokerError as exc:
+        pytest.skip(f"no Tansu broker binary ({exc})")
+    with EmbeddedBroker(log_dir=tmp_path / "tansu", binary=binary) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def sample_rows(tmp_path_factory: pytest.TempPathFactory) -> list[Interaction]:
+    path = write_sample(tmp_path_factory.mktemp("data") / "sample.jsonl", users=170)
+    return load_interactions(path).interactions  # ~2,000 interactions
+
+
+def faulty_plan(rows: Sequence[Interaction]) -> EventPlan:
+    return plan_events(
+        rows,
+        seed=0,
+        review_only=0.2,
+        rating_only=0.2,
+        duplicate=0.05,
+        malformed=0.02,
+        max_delay=50,
+    )
+
+
+class Worker:
+    """A ``drex worker`` subprocess with its own metrics port and log file."""
+
+    def __init__(
+        self,
+        broker: EmbeddedBroker,
+        encoder: Path,
+        state_dir: Path,
+        log_path: Path,
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.args = [
+            "--broker",
+            broker.url,
+            "--embedded",
+            "--app-id",
+            APP_ID,
+            "--state-dir",
+            str(state_dir),
+            "--partitions",
+            "4",
+            "--join-window",
+            JOIN_WINDOW,
+            "--encoder",
+            str(encoder),
+            "--metrics-port",
+            str(self.port),
+            "--torch-threads",
+            "1",
+            "--session-timeout",
+            "4",
+            "--checkpoint-every",
+            "10",
+            *extra,
+        ]
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()
+        self.proc = spawn(self.args, log=self._log)
+
+    def metrics(self) -> dict[str, float]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def metric(self, name: str) -> float:
+        return self.metrics().get(name, 0.0)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 60) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, *workers: Worker) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        dead = [w for w in workers if not w.alive()]
+        if dead or time.monotonic() > deadline:
+            why = "a worker exited" if dead else f"timed out after {timeout:.0f} s"
+            logs = "\n---\n".join(w.log_tail() for w in workers)
+            raise AssertionError(f"{why} waiting for {what}\n{logs}")
+        time.sleep(0.5)
+
+
+def applied_total(*workers: Worker) -> float:
+    """Interactions in the learner store, as its current holder reports it."""
+    return max((w.metric("drex_learner_interactions_total") for w in workers), default=0.0)
+
+
+def send(broker: EmbeddedBroker, events: Sequence[tuple[str, bytes, bytes]]) -> None:
+    async def go() -> None:
+        async with EventProducer(broker.url) as producer:
+            for topic, key, value in events:
+                await producer.send_raw(topic, key, value)
+
+    asyncio.run(go())
+
+
+def read_topic(broker: EmbeddedBroker, topic: str) -> list[tuple[bytes | None, bytes]]:
+    """Every record of ``topic``, read to its true end."""
+
+    async def go() -> list[tuple[bytes | None, bytes]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = await consumer.topics() and consumer.partitions_for_topic(topic)
+            tps = [TopicPartition(topic, p) for p in sorted(partitions or ())]
+            if not tps:
+                return []
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await tansu_end_offsets(consumer, tps)
+            out: list[tuple[bytes | None, bytes]] = []
+            deadline = time.monotonic() + 30
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"could not read {topic} to its end")
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    out += [(r.key, r.value) for r in records if r.value is not None]
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())
+
+
+def with_text(plan: EventPlan) -> tuple[set[str], set[str]]:
+    """Users and items that sent at least one valid review."""
+    users, items = set(), set()
+    for topic, _, value in plan.events:
+        if topic != REVIEWS_TOPIC:
+            continue
+        try:
+            event = validate_review(value)
+        except InvalidEvent:
+            continue
+        users.add(event.user_id)
+        items.add(event.item_id)
+    return users, items
+
+
+def check_learner(
+    learner_dir: Path, plan: EventPlan, broker: EmbeddedBroker, exact_dead_letters: bool = True
+) -> None:
+    """The store holds each valid interaction exactly once; side outputs are complete."""
+    truth = plan.truth
+    store = LearnerStore.open(learner_dir, read_only=True)
+    try:
+        info = store.info()
+        users, items = store.counts("users"), store.counts("items")
+        profiles = {side: store.keyword_profiles(side) for side in ("users", "items")}
+    finally:
+        store.close()
+    assert info.applied == truth.interactions
+    assert users == truth.per_user
+    assert items == truth.per_item
+    text_users, text_items = with_text(plan)
+    assert text_users <= {u for u, p in profiles["users"].items() if p}
+    assert text_items <= {i for i, p in profiles["items"].items() if p}
+
+    letters = [parse_dead_letter(v) for _, v in read_topic(broker, DEAD_LETTERS_TOPIC)]
+    if exact_dead_letters:
+        assert dict(Counter(d.reason for d in letters)) == truth.malformed_reasons
+    else:  # a crash may resend a dead letter: every malformed message is there, maybe twice
+        unique = {(d.topic, d.raw): d.reason for d in letters}
+        assert dict(Counter(unique.values())) == truth.malformed_reasons
+
+    for side, expected in (("user", truth.per_user), ("item", truth.per_item)):
+        changelog = read_topic(broker, f"{APP_ID}-{side}-embeddings-changelog")
+        assert {k.decode() for k, _ in changelog if k is not None} == set(expected)
+
+
+def check_outputs(state_dir: Path, plan: EventPlan, encoder: Path) -> None:
+    """The item index and the checkpoint folders a serving process would read."""
+    index = ItemIndex.load(state_dir / "index")
+    assert set(index.ids()) == set(plan.truth.per_item)
+    checkpoints = sorted((state_dir / "checkpoints").glob("step-*"))
+    assert 1 <= len(checkpoints) <= 3
+    learner = load_checkpoint(checkpoints[-1])
+    user = next(iter(plan.truth.per_user))
+    assert 1.0 <= learner.predict_one(user, next(iter(plan.truth.per_item))) <= 5.0
+
+
+# --- the tests ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dataset",
+    [
+        "sample",
+        pytest.param(
+            "amazon14_musical_instruments_5.json.gz",
+            marks=[pytest.mark.data, pytest.mark.slow],
+        ),
+    ],
+)
+def test_every_valid_interaction_is_applied_exactly_once(
+    dataset: str,
+    sample_rows: list[Interaction],
+    fresh_broker: EmbeddedBroker,
+    tiny_encoder_dir: Path,
+    tmp_path: Path,
+) -> None:
+    if dataset == "sample":
+        rows = sample_rows
+    else:
+        rows = load_interactions(shared_dataset(dataset)).interactions
+    plan = faulty_plan(rows)
+    state = tmp_path / "state"
+    worker = Worker(fresh_broker, tiny_encoder_dir, state, tmp_path / "worker.log")
+    try:
+        send(fresh_broker, plan.events)
+        timeout = 120 if dataset == "sample" else 600
+        wait_until(
+            lambda: applied_total(worker) >= plan.truth.interactions,
+            timeout,
+            f"{plan.truth.interactions} interactions",
+            worker,
+        )
+        outcomes = worker.metrics()
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+    check_learner(state / "learner", plan, fresh_broker)
+    check_outputs(state, plan, tiny_encoder_dir)
+    # the join saw the faults it was given
+    assert outcomes['drex_join_outcomes_total{outcome="duplicate"}'] == plan.truth.duplicates
+    assert outcomes['drex_join_outcomes_total{outcome="both"}'] == plan.truth.both
+    assert outcomes.get('drex_join_outcomes_total{outcome="late"}', 0.0) == 0.0
+
+
+def test_a_killed_worker_resumes_without_losing_or_repeating(
+    sample_rows: list[Interaction],
+    fresh_broker: EmbeddedBroker,
+    tiny_encoder_dir: Path,
+    tmp_path: Path,
+) -> None:
+    plan = faulty_plan(sample_rows)
+    state = tmp_path / "state"
+    # The whole stream is in the broker first: a producer that waited longer than the
+    # join window between two halves would make the second one late by its own doing.
+    send(fresh_broker, plan.events)
+    first = Worker(fresh_broker, tiny_encoder_dir, state, tmp_path / "first.log")
+
+    def joined_some() -> bool:
+        m = first.metrics()
+        seen = sum(m.get(f'drex_events_in_total{{topic="{t}"}}', 0.0) for t in _SOURCES)
+        return seen >= 1000 and m.get("drex_learner_interactions_total", 0.0) > 0
+
+    try:  # mid-stream for both agents: joins half done, the learner just started
+        wait_until(joined_some, 120, "the first thousand events", first)
+        at_kill = applied_total(first)
+    finally:
+        first.kill()  # SIGKILL: batches in flight, offsets and changelogs uncommitted
+    second = Worker(fresh_broker, tiny_encoder_dir, state, tmp_path / "second.log")
+    try:
+        wait_until(
+            lambda: applied_total(second) >= plan.truth.interactions,
+            120,
+            f"{plan.truth.interactions} interactions after the restart",
+            second,
+        )
+        time.sleep(3)  # anything replayed twice would show up now
+        assert applied_total(second) == plan.truth.interactions
+        replays = second.metrics()
+    finally:
+        assert second.stop() == 0, second.log_tail()
+    assert 0 < at_kill < plan.truth.interactions  # the kill did land mid-stream
+    check_learner(state / "learner", plan, fresh_broker, exact_dead_letters=False)
+    skipped = {k: v for k, v in replays.items() if k.startswith("drex_interactions_skipped_total")}
+    print(f"killed at {at_kill:.0f} applied; after the restart, skipped: {skipped}")
+
+
+def test_two_workers_split_the_joins_and_share_one_learner(
+    sample_rows: list[Interaction],
+    fresh_broker: EmbeddedBroker,
+    tiny_encoder_dir: Path,
+    tmp_path: Path,
+) -> None:
+    plan = faulty_plan(sample_rows)
+    shared = tmp_path / "learner"  # the learner may move between them on a rebalance
+    workers = [
+        Worker(
+            fresh_broker,
+            tiny_encoder_dir,
+            tmp_path / name,
+            tmp_path / f"{name}.log",
+            extra=["--learner-dir", str(shared)],
+        )
+        for name in ("a", "b")
+    ]
+    try:
+        # both in the group before the stream starts, so both get join partitions
+        wait_until(
+            lambda: all(w.metric("drex_join_partitions") > 0 for w in workers),
+            120,
+            "both workers to own join partitions",
+            *workers,
+        )
+        send(fresh_broker, plan.events)
+        wait_until(
+            lambda: applied_total(*workers) >= plan.truth.interactions,
+            120,
+            f"{plan.truth.interactions} interactions",
+            *workers,
+        )
+        per_worker = [
+            sum(w.metrics().get(f'drex_events_in_total{{topic="{t}"}}', 0.0) for t in _SOURCES)
+            for w in workers
+        ]
+        owners = [w.metric("drex_owns_learner") for w in workers]
+    finally:
+        codes = [w.stop() for w in workers]
+    assert codes == [0, 0], [w.log_tail() for w in workers]
+    assert all(n > 0 for n in per_worker), per_worker  # the joins were split
+    assert sum(per_worker) >= plan.truth.events  # at least once: a rebalance may resend
+    assert sorted(owners) == [0.0, 1.0]  # one learner
+    check_learner(shared, plan, fresh_broker)

@@ -1,0 +1,169 @@
+"""drex_model.checkpoint: pieces and folders restore a learner exactly, without pickle."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from drex_model.checkpoint import (
+    CheckpointError,
+    dense_metadata,
+    dense_state_bytes,
+    export_rows,
+    import_rows,
+    load_checkpoint,
+    load_dense_state,
+    review_from_bytes,
+    review_to_bytes,
+    row_from_bytes,
+    row_to_bytes,
+    save_checkpoint,
+)
+from drex_model.learner import DReXLearner
+from drex_model.model import DReXConfig
+from drex_model.text import TextEncoder
+from drex_model.types import Interaction
+
+WORDS = ["warm tone", "cheap strap broke", "solid metal build", "easy setup", "bright sound"]
+
+
+def config(**overrides: object) -> DReXConfig:
+    # No dropout, and an optimiser step every 4 rated interactions, so that a learner
+    # saved between steps continues exactly like the original.
+    return DReXConfig.for_variant(
+        "drex",
+        dim=8,
+        dropout=0.0,
+        step_size=4,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def stream(n: int, start: int = 0, seed: int = 0) -> list[Interaction]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(start, start + n):
+        text = WORDS[int(rng.integers(len(WORDS)))] if k % 3 else None
+        out.append(
+            Interaction(
+                f"u{int(rng.integers(6))}",
+                f"i{int(rng.integers(5))}",
+                float(rng.integers(1, 6)),
+                text,
+                float(k),
+            )
+        )
+    return out
+
+
+def trained(encoder: TextEncoder) -> DReXLearner:
+    learner = DReXLearner(config(encoder_dim=encoder.hidden_size), encoder=encoder, seed=0)
+    for s in range(0, 32, 8):
+        learner.learn_many(stream(8, s, seed=s))
+    assert learner.step > 0 and learner._accumulated == 0
+    return learner
+
+
+def restored(source: DReXLearner, encoder: TextEncoder) -> DReXLearner:
+    copy = DReXLearner(source.config, encoder=encoder, seed=0)
+    load_dense_state(copy, dense_state_bytes(source))
+    for side in ("users", "items"):
+        table = source.users if side == "users" else source.items
+        rows = export_rows(source, side, list(table.ids))
+        # through bytes, as the worker's store keeps them
+        encoded = [
+            row_from_bytes(
+                row_to_bytes(r, "k" if r.pending_review else None),
+                review_from_bytes(review_to_bytes(r.pending_review)) if r.pending_review else None,
+            )[0]
+            for r in rows
+        ]
+        import_rows(copy, side, encoded)
+    return copy
+
+
+def all_pairs(learner: DReXLearner) -> tuple[list[str], list[str]]:
+    users, items = list(learner.users.ids), list(learner.items.ids)
+    return [u for u in users for _ in items], items * len(users)
+
+
+def test_pieces_restore_identical_predictions_and_training(tiny_encoder: TextEncoder) -> None:
+    torch.manual_seed(0)
+    source = trained(tiny_encoder)
+    copy = restored(source, tiny_encoder)
+    users, items = all_pairs(source)
+    np.testing.assert_allclose(
+        copy.predict_many(users, items), source.predict_many(users, items), atol=1e-5
+    )
+    assert copy.step == source.step
+    # Same next batch, same scores and same state afterwards: optimiser state came along.
+    batch = [*stream(8, 100, seed=7), Interaction("new-user", "new-item", 4.0, "warm", 200.0)]
+    np.testing.assert_allclose(copy.learn_many(batch), source.learn_many(batch), atol=1e-4)
+    np.testing.assert_allclose(
+        copy.predict_many(users, items), source.predict_many(users, items), atol=1e-4
+    )
+    assert copy._seen == source._seen
+
+
+def test_wrong_format_version_and_other_config_are_refused(tiny_encoder: TextEncoder) -> None:
+    source = trained(tiny_encoder)
+    blob = dense_state_bytes(source)
+    (n,) = struct.unpack_from("<Q", blob)
+    meta = json.loads(blob[8 : 8 + n])["__metadata__"]
+    forged = st_save(st_load(blob), metadata={**meta, "format": "2"})
+    with pytest.raises(CheckpointError, match="format version '2'"):
+        load_dense_state(DReXLearner(source.config, encoder=tiny_encoder), forged)
+    other = DReXLearner(config(encoder_dim=tiny_encoder.hidden_size, lr=0.5), encoder=tiny_encoder)
+    with pytest.raises(CheckpointError, match="lr"):
+        load_dense_state(other, blob)
+    with pytest.raises(CheckpointError):
+        dense_metadata(b"not a checkpoint")
+
+
+def test_loading_never_unpickles(
+    tiny_encoder: TextEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = trained(tiny_encoder)
+    blob = dense_state_bytes(source)
+    folder = save_checkpoint(source, tmp_path / "step-1", extra={"offset": 41})
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    copy = DReXLearner(source.config, encoder=tiny_encoder)
+    load_dense_state(copy, blob)
+    again = load_checkpoint(folder, encoder=tiny_encoder)
+    users, items = all_pairs(source)
+    np.testing.assert_allclose(
+        again.predict_many(users, items), source.predict_many(users, items), atol=1e-5
+    )
+    assert json.loads((folder / "config.json").read_text())["extra"] == {"offset": 41}
+    for user in source.users.ids:
+        assert again.user_keywords.profile(user) == pytest.approx(
+            source.user_keywords.profile(user)
+        )
+
+
+def test_views_do_not_register_ids(tiny_encoder: TextEncoder) -> None:
+    learner = trained(tiny_encoder)
+    n_items = len(learner.items)
+    vectors = learner.embeddings("items", list(learner.items.ids))
+    assert vectors.shape == (n_items, 8) and vectors.dtype == np.float32
+    with pytest.raises(KeyError):
+        learner.embeddings("items", ["nope"])
+    assert len(learner.items) == n_items
+    profiles = learner.keyword_profiles("items", list(learner.items.ids))
+    # every item has a pending review or folded ones: the view includes the pending words
+    assert all(profiles)
