@@ -71,7 +71,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         limit=args.limit,
         progress=not args.quiet,
     )
-    evaluate(opts)
+    try:
+        evaluate(opts)
+    except (ValueError, FileNotFoundError) as err:  # bad data or settings: say so, no trace
+        raise SystemExit(f"drex evaluate: {err}") from None
     print(f"wrote {args.output}/results.json, results.md and learning_curves.png")
     return 0
 

@@ -86,7 +86,7 @@ def evaluate(opts: EvaluateOptions) -> dict[str, Any]:
     if len(data) < 10:
         raise ValueError(
             f"only {len(data)} interactions left after filtering "
-            f"(min_user={opts.min_user}, min_item={opts.min_item})"
+            f"(min_user={opts.min_user}, min_item={opts.min_item}); lower --min-user/--min-item"
         )
     stats = describe(data)
     _say(
