@@ -31,6 +31,7 @@ Notation: B interactions in a t-batch, D embedding size.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -132,9 +133,6 @@ class EntityTable(nn.Module):
         weight = getattr(self, name)
         return nn.functional.embedding(rows, weight, sparse=True)
 
-    def known(self, ids: Sequence[str]) -> torch.Tensor:
-        return torch.tensor([k in self.index for k in ids], dtype=torch.bool)
-
     def reset_memory(self) -> None:
         """Back to the initial representations (the start of a training pass)."""
         self.has_memory.zero_()
@@ -168,7 +166,7 @@ class DReXLearner:
         n_users_hint: int = 0,
     ) -> None:
         if config.use_text and encoder is None and cache is None:
-            config = _replace(config, use_text=False)
+            config = dataclasses.replace(config, use_text=False)
         self.config = config
         self.device = torch.device(device)
         torch.manual_seed(seed)
@@ -688,9 +686,3 @@ def t_batches(users: Sequence[int], items: Sequence[int], max_size: int) -> list
         batches[b].append(n)
         last_u[u] = last_i[i] = b
     return batches
-
-
-def _replace(config: DReXConfig, **changes: Any) -> DReXConfig:
-    from dataclasses import replace
-
-    return replace(config, **changes)
