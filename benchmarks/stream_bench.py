@@ -31,6 +31,7 @@ from drex_model.evaluate.sample import write_sample
 from drex_model.types import Interaction
 from streams.broker import EmbeddedBroker, free_port
 from streams.producer import EventProducer, plan_events
+from streams.settings import WorkerSettings
 from streams.worker import spawn
 
 
@@ -168,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interactions", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=WorkerSettings().batch_size)
     parser.add_argument("--encoder", default="", help="local HF folder (default: MiniLM)")
     parser.add_argument(
         "--join-window",
