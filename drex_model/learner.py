@@ -400,19 +400,17 @@ class DReXLearner:
         if not self.config.use_text:
             return ids
         with_text = [j for j, x in enumerate(interactions) if x.text]
-        cached = [self.cache.lookup(interactions[j].text or "") for j in with_text]
-        if self.encoder is None and any(c is None for c in cached):
-            raise RuntimeError("a review is not in the cache and the learner has no encoder")
-        if with_text:
-            assert self.encoder is not None or all(c is not None for c in cached)
+        if not with_text:
+            return ids.to(self.device)
+        texts = [interactions[j].text or "" for j in with_text]
+        if self.encoder is not None:  # encodes only the reviews the cache lacks
+            found = self.cache.add(self.encoder, texts, progress)
+        else:
+            cached = [self.cache.lookup(t) for t in texts]
             if any(c is None for c in cached):
-                assert self.encoder is not None
-                found = self.cache.add(
-                    self.encoder, [interactions[j].text or "" for j in with_text], progress
-                )
-            else:
-                found = [int(c) for c in cached if c is not None]
-            ids[with_text] = torch.tensor(found, dtype=torch.long)
+                raise RuntimeError("a review is not in the cache and the learner has no encoder")
+            found = [int(c) for c in cached if c is not None]
+        ids[with_text] = torch.tensor(found, dtype=torch.long)
         return ids.to(self.device)
 
     def _learn_batch(
