@@ -21,7 +21,6 @@ import os
 import shutil
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from drex_model.evaluate.data import load_interactions
 from drex_model.evaluate.sample import write_sample
 from drex_model.types import Interaction
 from streams.broker import EmbeddedBroker, free_port
+from streams.metrics import scrape
 from streams.producer import EventProducer, plan_events
 from streams.settings import WorkerSettings
 from streams.worker import spawn
@@ -51,17 +51,7 @@ class Run:
 
 
 def metrics(port: int) -> dict[str, float]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
+    return scrape(port)
 
 
 def wait(port: int, name: str, target: float, timeout: float, proc: object) -> dict[str, float]:

@@ -96,6 +96,26 @@ def bind_gauge(gauge: Gauge, read: Callable[[], float]) -> None:
     gauge.set_function(read)
 
 
+def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """A worker's metrics as {sample name with labels: value}; {} when unreachable.
+
+    For tests and benchmarks that read a running worker from outside.
+    """
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 def serve(port: int, host: str = "127.0.0.1") -> int:
     """Start the metrics HTTP server in a daemon thread; returns the bound port.
 

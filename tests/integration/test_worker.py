@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from streams.events import (
     parse_dead_letter,
     validate_review,
 )
+from streams.metrics import scrape
 from streams.producer import EventPlan, EventProducer, plan_events
 from streams.state import LearnerStore
 from streams.worker import spawn
@@ -117,17 +117,7 @@ class Worker:
         self.proc = spawn(self.args, log=self._log)
 
     def metrics(self) -> dict[str, float]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            return {}
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
-        return out
+        return scrape(self.port)
 
     def metric(self, name: str) -> float:
         return self.metrics().get(name, 0.0)
