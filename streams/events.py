@@ -195,14 +195,13 @@ def validate_review(
         raise InvalidEvent(
             TEXT_TOO_LONG, f"'text' has {len(text)} characters, the limit is {max_text_chars}"
         )
-    return ReviewEvent(
-        schema=SCHEMA_VERSION,
-        event_id=obj["event_id"],
-        user_id=obj["user_id"],
-        item_id=obj["item_id"],
-        event_time=obj["event_time"],
-        text=text,
-    )
+    return ReviewEvent(**_envelope(obj), text=text)
+
+
+def _envelope(obj: dict[str, Any]) -> dict[str, Any]:
+    """The fields every event kind shares, already checked by ``_common``."""
+    keys = ("event_id", "user_id", "item_id", "event_time")
+    return {"schema": SCHEMA_VERSION, **{k: obj[k] for k in keys}}
 
 
 def validate_rating(
@@ -223,14 +222,7 @@ def validate_rating(
         raise InvalidEvent(
             RATING_OUT_OF_RANGE, f"'rating' is {rating!r}, outside 1..{rating_scale}"
         )
-    return RatingEvent(
-        schema=SCHEMA_VERSION,
-        event_id=obj["event_id"],
-        user_id=obj["user_id"],
-        item_id=obj["item_id"],
-        event_time=obj["event_time"],
-        rating=value,
-    )
+    return RatingEvent(**_envelope(obj), rating=value)
 
 
 def validate(
