@@ -1,16 +1,26 @@
-"""End-to-end throughput of the streaming learner, next to the encoder's own.
+"""End-to-end throughput of the streaming learner, next to its parts measured alone.
 
 A ``drex worker`` (a subprocess, as in production) against the embedded broker learns a
-generated stream; the clock runs from the first event sent to the last interaction
-persisted in the learner store, with the worker already started and holding the
-learner. Two streams: every interaction with text and rating, and ratings only (no
-encoder work: the cost of the join, the learner update and the store; each lone rating
-waits one join window for a review, so the last ones arrive a window late). A third run
-gives the join alone (``--role join``, no learner): one worker's join capacity. The same run then
-encodes the same reviews with the same encoder directly (``TextEncoder.encode``, batched),
-which is the ceiling for text: the ratio says how much the streaming machinery costs.
+stream; the clock runs from the first event sent to the last interaction persisted in
+the learner store, with the worker already started and holding the learner. Two
+streams: every interaction with text and rating, and ratings only (no encoder work: the
+cost of the join, the learner update and the store; each lone rating waits one join
+window for a review, so the last ones arrive a window late). Two more runs give the join
+alone (``--role join``, no learner), in batched steps (the default) and one message per
+step (``--join-batch-size 1``, one broker round trip per message).
 
-    python benchmarks/stream_bench.py [--interactions 2000] [--threads 2] [--encoder DIR]
+The same run then measures the ceilings directly, in this process: the encoder on the
+same reviews (``TextEncoder.encode``, batched), and the learner on the same ratings
+(``DReXLearner.learn_many`` in micro-batches of the worker's size, no text). The ratios
+say how much the streaming machinery costs.
+
+The stream is the first N interactions of a dataset in time order: by default the shared
+Musical Instruments file when it is there (real interleaving of users and items, which
+sets how far a micro-batch parallelises), else the generated sample, whose rows come
+grouped by user (each user's interactions back to back: a worst case for the learner).
+
+    python benchmarks/stream_bench.py [--interactions 4000] [--batch-size 256]
+        [--dataset FILE] [--threads 2] [--encoder DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +43,13 @@ from streams.metrics import scrape
 from streams.producer import EventProducer, plan_events
 from streams.settings import WorkerSettings
 from streams.worker import spawn
+
+DEFAULT_DATASET = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
+    / "amazon14_musical_instruments_5.json.gz"
+)
 
 
 @dataclass
@@ -72,19 +89,21 @@ def stream_run(
     args: argparse.Namespace,
     workdir: Path,
     role: str = "all",
+    join_batch: int = 1000,
 ) -> Run:
     """Time one stream through a worker of ``role``: "all" until the learner store holds
     every interaction, "join" until every pair was joined (the join's own capacity)."""
     plan = plan_events(rows, seed=0, rating_only=rating_only)
     port = free_port()
-    with EmbeddedBroker(log_dir=workdir / f"tansu-{name}") as broker:
-        log = open(workdir / f"worker-{name}.log", "wb")  # noqa: SIM115 - closed below
+    slug = "".join(c if c.isalnum() else "-" for c in name)
+    with EmbeddedBroker(log_dir=workdir / f"tansu-{slug}") as broker:
+        log = open(workdir / f"worker-{slug}.log", "wb")  # noqa: SIM115 - closed below
         command = [
             "--broker",
             broker.url,
             "--embedded",
             "--state-dir",
-            str(workdir / f"state-{name}"),
+            str(workdir / f"state-{slug}"),
             "--metrics-port",
             str(port),
             "--torch-threads",
@@ -99,6 +118,8 @@ def stream_run(
             str(args.join_window),
             "--role",
             role,
+            "--join-batch-size",
+            str(join_batch),
         ]
         if args.encoder:
             command += ["--encoder", args.encoder]
@@ -155,9 +176,34 @@ def encoder_rate(rows: Sequence[Interaction], args: argparse.Namespace) -> tuple
     return len(texts) / seconds, tokens / seconds
 
 
+def learner_rate(rows: Sequence[Interaction], args: argparse.Namespace) -> float:
+    """Interactions/s of ``learn_many`` alone on the same ratings, in micro-batches."""
+    import dataclasses
+
+    import torch
+
+    from drex_model.learner import DReXLearner
+    from drex_model.model import DReXConfig
+
+    torch.set_num_threads(args.threads)
+    ratings = [dataclasses.replace(r, text=None) for r in rows]
+    config = DReXConfig.for_variant("drex", encoder_dim=384)
+    learner = DReXLearner(config, encoder=None, seed=0)
+    started = time.monotonic()
+    for s in range(0, len(ratings), args.batch_size):
+        learner.learn_many(ratings[s : s + args.batch_size])
+    return len(ratings) / (time.monotonic() - started)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--interactions", type=int, default=2000)
+    parser.add_argument("--interactions", type=int, default=4000)
+    parser.add_argument(
+        "--dataset",
+        default=str(DEFAULT_DATASET) if DEFAULT_DATASET.exists() else "sample",
+        help="a dataset file, or 'sample' (default: the shared Musical Instruments file "
+        "when present)",
+    )
     parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     parser.add_argument("--batch-size", type=int, default=WorkerSettings().batch_size)
     parser.add_argument("--encoder", default="", help="local HF folder (default: MiniLM)")
@@ -172,33 +218,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="drex-stream-bench-"))
     try:
-        users = max(10, args.interactions // 12)
-        data = write_sample(workdir / "sample.jsonl", users=users)
+        if args.dataset == "sample":
+            users = max(10, args.interactions // 12)
+            data = write_sample(workdir / "sample.jsonl", users=users)
+        else:
+            data = Path(args.dataset)
         rows = load_interactions(data).interactions[: args.interactions]
         runs = [
             stream_run("text+rating", rows, 0.0, args, workdir),
             stream_run("rating-only", rows, 1.0, args, workdir),
-            stream_run("join only", rows, 0.0, args, workdir, role="join"),
+            stream_run("join", rows, 0.0, args, workdir, role="join"),
+            stream_run("join 1 msg/step", rows, 0.0, args, workdir, role="join", join_batch=1),
         ]
         reviews_per_s, tokens_per_s = encoder_rate(rows, args)
+        learner_per_s = learner_rate(rows, args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(
-        f"{len(rows)} interactions, {args.threads} torch threads, batch {args.batch_size}, "
+        f"{Path(args.dataset).name}: {len(rows)} interactions, {args.threads} torch threads, "
+        f"batch {args.batch_size}, "
         f"join window {args.join_window} s, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"{'stream':<14}{'events':>8}{'seconds':>9}{'events/s':>10}{'inter./s':>10}"
+        f"{'stream':<17}{'events':>8}{'seconds':>9}{'events/s':>10}{'inter./s':>10}"
         f"{'learn s':>9}{'store s':>9}"
     )
     for r in runs:
         print(
-            f"{r.name:<14}{r.events:>8}{r.seconds:>9.1f}{r.events / r.seconds:>10.0f}"
+            f"{r.name:<17}{r.events:>8}{r.seconds:>9.1f}{r.events / r.seconds:>10.0f}"
             f"{r.rate:>10.0f}{r.learn_seconds:>9.1f}{r.persist_seconds:>9.1f}"
         )
     print(f"encoder alone: {reviews_per_s:.0f} reviews/s ({tokens_per_s:.0f} tokens/s)")
+    print(f"learner alone (ratings, no text): {learner_per_s:.0f} interactions/s")
     print(f"text+rating end to end / encoder alone: {runs[0].rate / reviews_per_s:.2f}")
+    print(f"rating-only end to end / learner alone: {runs[1].rate / learner_per_s:.2f}")
+    print(f"join, batched steps / one message per step: {runs[2].rate / runs[3].rate:.1f}x")
     return 0
 
 

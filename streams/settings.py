@@ -34,9 +34,12 @@ class WorkerSettings:
     # DREX_PARTITIONS: partitions of reviews, ratings and join-ticks (the join scales to N)
     partitions: int = 4
     # DREX_BATCH_SIZE: interactions per learner micro-batch
-    batch_size: int = 64
+    batch_size: int = 256
     # DREX_BATCH_WITHIN: seconds a partial micro-batch waits before it is learned anyway
     batch_within: float = 1.0
+    # DREX_JOIN_BATCH_SIZE: source messages the join handles as one step (one broker
+    # round trip for its interactions, one table write per touched row)
+    join_batch_size: int = 1000
     # DREX_JOIN_WINDOW: seconds a review waits for its rating (and the reverse)
     join_window: float = 30.0
     # DREX_DEDUP_RETENTION: seconds an emitted interaction's event ids are kept to drop
@@ -91,8 +94,11 @@ class WorkerSettings:
     def __post_init__(self) -> None:
         if self.partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {self.partitions}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size < 1 or self.join_batch_size < 1:
+            raise ValueError(
+                f"batch_size and join_batch_size must be >= 1, got "
+                f"{self.batch_size} and {self.join_batch_size}"
+            )
         if self.batch_within <= 0 or self.join_window <= 0:
             raise ValueError("batch_within and join_window must be > 0 seconds")
         if self.role not in ("all", "join", "learn"):

@@ -1,7 +1,7 @@
 """``drex worker``: run the streaming learner (join, learn, index) as a faust worker.
 
     drex worker --broker kafka://HOST:PORT [--state-dir ./state] [--partitions 4]
-                [--batch-size 64] [--join-window 30] [--device auto] [--metrics-port 9101]
+                [--batch-size 256] [--join-window 30] [--device auto] [--metrics-port 9101]
                 [--embedded]
 
 Every flag has an environment variable (streams/settings.py); flags win. The worker
@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag("--batch-size", "interactions per learner micro-batch", type=int)
     flag("--batch-within", "seconds a partial micro-batch waits", type=float)
     flag("--join-window", "seconds a review waits for its rating", type=float)
+    flag("--join-batch-size", "source messages joined as one step", type=int)
     flag("--dedup-retention", "seconds event ids are kept to drop resends", type=float)
     flag("--device", "torch device", choices=["auto", "cpu", "cuda"])
     flag("--variant", "DReX variant", choices=["drex", "drex-paper"])
@@ -134,11 +135,13 @@ def spawn(
     env: Mapping[str, str] | None = None,
     log: IO[bytes] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    new_session: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start ``python -m streams.worker ARGS`` (for tests and benchmarks).
+    """Start ``python -m streams.worker ARGS`` (for tests, benchmarks and the demo).
 
     Its output goes to ``log`` (default: inherited). Stop it with ``terminate()`` (a
-    clean stop) or ``kill()`` (a crash).
+    clean stop) or ``kill()`` (a crash). ``new_session``: Ctrl-C in the terminal does
+    not reach it (the caller stops it, in order).
     """
     full_env = dict(os.environ if env is None else env)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
@@ -148,6 +151,7 @@ def spawn(
         stdout=log,
         stderr=subprocess.STDOUT if log is not None else None,
         cwd=str(cwd) if cwd is not None else str(Path(__file__).resolve().parents[1]),
+        start_new_session=new_session,
     )
 
 

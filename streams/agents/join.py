@@ -46,12 +46,15 @@ between re-emits the same interaction on replay, with the same deterministic id
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import heapq
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -93,6 +96,7 @@ LATE: Final = "late"
 SUPERSEDED: Final = "superseded"
 DUPLICATE: Final = "duplicate"
 
+JOIN_WITHIN: Final = 0.05  # seconds a partial batch of source messages waits
 _SOURCES: Final = (REVIEWS_TOPIC, RATINGS_TOPIC)
 _SEP: Final = "\x1f"
 
@@ -119,11 +123,13 @@ class Emission:
 
 @dataclass
 class JoinStep:
-    """What one message or tick produced. The caller sends ``emits`` (and waits for the
-    broker's acknowledgement), sends ``dead_letters``, then calls :meth:`Joiner.apply`."""
+    """What one message, a tick or a batch of them produced. The caller sends ``emits``
+    (and waits for the broker's acknowledgement), sends ``dead_letters``, then calls
+    :meth:`Joiner.apply`. A later message of the same step sees its earlier writes."""
 
     emits: list[Emission] = field(default_factory=list)
     writes: dict[bytes, bytes | None] = field(default_factory=dict)  # None: delete
+    partitions: dict[bytes, int] = field(default_factory=dict)  # row -> its partition
     dead_letters: list[tuple[str, bytes]] = field(default_factory=list)  # (reason, message)
     outcomes: Counter[str] = field(default_factory=Counter)
 
@@ -168,10 +174,20 @@ class Joiner:
     # --- entry points -----------------------------------------------------------------
 
     def on_message(
-        self, topic: str, partition: int, raw: bytes, timestamp: float, now: float
+        self,
+        topic: str,
+        partition: int,
+        raw: bytes,
+        timestamp: float,
+        now: float,
+        step: JoinStep | None = None,
+        expire: bool = True,
     ) -> JoinStep:
-        """A message from ``reviews`` or ``ratings`` with its Kafka timestamp (seconds)."""
-        step = JoinStep()
+        """A message from ``reviews`` or ``ratings`` with its Kafka timestamp (seconds).
+
+        ``step`` accumulates a batch (default: a new step); ``expire=False`` leaves the
+        expiry check to a later :meth:`on_tick` of the same step (once per batch)."""
+        step = JoinStep() if step is None else step
         self._ensure(partition, now)
         clock = self._clocks[(topic, partition)]
         clock.max_ts = max(clock.max_ts, timestamp)
@@ -184,24 +200,38 @@ class Joiner:
             step.dead_letters.append((err.reason, dead_letter(raw, topic, err, now)))
         else:
             self._join(step, partition, event, timestamp)
-        self._expire(step, partition, now)
+        if expire:
+            self._expire(step, partition, now)
         return step
 
-    def on_tick(self, partition: int, now: float) -> JoinStep:
+    def on_tick(self, partition: int, now: float, step: JoinStep | None = None) -> JoinStep:
         """Expire and purge ``partition``'s rows whose time has come."""
-        step = JoinStep()
+        step = JoinStep() if step is None else step
         self._ensure(partition, now)
         self._expire(step, partition, now)
         return step
 
-    def apply(self, step: JoinStep) -> None:
-        """Write the step's rows (after its emissions were delivered) and index them."""
-        for key, value in step.writes.items():
-            if value is None:
-                self.store.pop(key, None)
-                continue
-            self.store[key] = value
-            self._index(key, orjson.loads(value))
+    def apply(
+        self,
+        step: JoinStep,
+        context: Callable[[int], AbstractContextManager[Any]] | None = None,
+    ) -> None:
+        """Write the step's rows (after its emissions were delivered) and index them.
+
+        ``context(partition)`` wraps the writes of each partition (faust needs an event
+        of that partition current while its table is written)."""
+        by_partition: dict[int, list[bytes]] = {}
+        for key in step.writes:
+            by_partition.setdefault(step.partitions[key], []).append(key)
+        for partition, keys in by_partition.items():
+            with context(partition) if context is not None else contextlib.nullcontext():
+                for key in keys:
+                    value = step.writes[key]
+                    if value is None:
+                        self.store.pop(key, None)
+                        continue
+                    self.store[key] = value
+                    self._index(key, orjson.loads(value))
 
     def clock(self, partition: int, now: float) -> float:
         """The time rows of ``partition`` are compared against (module docstring)."""
@@ -278,7 +308,7 @@ class Joiner:
             row[kind] = part
             row["since"] = ts
             row["done"] = []
-        step.writes[key] = orjson.dumps(row)
+        self._write(step, partition, key, row)
 
     def _expire(self, step: JoinStep, partition: int, now: float) -> None:
         clock = self.clock(partition, now)
@@ -292,7 +322,7 @@ class Joiner:
             self._emit_alone(step, row, kind, EXPIRED)
             row["since"] = None
             row["at"] = clock
-            step.writes[key] = orjson.dumps(row)
+            self._write(step, partition, key, row)
         purges = self._purges.get(partition, [])
         while purges and purges[0][0] <= clock:
             due, key = heapq.heappop(purges)
@@ -303,7 +333,12 @@ class Joiner:
                 and row["at"] is not None
                 and row["at"] + self.retention == due
             ):
-                step.writes[key] = None
+                self._write(step, partition, key, None)
+
+    @staticmethod
+    def _write(step: JoinStep, partition: int, key: bytes, row: dict[str, Any] | None) -> None:
+        step.writes[key] = None if row is None else orjson.dumps(row)
+        step.partitions[key] = partition
 
     def _emit_alone(self, step: JoinStep, row: dict[str, Any], kind: str, why: str) -> None:
         self._emit_part(step, row, kind, row[kind], (why,))
@@ -398,7 +433,7 @@ def register(
     ``dead_letters`` default to the Kafka topics; tests pass in-memory faust channels.
     """
     from streams import metrics
-    from streams.tables import bytes_table, raw_topic
+    from streams.tables import bytes_table, event_context, raw_topic
 
     n = settings.partitions
     source = raw_topic(app, REVIEWS_TOPIC, RATINGS_TOPIC, TICKS_TOPIC, partitions=n)
@@ -429,23 +464,42 @@ def register(
 
     @app.agent(source, name="drex.join")
     async def join(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
+        # A batch is one step: its emissions are sent together and acknowledged once,
+        # then its rows are written (one broker round trip per batch, not per event).
+        async for events in stream.take_events(settings.join_batch_size, within=JOIN_WITHIN):
             now = time.time()
-            if message.topic == TICKS_TOPIC:
-                step = joiner.on_tick(message.partition, now)
-            else:
-                metrics.EVENTS_IN.labels(message.topic).inc()
+            step = JoinStep()
+            latest: dict[int, Any] = {}  # partition -> an event of it (table writes)
+            arrived: Counter[str] = Counter()
+            for event in events:
+                message = event.message
+                latest[message.partition] = event
+                if message.topic == TICKS_TOPIC:
+                    continue
+                arrived[message.topic] += 1
                 try:
-                    step = joiner.on_message(
-                        message.topic, message.partition, event.value, message.timestamp, now
+                    joiner.on_message(
+                        message.topic,
+                        message.partition,
+                        event.value,
+                        message.timestamp,
+                        now,
+                        step=step,
+                        expire=False,
                     )
                 except Exception as err:  # a bug costs one dead letter, not the stream
                     logger.exception("join failed on %s[%d]@%d", *message.tp, message.offset)
                     letter = dead_letter(event.value, message.topic, err, now)
-                    step = JoinStep(dead_letters=[(PROCESSING_ERROR, letter)])
+                    step.dead_letters.append((PROCESSING_ERROR, letter))
+            for partition in latest:
+                joiner.on_tick(partition, now, step=step)
+            for topic, count in arrived.items():
+                metrics.EVENTS_IN.labels(topic).inc(count)
             await deliver(step)
-            joiner.apply(step)
+            joiner.apply(step, functools.partial(_context_of, latest))
+
+    def _context_of(latest: dict[int, Any], partition: int) -> AbstractContextManager[None]:
+        return event_context(latest[partition])
 
     interval = max(0.1, min(1.0, settings.join_window / 4))
 

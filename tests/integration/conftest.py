@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from drex_model.evaluate.data import load_interactions
+from drex_model.evaluate.sample import write_sample
+from drex_model.types import Interaction
 from streams.broker import BrokerError, EmbeddedBroker, resolve_tansu_bin
 
 
@@ -34,3 +38,20 @@ def unique_topic(request: pytest.FixtureRequest) -> Callable[[str], str]:
         return f"{prefix}-{test}-{uuid.uuid4().hex[:8]}"
 
     return make
+
+
+@pytest.fixture
+def fresh_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A broker of this test's own: the worker's topic names are fixed."""
+    try:
+        binary = resolve_tansu_bin()
+    except BrokerError as exc:
+        pytest.skip(f"no Tansu broker binary ({exc})")
+    with EmbeddedBroker(log_dir=tmp_path / "tansu", binary=binary) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def sample_rows(tmp_path_factory: pytest.TempPathFactory) -> list[Interaction]:
+    path = write_sample(tmp_path_factory.mktemp("data") / "sample.jsonl", users=170)
+    return load_interactions(path).interactions  # ~2,000 interactions
