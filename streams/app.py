@@ -79,6 +79,31 @@ async def _create_with_credentials(
         await admin.close()
 
 
+LAG_INTERVAL = 5.0  # seconds between consumer lag readings
+
+
+def _register_lag(app: Any) -> None:
+    """``drex_consumer_lag_messages{topic}``: high watermark minus position, summed over
+    the partitions this worker is assigned (topics it lost go to 0)."""
+    from streams import metrics
+
+    async def read_lag() -> None:
+        lag: dict[str, int] = dict.fromkeys(metrics.CONSUMER_LAG_TOPICS, 0)
+        for tp in app.consumer.assignment():
+            try:
+                high = app.consumer.highwater(tp)
+                position = await app.consumer.position(tp)
+            except Exception:  # not fetched yet, or the partition is being revoked
+                continue
+            if high is not None and position is not None:
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - position)
+        for topic, value in lag.items():
+            metrics.CONSUMER_LAG.labels(topic).set(value)
+            metrics.CONSUMER_LAG_TOPICS.add(topic)
+
+    app.timer(LAG_INTERVAL, name="drex.consumer-lag")(read_lag)
+
+
 def create_app(settings: WorkerSettings) -> DrexApp:
     """A faust App with the agents of ``settings.role``; the Tansu shim when embedded."""
     import faust
@@ -101,6 +126,7 @@ def create_app(settings: WorkerSettings) -> DrexApp:
     app = faust.App(settings.app_id, **conf)
     if settings.embedded:
         apply_tansu_compat(app)
+    _register_lag(app)
     feeder = IndexFeeder(settings.index_path)
     join = join_agent.register(app, settings) if settings.runs_join else None
     learn = None

@@ -65,6 +65,13 @@ FAISS_SIZE = Gauge("drex_faiss_items", "Items in the FAISS index")
 FAISS_AGE = Gauge("drex_faiss_refresh_age_seconds", "Seconds since the index last changed")
 CHECKPOINT_AGE = Gauge("drex_checkpoint_age_seconds", "Seconds since the last checkpoint")
 JOIN_PARTITIONS = Gauge("drex_join_partitions", "Source partitions this worker joins")
+CONSUMER_LAG = Gauge(
+    "drex_consumer_lag_messages",
+    "Messages in this worker's assigned partitions not yet fetched (high watermark minus "
+    "position), by topic",
+    ["topic"],
+)
+CONSUMER_LAG_TOPICS: set[str] = set()  # topics with a lag series (reset to 0 when lost)
 OWNS_LEARNER = Gauge("drex_owns_learner", "1 while this worker holds the learner")
 
 _EWMA_ALPHA = 0.01

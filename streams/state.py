@@ -11,6 +11,11 @@ Keys (``id`` = user or item id, UTF-8)::
                     Adam, SparseAdam step counts, step, config; rewritten after a step
     u:<id> i:<id>   one entity row (drex_model.checkpoint.row_to_bytes)
     ku:<id> ki:<id> keyword profile, JSON {word: weight} (pending review included)
+    eu:<id> ei:<id> representation as the learner computed it after the entity's last
+                    change: float64 Unix time, then float32 values (serving reads these)
+    c:<batch>       change record of micro-batch <batch> (12 digits): JSON {"users",
+                    "items": ids written, "dense": bool}; the last CHANGES_KEPT are kept,
+                    so a serving replica reads only what changed since its last batch
     r:<key>         an encoded review (tokens float16) that some row's pending message
                     needs; key = blake2b of the text; unreferenced ones are swept by gc
     a:<id>          an applied interaction id -> "offset wall-time"; purged after the
@@ -36,11 +41,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import struct
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
 
 from drex_model.checkpoint import (
     EntityRow,
@@ -64,7 +73,25 @@ _PREFIX: Final = {"users": b"u:", "items": b"i:"}
 _KEYWORDS: Final = {"users": b"ku:", "items": b"ki:"}
 _REVIEW: Final = b"r:"
 _APPLIED: Final = b"a:"
+_REPRESENTATION: Final = {"users": b"eu:", "items": b"ei:"}
+_CHANGE: Final = b"c:"
+CHANGES_KEPT: Final = 1000
+_TIME: Final = struct.Struct("<d")
 _RESTORE_CHUNK: Final = 4096
+
+
+def representation_to_bytes(vector: npt.NDArray[np.float32], at: float) -> bytes:
+    return _TIME.pack(at) + np.asarray(vector, dtype="<f4").tobytes()
+
+
+def representation_from_bytes(raw: bytes) -> tuple[float, npt.NDArray[np.float32]]:
+    """(Unix time of the change, float32 vector) of an ``eu:``/``ei:`` value."""
+    (at,) = _TIME.unpack_from(raw)
+    return at, np.frombuffer(raw, dtype="<f4", offset=_TIME.size).astype(np.float32)
+
+
+def _change_key(batch: int) -> bytes:
+    return _CHANGE + f"{batch:012d}".encode()
 
 
 def text_key(text: str) -> str:
@@ -113,6 +140,10 @@ class BatchWrite:
     keywords: Mapping[str, Mapping[str, Mapping[str, float]]]  # side -> id -> profile
     applied_ids: Sequence[str]
     dense: bytes | None  # None: unchanged since the last write
+    # side -> id -> representation (DReXLearner.embeddings) of the rows written
+    representations: Mapping[str, Mapping[str, npt.NDArray[np.float32]]] = field(
+        default_factory=dict
+    )
 
 
 class LearnerStore:
@@ -158,6 +189,22 @@ class LearnerStore:
                 if time.monotonic() >= deadline:
                     raise StoreLocked(f"{where} is held by another process: {err}") from err
                 time.sleep(0.2)
+
+    @classmethod
+    def open_secondary(cls, path: str | Path, secondary: str | Path) -> LearnerStore:
+        """A read-only follower of the store another process writes (RocksDB secondary
+        instance; ``secondary`` is this follower's own folder). :meth:`catch_up` reads
+        the writer's latest batches; reads in between see one consistent state."""
+        import rocksdict
+
+        options = rocksdict.Options(raw_mode=True)
+        options.set_max_open_files(-1)  # required of secondary instances
+        access = rocksdict.AccessType.secondary(str(secondary))
+        return cls(rocksdict.Rdict(str(path), options, access_type=access), Path(path), False)
+
+    def catch_up(self) -> None:
+        """(Secondary instances) apply what the writer has written since the last call."""
+        self._db.try_catch_up_with_primary()
 
     def close(self) -> None:
         self._db.close()
@@ -244,6 +291,41 @@ class LearnerStore:
             for k, v in self._scan(_KEYWORDS[side])
         }
 
+    def changes(self, after: int) -> list[dict[str, Any]] | None:
+        """Change records of the batches after ``after``, oldest first; None when some
+        are no longer kept (the reader must load everything)."""
+        out = []
+        for key, value in self._scan(_CHANGE):
+            batch = int(key[len(_CHANGE) :])
+            if batch > after:
+                out.append({"batch": batch, **json.loads(value)})
+        expected = range(after + 1, after + 1 + len(out))
+        if [r["batch"] for r in out] != list(expected) or len(out) < self.info().batches - after:
+            return None
+        return out
+
+    def rows(self, side: str, ids: Iterable[str] | None) -> Iterator[tuple[str, bytes]]:
+        """(id, row bytes) of ``ids`` (None: all) of a side; unknown ids are left out."""
+        return self._entries(_PREFIX[side], ids)
+
+    def representations(self, side: str, ids: Iterable[str] | None) -> Iterator[tuple[str, bytes]]:
+        """(id, :func:`representation_to_bytes` value) of ``ids`` (None: all)."""
+        return self._entries(_REPRESENTATION[side], ids)
+
+    def keywords(self, side: str, ids: Iterable[str] | None) -> Iterator[tuple[str, bytes]]:
+        """(id, JSON keyword profile) of ``ids`` (None: all)."""
+        return self._entries(_KEYWORDS[side], ids)
+
+    def _entries(self, prefix: bytes, ids: Iterable[str] | None) -> Iterator[tuple[str, bytes]]:
+        if ids is None:
+            for key, value in self._scan(prefix):
+                yield key[len(prefix) :].decode(), value
+            return
+        for entity in ids:
+            raw = self._db.get(prefix + entity.encode())
+            if raw is not None:
+                yield entity, bytes(raw)
+
     def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items(from_key=prefix):
             if not key.startswith(prefix):
@@ -265,6 +347,22 @@ class LearnerStore:
         for side, profiles in batch.keywords.items():
             for entity, profile in profiles.items():
                 wb.put(_KEYWORDS[side] + entity.encode(), json.dumps(profile).encode())
+        for side, vectors in batch.representations.items():
+            for entity, vector in vectors.items():
+                wb.put(
+                    _REPRESENTATION[side] + entity.encode(), representation_to_bytes(vector, now)
+                )
+        change = {side: [row.id for row in rows] for side, rows in batch.rows.items()}
+        wb.put(
+            _change_key(batch.info.batches),
+            json.dumps(
+                {
+                    "users": change.get("users", []),
+                    "items": change.get("items", []),
+                    "dense": batch.dense is not None,
+                }
+            ).encode(),
+        )
         for interaction in batch.applied_ids:
             wb.put(_APPLIED + interaction.encode(), f"{batch.info.offset} {now:.3f}".encode())
         if batch.dense is not None:
@@ -289,7 +387,8 @@ class LearnerStore:
         return key
 
     def gc(self, applied_older_than: float) -> tuple[int, int]:
-        """Delete reviews no row references and applied ids older than a wall time.
+        """Delete reviews no row references, applied ids older than a wall time and all
+        but the last :data:`CHANGES_KEPT` change records.
 
         Returns (reviews deleted, applied ids deleted). Run between batches.
         """
@@ -311,6 +410,11 @@ class LearnerStore:
             if float(value.split()[1]) < applied_older_than:
                 wb.delete(raw_key)
                 applied += 1
+        oldest_kept = self.info().batches - CHANGES_KEPT
+        for raw_key, _ in self._scan(_CHANGE):
+            if int(raw_key[len(_CHANGE) :]) > oldest_kept:
+                break
+            wb.delete(raw_key)
         self._db.write(wb, self._write_options)
         self._stored_reviews &= referenced
         self.review_keys = {i: k for i, k in self.review_keys.items() if k in referenced}

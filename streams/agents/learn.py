@@ -26,7 +26,8 @@ serving joins and heartbeats while the CPU works):
 3. read back the representations and keyword profiles of the users and items whose
    state changed (those in the batch, and after an optimiser step also those whose
    learnable rows the step moved);
-4. write all of it, the applied ids and the offset in one RocksDB WriteBatch;
+4. write all of it (with the representations, for serving replicas), the applied ids
+   and the offset in one RocksDB WriteBatch;
 5. upsert the changed items into the FAISS index; every ``checkpoint_every`` batches
    write a versioned checkpoint folder (keeping the last few) and sweep the store.
 
@@ -258,6 +259,9 @@ class LearnerSession:
                 },
                 applied_ids=kept_ids,
                 dense=dense_state_bytes(learner) if stepped or info.batches == 0 else None,
+                representations={
+                    side: dict(zip(ordered[side], vectors[side], strict=True)) for side in ordered
+                },
             ),
         )
         result.persist_seconds = time.perf_counter() - started
