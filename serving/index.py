@@ -47,7 +47,7 @@ IDS_FILE: Final = "ids.json"
 _FORMAT: Final = 1
 
 
-class _RWLock:
+class RWLock:
     """Many readers or one writer; a waiting writer blocks new readers (no starvation)."""
 
     def __init__(self) -> None:
@@ -110,7 +110,7 @@ class ItemIndex:
         self._items: dict[int, str] = {}  # FAISS label -> item id
         self._rows: dict[int, int] = {}  # FAISS label -> row in the flat storage
         self._next_label = 0
-        self._lock = _RWLock()
+        self._lock = RWLock()
         self.refreshed_at = time.time()  # last change (or creation), seconds since the epoch
         self.version = 0  # bumped by every change, so callers can cache per version
 

@@ -130,11 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_evaluate)
 
+    from serving import cli as serving_cli
     from streams import broker, producer, worker
 
     broker.register(sub)
     worker.register(sub)
     producer.register(sub)
+    serving_cli.register(sub)
     return parser
 
 

@@ -1,0 +1,241 @@
+"""The OpenAPI 3.1 description of ``drex serve`` (served at ``/openapi.json``).
+
+Written out here rather than generated, so that it says what clients may rely on;
+tests/functional/test_server.py checks that every route of the application is described
+and that the responses match their schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+_NUMBER = {"type": "number"}
+_STRING = {"type": "string"}
+_KEYWORDS = {"type": "array", "items": _STRING, "description": "shared keywords"}
+_RANKED = {
+    "type": "object",
+    "required": ["item_id", "predicted_rating", "score", "explanation"],
+    "properties": {
+        "item_id": _STRING,
+        "predicted_rating": {**_NUMBER, "description": "clipped to the rating scale"},
+        "score": {
+            **_NUMBER,
+            "description": "what the list is ordered by: the unclipped rating plus the "
+            "exposure prior (personal), or the item's number of ratings (fallback)",
+        },
+        "explanation": {
+            **_KEYWORDS,
+            "description": "keywords in both the user's and the item's keyword profile, "
+            "strongest first; for a fallback, the item's own top keywords",
+        },
+    },
+}
+_RECOMMENDATIONS = {
+    "type": "object",
+    "required": ["user_id", "kind", "fallback_reason", "items"],
+    "properties": {
+        "user_id": _STRING,
+        "kind": {"enum": ["personal", "fallback"]},
+        "fallback_reason": {"type": ["string", "null"], "enum": ["unknown_user", None]},
+        "items": {"type": "array", "items": _RANKED},
+    },
+}
+_SIMILAR = {
+    "type": "object",
+    "required": ["item_id", "items"],
+    "properties": {
+        "item_id": _STRING,
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["item_id", "score"],
+                "properties": {
+                    "item_id": _STRING,
+                    "score": {**_NUMBER, "description": "inner product"},
+                },
+            },
+        },
+    },
+}
+_PREDICTION = {
+    "type": "object",
+    "required": ["user_id", "item_id", "predicted_rating", "score", "explanation"],
+    "properties": {
+        "user_id": _STRING,
+        "item_id": _STRING,
+        "predicted_rating": _NUMBER,
+        "score": _NUMBER,
+        "explanation": _KEYWORDS,
+    },
+}
+
+
+def _profile(key: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": [key, "interactions", "ratings", "mean_rating", "updated_at", "keywords"],
+        "properties": {
+            key: _STRING,
+            "interactions": {"type": "integer"},
+            "ratings": {"type": "integer"},
+            "mean_rating": {"type": ["number", "null"]},
+            "updated_at": {**_NUMBER, "description": "Unix time of the last change"},
+            "keywords": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["word", "weight"],
+                    "properties": {"word": _STRING, "weight": _NUMBER},
+                },
+            },
+        },
+    }
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_K = {
+    "name": "k",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+}
+_BAD = _json(_ERROR, "malformed request (bad k, bad body)")
+_UNREADY = _json(_ERROR, "no model loaded yet")
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": _STRING}
+
+
+def spec() -> dict[str, Any]:
+    """The OpenAPI document."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "drex",
+            "version": "1",
+            "description": "Recommendations with predicted ratings and keyword explanations "
+            "from the DReX streaming learner.",
+        },
+        "paths": {
+            "/users/{user_id}/recommendations": {
+                "get": {
+                    "summary": "Top-k items for a user, excluding rated ones by default",
+                    "parameters": [
+                        _path_param("user_id"),
+                        _K,
+                        {
+                            "name": "include_seen",
+                            "in": "query",
+                            "schema": {"type": "boolean", "default": False},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(_RECOMMENDATIONS, "recommendations (or a flagged fallback)"),
+                        "400": _BAD,
+                        "503": _UNREADY,
+                    },
+                }
+            },
+            "/items/{item_id}/similar": {
+                "get": {
+                    "summary": "Nearest items by representation (FAISS)",
+                    "parameters": [_path_param("item_id"), _K],
+                    "responses": {
+                        "200": _json(_SIMILAR, "neighbours, nearest first"),
+                        "400": _BAD,
+                        "404": _json(_ERROR, "unknown item"),
+                        "503": _UNREADY,
+                    },
+                }
+            },
+            "/predict": {
+                "post": {
+                    "summary": "Predicted rating and explanation of a (user, item) pair",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["user_id", "item_id"],
+                                    "properties": {"user_id": _STRING, "item_id": _STRING},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(_PREDICTION, "the prediction"),
+                        "400": _BAD,
+                        "404": _json(_ERROR, "unknown user or item"),
+                        "503": _UNREADY,
+                    },
+                }
+            },
+            "/users/{user_id}/profile": {
+                "get": {
+                    "summary": "A user's top keywords and counts",
+                    "parameters": [_path_param("user_id"), _K],
+                    "responses": {
+                        "200": _json(_profile("user_id"), "the profile"),
+                        "400": _BAD,
+                        "404": _json(_ERROR, "unknown user"),
+                        "503": _UNREADY,
+                    },
+                }
+            },
+            "/items/{item_id}/profile": {
+                "get": {
+                    "summary": "An item's top keywords and counts",
+                    "parameters": [_path_param("item_id"), _K],
+                    "responses": {
+                        "200": _json(_profile("item_id"), "the profile"),
+                        "400": _BAD,
+                        "404": _json(_ERROR, "unknown item"),
+                        "503": _UNREADY,
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {"200": {"description": "the process answers"}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: 200 once the learner's state is loaded",
+                    "responses": {
+                        "200": {"description": "ready, with sizes and staleness"},
+                        "503": {"description": "not ready yet"},
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text exposition format"}},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1"}},
+                }
+            },
+        },
+    }

@@ -1,0 +1,563 @@
+"""A serving replica of the learner: what recommendations need, in numpy, kept fresh.
+
+**Source.** The learner's own store (``streams/state.py``), opened as a RocksDB
+*secondary* instance: a read-only follower that any number of processes can open beside
+the worker that writes it (same machine or shared volume), and that catches up with the
+writer's log on :meth:`Replica.refresh`. Every micro-batch the worker writes, in one
+atomic WriteBatch, the rows it changed, their representations as the learner computed
+them (``eu:``/``ei:``), their keyword profiles, the dense network when an optimiser step
+happened, and a change record (``c:<batch>``) naming the ids. So a refresh reads only
+what changed since the replica's last batch, and whatever it reads is a state the learner
+really was in. A replica that fell further behind than the change records kept (or
+starts) loads everything once.
+
+**What it holds.** Per user and item: the representation, the scalars the rating head
+reads (learnable bias, rating sum and count), the interaction count, the keyword
+profile's top words, the time of the last change; per user the items seen. From the
+dense network only the rating head. The learner's score for a pair is
+
+    relu(W_u u + b + W_i i) . w + b_out + biases + running deviations + global mean
+
+(``DReXLearner.score_matrix``). ``W_u u + b`` and ``W_i i`` are kept per row (recomputed
+for changed rows, and for all rows when the head changed), so scoring a candidate costs D
+multiply-adds: numpy, no torch, on the request path.
+
+**Retrieval, then ranking.** A FAISS index of item representations (exact inner
+product, :class:`serving.index.ItemIndex`) gives the user's nearest items; together with
+the most-rated items they are the candidates, which the DReX head re-ranks exactly.
+Retrieval is an approximation of the head's ranking (the head is not an inner product);
+``benchmarks/serve_bench.py`` measures how much of the exact top-k it recovers.
+
+Staleness: an entity's representation is the one the learner computed after its last
+change; an optimiser step moves the GRUs, so entities not touched since keep the
+representation of the older network until their next interaction (as in the worker's
+own index).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from drex_model.checkpoint import dense_metadata, row_from_bytes
+from serving import metrics
+from serving.index import ItemIndex, RWLock
+from streams.state import LearnerStore, representation_from_bytes
+
+logger = logging.getLogger(__name__)
+
+SIDES: Final = ("users", "items")
+TOP_KEYWORDS: Final = 20  # keyword profile words kept per entity (explanations use 10)
+FloatArray = npt.NDArray[np.float64]
+
+
+class NotReady(RuntimeError):
+    """The replica has no model yet (no store, or the learner has written nothing)."""
+
+
+@dataclass
+class Head:
+    """The rating head and the global terms of the score, from the dense blob."""
+
+    w_user: npt.NDArray[np.float32]  # (D, D) first layer, user half
+    w_item: npt.NDArray[np.float32]  # (D, D) first layer, item half
+    b_hidden: npt.NDArray[np.float32]  # (D,)
+    w_out: npt.NDArray[np.float32]  # (D,)
+    b_out: float
+    deviation_weight: npt.NDArray[np.float32]  # (2,)
+    bias_terms: bool
+    running_bias: bool
+    shrinkage: float
+    rating_levels: int
+    exposure_weight: float
+    step: int
+
+    @classmethod
+    def from_dense(cls, blob: bytes) -> Head:
+        from safetensors.numpy import load
+
+        config = dense_metadata(blob)["config"]
+        t = load(blob)
+        hidden = t["model/head.hidden.weight"]  # (D, 2D)
+        d = hidden.shape[0]
+        return cls(
+            w_user=np.ascontiguousarray(hidden[:, :d].T),
+            w_item=np.ascontiguousarray(hidden[:, d:].T),
+            b_hidden=t["model/head.hidden.bias"],
+            w_out=t["model/head.out.weight"].reshape(-1),
+            b_out=float(t["model/head.out.bias"].reshape(-1)[0]),
+            deviation_weight=t["model/deviation_weight"],
+            bias_terms=bool(config["bias_terms"]),
+            running_bias=bool(config["running_bias"]),
+            shrinkage=float(config["shrinkage"]),
+            rating_levels=int(config["rating_levels"]),
+            exposure_weight=max(float(config["exposure_weight"]), 0.0),
+            step=int(dense_metadata(blob)["step"]),
+        )
+
+    @property
+    def dim(self) -> int:
+        return int(self.w_out.shape[0])
+
+
+class _Side:
+    """One side's rows in growable arrays; ids map to rows, rows are never reused."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self.vectors = np.zeros((0, dim), dtype=np.float32)
+        self.hidden = np.zeros((0, dim), dtype=np.float32)  # W u (+ b) per row
+        self.has_vector = np.zeros(0, dtype=bool)
+        self.bias = np.zeros(0)
+        self.rating_sum = np.zeros(0)
+        self.rating_count = np.zeros(0)
+        self.count = np.zeros(0, dtype=np.int64)
+        self.updated = np.zeros(0)
+        self.const = np.zeros(0)  # per-row constant of the score (biases, deviation)
+        self.top: dict[str, list[tuple[str, float]]] = {}
+        self.seen: dict[str, frozenset[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, ids: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Rows of ``ids``, adding the unknown ones."""
+        new = [k for k in dict.fromkeys(ids) if k not in self.index]
+        if new:
+            start = len(self.ids)
+            for n, k in enumerate(new):
+                self.index[k] = start + n
+            self.ids.extend(new)
+            self._grow(len(self.ids))
+        return np.fromiter((self.index[k] for k in ids), dtype=np.int64, count=len(ids))
+
+    def _grow(self, size: int) -> None:
+        capacity = len(self.bias)
+        if size <= capacity:
+            return
+        capacity = max(size, 2 * capacity, 64)
+
+        def grown(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            out = np.zeros((capacity, *a.shape[1:]), dtype=a.dtype)
+            out[: len(a)] = a
+            return out
+
+        for name in ("vectors", "hidden", "has_vector", "bias", "rating_sum", "rating_count"):
+            setattr(self, name, grown(getattr(self, name)))
+        for name in ("count", "updated", "const"):
+            setattr(self, name, grown(getattr(self, name)))
+
+
+@dataclass
+class Ranked:
+    """One recommended (or predicted) item."""
+
+    item_id: str
+    predicted_rating: float  # clipped to the rating scale
+    score: float  # what the list is ordered by (rating + exposure prior)
+    explanation: list[str]  # keywords in both the user's and the item's profile
+
+
+@dataclass
+class Recommendations:
+    user_id: str
+    kind: str  # "personal" or "fallback"
+    reason: str | None  # why a fallback: "unknown_user"
+    items: list[Ranked] = field(default_factory=list)
+
+
+@dataclass
+class Profile:
+    id: str
+    interactions: int
+    ratings: int
+    mean_rating: float | None
+    updated_at: float
+    keywords: list[tuple[str, float]]
+
+
+@dataclass
+class _Change:
+    users: set[str] = field(default_factory=set)
+    items: set[str] = field(default_factory=set)
+    dense: bool = False
+
+
+class Replica:
+    """Follows a learner store and answers recommendation queries (module docstring).
+
+    ``refresh()`` may run in another thread than the queries; a readers-writer lock
+    gives it the state alone only while it applies what it has already read.
+    """
+
+    def __init__(
+        self,
+        learner_dir: str | Path,
+        secondary_dir: str | Path | None = None,
+        exposure_weight: float | None = None,
+        candidates: int = 100,
+        popular_candidates: int = 50,
+    ) -> None:
+        self.learner_dir = Path(learner_dir)
+        self._own_secondary = secondary_dir is None
+        self.secondary_dir = Path(
+            tempfile.mkdtemp(prefix="drex-replica-") if secondary_dir is None else secondary_dir
+        )
+        self.exposure_override = exposure_weight
+        self.candidates = candidates
+        self.popular_candidates = popular_candidates
+        self._store: LearnerStore | None = None
+        self._lock = RWLock()
+        self._refreshing = threading.Lock()
+        self.head: Head | None = None
+        self.users = _Side(0)
+        self.items = _Side(0)
+        self.index: ItemIndex | None = None
+        self.batches = -1  # the learner's batch this replica has applied (-1: none)
+        self.applied = 0
+        self.learner_updated_at = 0.0
+        self.refreshed_at = 0.0
+        self.mean = 0.0
+        self.popular = np.zeros(0, dtype=np.int64)  # item rows, most-rated first
+        metrics.READY.set_function(lambda: float(self.ready))
+        metrics.USERS.set_function(lambda: len(self.users))
+        metrics.ITEMS.set_function(lambda: len(self.items))
+        metrics.STALENESS.set_function(
+            lambda: time.time() - self.learner_updated_at if self.ready else 0.0
+        )
+        metrics.REFRESH_AGE.set_function(
+            lambda: time.time() - self.refreshed_at if self.refreshed_at else 0.0
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.head is not None
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._own_secondary:
+            shutil.rmtree(self.secondary_dir, ignore_errors=True)
+
+    # --- following the learner ----------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Catch up with the learner store; True if anything changed.
+
+        Returns False while there is no store yet or it holds no model.
+        """
+        with self._refreshing:
+            started = time.perf_counter()
+            store = self._open()
+            if store is None:
+                return False
+            store.catch_up()
+            info = store.info()
+            self.refreshed_at = time.time()
+            if info.batches == self.batches and self.ready:
+                return False
+            dense = store.dense()
+            if dense is None:
+                return False
+            changes = store.changes(self.batches) if self.ready else None
+            if changes is None:  # first load, or behind the oldest change record kept
+                self._load_all(store, dense)
+            else:
+                change = _Change()
+                for record in changes:
+                    change.users.update(record["users"])
+                    change.items.update(record["items"])
+                    change.dense = change.dense or bool(record["dense"])
+                self._apply(store, change, dense if change.dense else None)
+            self.batches = info.batches
+            self.applied = info.applied
+            self.learner_updated_at = info.updated_at
+            metrics.REFRESH_SECONDS.observe(time.perf_counter() - started)
+            return True
+
+    def _open(self) -> LearnerStore | None:
+        if self._store is None:
+            if not (self.learner_dir / "CURRENT").exists():
+                return None  # the worker has not created its store yet
+            self.secondary_dir.mkdir(parents=True, exist_ok=True)
+            self._store = LearnerStore.open_secondary(self.learner_dir, self.secondary_dir)
+        return self._store
+
+    def _load_all(self, store: LearnerStore, dense: bytes) -> None:
+        head = Head.from_dense(dense)
+        read = {side: _read_side(store, side, None) for side in SIDES}
+        users, items = _Side(head.dim), _Side(head.dim)
+        for side, table in (("users", users), ("items", items)):
+            _write_side(table, read[side], head, side)
+        index = ItemIndex(head.dim, metric="ip")
+        rows = np.flatnonzero(items.has_vector[: len(items)])
+        if len(rows):
+            index.upsert([items.ids[r] for r in rows], items.vectors[rows])
+        with self._lock.write():
+            self.head, self.users, self.items, self.index = head, users, items, index
+            self._update_globals()
+        logger.info("replica loaded: %d users, %d items", len(users), len(items))
+
+    def _apply(self, store: LearnerStore, change: _Change, dense: bytes | None) -> None:
+        read = {
+            "users": _read_side(store, "users", sorted(change.users)),
+            "items": _read_side(store, "items", sorted(change.items)),
+        }
+        head = Head.from_dense(dense) if dense is not None else None
+        assert self.index is not None
+        with self._lock.write():
+            if head is not None:
+                self.head = head
+            assert self.head is not None
+            _write_side(self.users, read["users"], self.head, "users")
+            _write_side(self.items, read["items"], self.head, "items")
+            if head is not None:  # the first layer changed: every row's projection too
+                for side, table in (("users", self.users), ("items", self.items)):
+                    _project(table, np.arange(len(table)), head, side)
+            self._update_globals()
+        ids = [i for i in read["items"].vectors if i in self.items.index]
+        if ids:
+            self.index.upsert(ids, np.stack([read["items"].vectors[i] for i in ids]))
+
+    def _update_globals(self) -> None:
+        """The global mean, every row's constant and the popularity order (vectorised)."""
+        head = self.head
+        assert head is not None
+        u, i = self.users, self.items
+        n = u.rating_count[: len(u)].sum()
+        self.mean = (
+            float(u.rating_sum[: len(u)].sum() / n) if n > 0 else (1.0 + head.rating_levels) / 2
+        )
+        for table, w in ((u, head.deviation_weight[0]), (i, head.deviation_weight[1])):
+            size = len(table)
+            const = np.zeros(size)
+            if head.bias_terms:
+                const += table.bias[:size]
+            if head.running_bias:
+                count = table.rating_count[:size]
+                dev = (table.rating_sum[:size] - count * self.mean) / (count + head.shrinkage)
+                const += float(w) * dev
+            table.const[:size] = const
+        u.const[: len(u)] += self.mean + head.b_out
+        counts = i.rating_count[: len(i)]
+        order = np.lexsort((np.arange(len(i)), -i.count[: len(i)], -counts))
+        self.popular = order[i.has_vector[order]]
+
+    # --- queries --------------------------------------------------------------------------
+
+    def _require(self) -> Head:
+        if self.head is None or self.index is None:
+            raise NotReady("the replica has not loaded a model yet")
+        return self.head
+
+    @property
+    def exposure_weight(self) -> float:
+        head = self._require()
+        return head.exposure_weight if self.exposure_override is None else self.exposure_override
+
+    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> Recommendations:
+        """Top-``k`` items for a user: FAISS candidates plus popular items, re-ranked by the
+        DReX head. An unknown user gets the most-rated items, flagged as a fallback."""
+        head = self._require()
+        assert self.index is not None
+        with self._lock.read():
+            u = self.users.index.get(user_id)
+            if u is None or not self.users.has_vector[u]:
+                return self._fallback(user_id, k)
+            seen = self.users.seen.get(user_id, frozenset()) if exclude_seen else frozenset()
+            want = max(self.candidates, 4 * k) + len(seen)
+            found, _ = self.index.search(self.users.vectors[u], min(want, len(self.index)))
+            popular = [self.items.ids[r] for r in self.popular[: self.popular_candidates + k]]
+            pool = [c for c in dict.fromkeys(found[0] + popular) if c not in seen]
+            if not pool:
+                return Recommendations(user_id, "personal", None, [])
+            index = self.items.index
+            rows = np.fromiter((index[c] for c in pool), dtype=np.int64, count=len(pool))
+            rating, rank = self._score(u, rows, head)
+            top = _top(rank, k)
+            items = [
+                Ranked(
+                    pool[j],
+                    float(rating[j]),
+                    float(rank[j]),
+                    self._explain(user_id, pool[j]),
+                )
+                for j in top
+            ]
+        metrics.RECOMMENDATIONS.labels("personal").inc()
+        return Recommendations(user_id, "personal", None, items)
+
+    def _fallback(self, user_id: str, k: int) -> Recommendations:
+        rows = self.popular[:k]
+        rating = self._clip(self.mean + self.items.const[rows])
+        items = [
+            Ranked(
+                self.items.ids[r],
+                float(rating[n]),
+                float(self.items.rating_count[r]),
+                [w for w, _ in self.items.top.get(self.items.ids[r], [])[:5]],
+            )
+            for n, r in enumerate(rows)
+        ]
+        metrics.RECOMMENDATIONS.labels("fallback").inc()
+        return Recommendations(user_id, "fallback", "unknown_user", items)
+
+    def predict(self, user_id: str, item_id: str) -> Ranked:
+        """The predicted rating of a known pair; ``KeyError`` names an unknown id."""
+        head = self._require()
+        with self._lock.read():
+            u = self._known(self.users, user_id, "user")
+            i = self._known(self.items, item_id, "item")
+            rating, rank = self._score(u, np.asarray([i]), head)
+            return Ranked(
+                item_id, float(rating[0]), float(rank[0]), self._explain(user_id, item_id)
+            )
+
+    def similar(self, item_id: str, k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` items nearest to ``item_id`` in the index; ``KeyError`` if unknown."""
+        self._require()
+        assert self.index is not None
+        if item_id not in self.index:
+            raise KeyError(f"unknown item: {item_id!r}")
+        return self.index.similar(item_id, k)
+
+    def profile(self, side: str, entity_id: str, k: int = 10) -> Profile:
+        """Keywords and counts of a user or item; ``KeyError`` if unknown."""
+        self._require()
+        table = self.users if side == "users" else self.items
+        with self._lock.read():
+            r = self._known(table, entity_id, side[:-1])
+            n = float(table.rating_count[r])
+            return Profile(
+                entity_id,
+                int(table.count[r]),
+                int(n),
+                float(table.rating_sum[r] / n) if n > 0 else None,
+                float(table.updated[r]),
+                table.top.get(entity_id, [])[:k],
+            )
+
+    def item_vectors(self) -> tuple[list[str], npt.NDArray[np.float32]]:
+        """Items with a representation and their vectors (for benchmarks and checks)."""
+        with self._lock.read():
+            rows = np.flatnonzero(self.items.has_vector[: len(self.items)])
+            return [self.items.ids[r] for r in rows], self.items.vectors[rows].copy()
+
+    def exact_scores(self, user_id: str) -> tuple[list[str], FloatArray]:
+        """Ranking scores of every item for a known user (no retrieval): the reference
+        that retrieval is measured against."""
+        head = self._require()
+        with self._lock.read():
+            u = self._known(self.users, user_id, "user")
+            rows = np.flatnonzero(self.items.has_vector[: len(self.items)])
+            _, rank = self._score(u, rows, head)
+            return [self.items.ids[r] for r in rows], rank
+
+    def _score(
+        self, u: int, rows: npt.NDArray[np.int64], head: Head
+    ) -> tuple[FloatArray, FloatArray]:
+        """(clipped predicted rating, ranking score) of user row ``u`` with item ``rows``."""
+        hidden = np.maximum(self.users.hidden[u] + self.items.hidden[rows], 0.0)
+        raw = hidden @ head.w_out + self.users.const[u] + self.items.const[rows]
+        rank = raw.astype(np.float64)
+        weight = self.exposure_weight
+        if weight:
+            rank = rank + weight * np.log1p(self.items.rating_count[rows])
+        return self._clip(raw), rank
+
+    def _clip(self, values: npt.ArrayLike) -> FloatArray:
+        head = self._require()
+        return np.clip(np.asarray(values, dtype=np.float64), 1.0, float(head.rating_levels))
+
+    def _known(self, table: _Side, entity_id: str, what: str) -> int:
+        r = table.index.get(entity_id)
+        if r is None or not table.has_vector[r]:
+            raise KeyError(f"unknown {what}: {entity_id!r}")
+        return r
+
+    def _explain(self, user_id: str, item_id: str, k: int = 10) -> list[str]:
+        """Keywords in both top-``k`` profiles, by summed rank (drex_model.explain)."""
+        top_u = {w: r for r, (w, _) in enumerate(self.users.top.get(user_id, [])[:k])}
+        top_i = {w: r for r, (w, _) in enumerate(self.items.top.get(item_id, [])[:k])}
+        shared = top_u.keys() & top_i.keys()
+        return sorted(shared, key=lambda w: (top_u[w] + top_i[w], w))
+
+
+@dataclass
+class _Read:
+    """What was read from the store for one side, before it is applied."""
+
+    rows: dict[str, Any] = field(default_factory=dict)  # id -> EntityRow
+    vectors: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+    updated: dict[str, float] = field(default_factory=dict)
+    top: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+
+
+def _read_side(store: LearnerStore, side: str, ids: Iterable[str] | None) -> _Read:
+    """Rows, representations and keyword tops of ``ids`` (None: all) of one side."""
+    out = _Read()
+    for entity, raw in store.rows(side, ids):
+        row, _ = row_from_bytes(raw)
+        out.rows[entity] = row
+    for entity, raw in store.representations(side, ids):
+        at, vector = representation_from_bytes(raw)
+        out.vectors[entity] = vector
+        out.updated[entity] = at
+    for entity, raw in store.keywords(side, ids):
+        profile = json.loads(raw)
+        out.top[entity] = sorted(profile.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_KEYWORDS]
+    return out
+
+
+def _write_side(table: _Side, read: _Read, head: Head, side: str) -> None:
+    ids = list(read.rows)
+    if not ids:
+        return
+    rows = table.rows(ids)
+    table.bias[rows] = [read.rows[k].bias for k in ids]
+    table.rating_sum[rows] = [read.rows[k].rating_sum for k in ids]
+    table.rating_count[rows] = [read.rows[k].rating_count for k in ids]
+    table.count[rows] = [read.rows[k].count for k in ids]
+    with_vector = [(r, k) for r, k in zip(rows.tolist(), ids, strict=True) if k in read.vectors]
+    if with_vector:
+        vr = np.asarray([r for r, _ in with_vector], dtype=np.int64)
+        table.vectors[vr] = np.stack([read.vectors[k] for _, k in with_vector])
+        table.has_vector[vr] = True
+        table.updated[vr] = [read.updated[k] for _, k in with_vector]
+        _project(table, vr, head, side)
+    for k in ids:
+        if k in read.top:
+            table.top[k] = read.top[k]
+        if side == "users":
+            table.seen[k] = frozenset(read.rows[k].seen)
+
+
+def _project(table: _Side, rows: npt.NDArray[np.int64], head: Head, side: str) -> None:
+    """The head's first layer applied to rows' representations (users carry its bias)."""
+    if side == "users":
+        table.hidden[rows] = table.vectors[rows] @ head.w_user + head.b_hidden
+    else:
+        table.hidden[rows] = table.vectors[rows] @ head.w_item
+
+
+def _top(scores: FloatArray, k: int) -> list[int]:
+    """Indices of the ``k`` highest scores, highest first (ties: lower index first)."""
+    k = min(k, len(scores))
+    if k == 0:
+        return []
+    part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    return sorted(part.tolist(), key=lambda j: (-scores[j], j))

@@ -1,0 +1,250 @@
+"""The serving replica and the HTTP API over a learner store written by the worker's code.
+
+The store is filled by :class:`streams.agents.learn.LearnerSession`, the same object the
+worker runs per micro-batch (no broker needed), so the replica reads exactly what a
+worker writes; the replica is a real RocksDB secondary of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from drex_model.evaluate.data import load_interactions
+from drex_model.evaluate.sample import write_sample
+from drex_model.types import Interaction
+from serving.openapi import spec
+from serving.replica import NotReady, Replica
+from serving.server import build_app
+from streams.agents.index import IndexFeeder
+from streams.agents.learn import LearnerSession
+from streams.events import InteractionEvent
+from streams.settings import WorkerSettings
+
+
+def _events(rows: list[Interaction]) -> list[InteractionEvent]:
+    return [
+        InteractionEvent(
+            user_id=r.user,
+            item_id=r.item,
+            rating=r.rating,
+            text=r.text,
+            event_time=r.timestamp,
+            review_event_id=f"r{n}",
+            rating_event_id=f"s{n}",
+        )
+        for n, r in enumerate(rows)
+    ]
+
+
+class Stream:
+    """A learner session over a temporary state folder, fed batch by batch."""
+
+    def __init__(self, tmp: Path, encoder: Path) -> None:
+        self.settings = WorkerSettings(
+            state_dir=str(tmp / "state"),
+            encoder=str(encoder),
+            encoder_max_tokens=32,
+            device="cpu",
+            torch_threads=1,
+            checkpoint_every=0,
+        )
+        self.session = LearnerSession(self.settings, IndexFeeder(tmp / "state" / "index"))
+        rows = load_interactions(write_sample(tmp / "sample.jsonl", users=60)).interactions
+        # interleave users, as a live stream does (the sample lists them one by one)
+        self.events = _events(sorted(rows, key=lambda r: (hash(r.user) % 7, r.timestamp)))
+        self.offset = 0
+
+    def feed(self, n: int) -> list[InteractionEvent]:
+        batch = self.events[self.offset : self.offset + n]
+        self.session.process([(self.offset + j, e) for j, e in enumerate(batch)])
+        self.offset += n
+        return batch
+
+
+@pytest.fixture
+def stream(tmp_path: Path, tiny_encoder_dir: Path) -> Iterator[Stream]:
+    s = Stream(tmp_path, tiny_encoder_dir)
+    yield s
+    s.session.release(save_index=False)
+
+
+@pytest.fixture
+def replica(stream: Stream) -> Iterator[Replica]:
+    r = Replica(stream.settings.learner_path)
+    yield r
+    r.close()
+
+
+def test_replica_scores_match_the_learner_and_follow_it(stream: Stream, replica: Replica) -> None:
+    assert not replica.refresh() and not replica.ready  # no store yet
+    with pytest.raises(NotReady):
+        replica.recommend("anyone")
+    stream.feed(60)
+    assert replica.refresh() and replica.ready
+    stream.feed(60)  # fewer than step_size ratings in all: no optimiser step, exact state
+    assert replica.refresh()
+    learner = stream.session.learner
+    assert replica.batches == 2 and replica.applied == 120
+    assert len(replica.users) == len(learner.users) and len(replica.items) == len(learner.items)
+    assert len(replica.index) == len(learner.items)
+
+    for user in list(learner.users.ids)[:5]:
+        items, scores = replica.exact_scores(user)
+        expected = learner.ranking_scores([user], items)[0]
+        np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
+        item = items[0]
+        assert replica.predict(user, item).predicted_rating == pytest.approx(
+            learner.predict_one(user, item), abs=1e-4
+        )
+        # the profile words are the learner's, strongest first
+        profile = replica.profile("users", user, k=5)
+        want = sorted(
+            learner.keyword_profiles("users", [user])[0].items(), key=lambda kv: (-kv[1], kv[0])
+        )[:5]
+        assert [w for w, _ in profile.keywords] == [w for w, _ in want]
+        assert profile.interactions == int(learner.users.count[learner.users.index[user]])
+
+    # a later batch reaches the replica incrementally, new users and all
+    before = set(replica.users.index)
+    batch = stream.feed(60)
+    assert replica.refresh() and not replica.refresh()  # nothing new the second time
+    assert {e.user_id for e in batch} <= set(replica.users.index)
+    assert set(replica.users.index) > before
+    assert replica.applied == 180
+
+
+def test_recommendations_exclude_seen_items_and_explain(stream: Stream, replica: Replica) -> None:
+    stream.feed(150)
+    replica.refresh()
+    learner = stream.session.learner
+    user = max(learner.users.ids, key=lambda u: len(learner._seen.get(u, ())))
+    seen = learner._seen[user]
+    recs = replica.recommend(user, k=10)
+    assert recs.kind == "personal" and recs.reason is None
+    assert len(recs.items) == min(10, len(replica.items) - len(seen))
+    assert not {r.item_id for r in recs.items} & seen
+    assert [r.score for r in recs.items] == sorted((r.score for r in recs.items), reverse=True)
+    assert all(1.0 <= r.predicted_rating <= 5.0 for r in recs.items)
+    assert any(r.explanation for r in recs.items)  # the sample's reviews share aspect words
+    with_seen = replica.recommend(user, k=len(replica.items), exclude_seen=False)
+    assert {r.item_id for r in with_seen.items} & seen
+
+    cold = replica.recommend("nobody-at-all", k=5)
+    assert cold.kind == "fallback" and cold.reason == "unknown_user" and len(cold.items) == 5
+    counts = [replica.items.rating_count[replica.items.index[r.item_id]] for r in cold.items]
+    assert counts == sorted(counts, reverse=True)
+
+
+def test_retrieval_recovers_most_of_the_exact_top_k(stream: Stream, replica: Replica) -> None:
+    """Candidates (FAISS + popular) re-ranked exactly, against ranking every item."""
+    stream.feed(300)
+    replica.refresh()
+    replica.candidates = 20  # few candidates on a small catalogue, so retrieval matters
+    replica.popular_candidates = 10
+    hits = total = 0
+    for user in list(replica.users.index)[:30]:
+        items, scores = replica.exact_scores(user)
+        seen = replica.users.seen[user]
+        exact = [items[j] for j in np.argsort(-scores, kind="stable") if items[j] not in seen][:5]
+        got = [r.item_id for r in replica.recommend(user, k=5).items]
+        hits += len(set(exact) & set(got))
+        total += len(exact)
+    assert hits / total >= 0.6
+
+
+# --- HTTP -----------------------------------------------------------------------------
+
+
+def _schema(path: str, method: str, status: str) -> dict[str, Any]:
+    operation = spec()["paths"][path][method]
+    schema: dict[str, Any] = operation["responses"][status]["content"]["application/json"]["schema"]
+    return schema
+
+
+@pytest.mark.asyncio
+async def test_http_api(stream: Stream, replica: Replica) -> None:
+    app = build_app(replica, refresh_interval=0.05)
+    async with TestClient(TestServer(app)) as client:
+        # not ready before the learner wrote anything; liveness is fine
+        assert (await client.get("/healthz")).status == 200
+        assert (await client.get("/readyz")).status == 503
+        response = await client.get("/users/u/recommendations")
+        assert response.status == 503
+        assert (await response.json())["error"]["code"] == "not_ready"
+
+        await asyncio.to_thread(stream.feed, 150)
+        for _ in range(100):  # the background refresh picks the store up
+            if (await client.get("/readyz")).status == 200:
+                break
+            await asyncio.sleep(0.05)
+        ready = await (await client.get("/readyz")).json()
+        assert ready["learner_interactions"] == 150
+
+        user = stream.events[0].user_id
+        item = stream.events[0].item_id
+        response = await client.get(f"/users/{user}/recommendations", params={"k": "5"})
+        body = await response.json()
+        assert response.status == 200 and body["kind"] == "personal" and len(body["items"]) == 5
+        jsonschema.validate(body, _schema("/users/{user_id}/recommendations", "get", "200"))
+        assert item not in {r["item_id"] for r in body["items"]}  # rated: excluded
+
+        body = await (await client.get("/users/stranger/recommendations")).json()
+        assert body["kind"] == "fallback" and body["fallback_reason"] == "unknown_user"
+
+        response = await client.get(f"/items/{item}/similar", params={"k": "3"})
+        body = await response.json()
+        assert response.status == 200 and len(body["items"]) == 3
+        assert item not in {r["item_id"] for r in body["items"]}
+        jsonschema.validate(body, _schema("/items/{item_id}/similar", "get", "200"))
+
+        response = await client.post("/predict", json={"user_id": user, "item_id": item})
+        body = await response.json()
+        assert response.status == 200 and 1.0 <= body["predicted_rating"] <= 5.0
+        jsonschema.validate(body, _schema("/predict", "post", "200"))
+
+        for side, entity in (("users", user), ("items", item)):
+            response = await client.get(f"/{side}/{entity}/profile")
+            body = await response.json()
+            assert response.status == 200 and body["interactions"] >= 1 and body["keywords"]
+            path = f"/{side}/{{{side[:-1]}_id}}/profile"
+            jsonschema.validate(body, _schema(path, "get", "200"))
+
+        # bad requests: clear 4xx, JSON error bodies
+        bad = [
+            (client.get(f"/users/{user}/recommendations", params={"k": "0"}), 400, "bad_k"),
+            (client.get(f"/users/{user}/recommendations", params={"k": "x"}), 400, "bad_k"),
+            (client.get(f"/users/{user}/recommendations", params={"k": "101"}), 400, "bad_k"),
+            (client.get("/items/no-such-item/similar"), 404, "unknown_item"),
+            (client.get("/users/no-such-user/profile"), 404, "unknown_user"),
+            (client.post("/predict", data=b"{not json"), 400, "bad_json"),
+            (client.post("/predict", json={"user_id": user}), 400, "bad_body"),
+            (client.post("/predict", json=[1, 2]), 400, "bad_body"),
+            (client.post("/predict", json={"user_id": user, "item_id": "zz"}), 404, "unknown_item"),
+            (client.post("/predict", json={"user_id": "zz", "item_id": item}), 404, "unknown_user"),
+            (client.get("/nowhere"), 404, "not_found"),
+            (client.post("/healthz"), 405, "method_not_allowed"),
+        ]
+        for call, status, code in bad:
+            response = await call
+            assert response.status == status, (status, code)
+            assert (await response.json())["error"]["code"] == code
+
+        # every route is described in the OpenAPI document, and nothing else
+        described = set(spec()["paths"])
+        routes = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+        assert described == routes
+        assert (await (await client.get("/openapi.json")).json()) == spec()
+
+        text = await (await client.get("/metrics")).text()
+        line = 'drex_http_requests_total{endpoint="/items/{item_id}/similar",status="404"}'
+        assert line in text
+        assert 'drex_recommendations_total{kind="fallback"}' in text
+        assert "drex_serving_ready 1.0" in text
