@@ -131,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     from serving import cli as serving_cli
-    from streams import broker, producer, worker
+    from streams import broker, demo, producer, worker
 
+    demo.register(sub)
     broker.register(sub)
     worker.register(sub)
     producer.register(sub)

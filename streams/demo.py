@@ -1,0 +1,322 @@
+"""``drex demo``: the whole system on one machine, in one command.
+
+    drex demo [--dataset sample|FILE] [--limit N] [--api-port 8000] [--serve-for SECONDS]
+
+Starts the embedded broker, a worker and the HTTP server as child processes; streams the
+dataset as separate review and rating events (with a few review-only, rating-only,
+duplicated and malformed ones, as real producers send); shows the learner's progress
+(interactions/s, prequential MAE and RMSE) while it learns; then prints recommendations
+with keyword explanations for the most active users, and the API and metrics URLs. It
+keeps serving until Ctrl-C (or ``--serve-for`` seconds), then stops the server, the
+worker and the broker, in that order, and removes its temporary state.
+
+The children run in their own sessions, so Ctrl-C reaches only this process, which
+stops them cleanly; nothing is left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from streams.broker import EmbeddedBroker, free_port
+from streams.metrics import scrape
+
+
+class DemoError(RuntimeError):
+    """A part of the demo did not start or stopped; the message says which and where."""
+
+
+def _port(requested: int, what: str, flag: str) -> int:
+    if requested == 0:
+        return free_port()
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", requested))
+        except OSError:
+            raise DemoError(
+                f"port {requested} ({what}) is in use: pass {flag} PORT, or 0"
+            ) from None
+    return requested
+
+
+def _get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+class Stack:
+    """The broker, the worker and the server, started in order and stopped in reverse."""
+
+    def __init__(self, args: argparse.Namespace, state: Path) -> None:
+        self.args = args
+        self.state = state
+        self.logs = state / "logs"
+        self.broker: EmbeddedBroker | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.server: subprocess.Popen[bytes] | None = None
+        self._files: list[IO[bytes]] = []
+        self.api_port = _port(args.api_port, "HTTP API", "--api-port")
+        self.metrics_port = _port(args.metrics_port, "worker metrics", "--metrics-port")
+
+    def _log(self, name: str) -> IO[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        f = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._files.append(f)
+        return f
+
+    def start(self) -> None:
+        from streams.worker import spawn
+
+        self.broker = EmbeddedBroker(log_dir=self.logs / "broker").start()
+        command = [
+            *("--broker", self.broker.url, "--embedded"),
+            *("--state-dir", str(self.state / "worker")),
+            *("--metrics-port", str(self.metrics_port)),
+            *("--join-window", str(self.args.join_window)),
+            *("--session-timeout", "4"),
+        ]
+        if self.args.encoder:
+            command += ["--encoder", self.args.encoder]
+        self.worker = spawn(command, log=self._log("worker"), new_session=True)
+        self.server = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "streams.cli", "serve"),
+                *("--state-dir", str(self.state / "worker")),
+                *("--port", str(self.api_port), "--refresh-interval", "0.5"),
+            ],
+            stdout=self._log("server"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def check(self) -> None:
+        for name, proc in (("worker", self.worker), ("server", self.server)):
+            if proc is not None and proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise DemoError(f"the {name} stopped (exit {proc.returncode}):\n{tail}")
+
+    def wait_for(self, ready: Any, what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            self.check()
+            if time.monotonic() > deadline:
+                raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        for proc in (self.server, self.worker):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()  # the worker finishes and writes its micro-batch
+        for proc in (self.server, self.worker):
+            if proc is not None:
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+        if self.broker is not None:
+            self.broker.stop()
+        for f in self._files:
+            f.close()
+
+
+@contextlib.contextmanager
+def _state_dir(path: str) -> Iterator[Path]:
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="drex-demo-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _send(broker: str, events: Any, done: threading.Event, errors: list[BaseException]) -> None:
+    from streams.producer import EventProducer
+
+    async def go() -> None:
+        async with EventProducer(broker) as producer:
+            for topic, key, value in events:
+                await producer.send_raw(topic, key, value)
+
+    try:
+        asyncio.run(go())
+    except BaseException as err:  # reported by the main thread
+        errors.append(err)
+    finally:
+        done.set()
+
+
+def _progress(stack: Stack, total: int, quiet: bool) -> None:
+    """A bar of interactions learned, with the rate and the prequential errors."""
+    from tqdm import tqdm
+
+    started = time.monotonic()
+    with tqdm(total=total, unit="interaction", desc="learning", disable=quiet) as bar:
+        while True:
+            stack.check()
+            m = scrape(stack.metrics_port)
+            applied = int(m.get("drex_learner_interactions_total", 0.0))
+            rated = m.get("drex_prequential_rated_total", 0.0)
+            postfix = {"per s": f"{applied / max(time.monotonic() - started, 1e-9):.0f}"}
+            if rated:
+                postfix["MAE"] = f"{m['drex_prequential_absolute_error_total'] / rated:.3f}"
+                rmse = (m["drex_prequential_squared_error_total"] / rated) ** 0.5
+                postfix["RMSE"] = f"{rmse:.3f}"
+            dead = sum(v for k, v in m.items() if k.startswith("drex_dead_letters_total"))
+            postfix["dead letters"] = f"{dead:.0f}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(applied - bar.n)
+            if applied >= total:
+                return
+            time.sleep(0.5)
+
+
+def _show(stack: Stack, users: list[str], per_user: dict[str, int], k: int) -> None:
+    api = f"http://127.0.0.1:{stack.api_port}"
+    for user in users:
+        _, profile = _get(f"{api}/users/{user}/profile?k=6")
+        words = ", ".join(w["word"] for w in profile.get("keywords", []))
+        print(f"\nuser {user}: {per_user[user]} interactions; profile keywords: {words or '-'}")
+        status, body = _get(f"{api}/users/{user}/recommendations?k={k}")
+        if status != 200:
+            print(f"  (no recommendations: {body})")
+            continue
+        for n, item in enumerate(body["items"], 1):
+            because = ", ".join(item["explanation"]) or "(no shared keywords yet)"
+            print(
+                f"  {n}. {item['item_id']:<14} predicted {item['predicted_rating']:.2f}"
+                f"   because: {because}"
+            )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from drex_model.evaluate.data import load_interactions
+    from drex_model.evaluate.sample import write_sample
+    from streams.producer import plan_events
+
+    started = time.monotonic()
+    try:
+        with _state_dir(args.state_dir) as state:
+            dataset = args.dataset
+            if dataset == "sample":
+                dataset = str(write_sample(state / "sample.jsonl"))
+            elif not Path(dataset).exists():
+                raise DemoError(f"dataset {dataset!r} not found (give a file, or 'sample')")
+            report = load_interactions(dataset, progress=not args.quiet)
+            rows = report.interactions[: args.limit] if args.limit else report.interactions
+            plan = plan_events(
+                rows, seed=0, review_only=0.1, rating_only=0.1, duplicate=0.02, malformed=0.01
+            )
+            truth = plan.truth
+            print(f"drex demo: {Path(dataset).name}: {truth.summary()}", flush=True)
+            stack = Stack(args, state)
+            try:
+                print("starting the broker, the worker and the server ...", flush=True)
+                stack.start()
+                stack.wait_for(
+                    lambda: scrape(stack.metrics_port).get("drex_owns_learner") == 1.0,
+                    "the worker to hold the learner",
+                    300,
+                )
+                assert stack.broker is not None
+                done, errors = threading.Event(), list[BaseException]()
+                sender = threading.Thread(
+                    target=_send, args=(stack.broker.url, plan.events, done, errors), daemon=True
+                )
+                sender.start()
+                _progress(stack, truth.interactions, args.quiet)
+                sender.join()
+                if errors:
+                    raise DemoError(f"sending the events failed: {errors[0]!r}")
+
+                def server_caught_up() -> bool:
+                    with contextlib.suppress(OSError):
+                        status, body = _get(f"http://127.0.0.1:{stack.api_port}/readyz")
+                        return status == 200 and body["learner_interactions"] >= truth.interactions
+                    return False
+
+                stack.wait_for(server_caught_up, "the server to load the learner's state", 120)
+                active = sorted(truth.per_user, key=lambda u: (-truth.per_user[u], u))
+                _show(stack, active[: args.users], truth.per_user, args.k)
+                api = f"http://127.0.0.1:{stack.api_port}"
+                print(
+                    f"\nlearned {truth.interactions} interactions in "
+                    f"{time.monotonic() - started:.0f} s (from start)\n"
+                    f"API:      {api}  (OpenAPI: {api}/openapi.json; "
+                    f"try {api}/users/{active[0]}/recommendations?k=5)\n"
+                    f"metrics:  http://127.0.0.1:{stack.metrics_port}/metrics (worker), "
+                    f"{api}/metrics (server)\n"
+                    f"broker:   {stack.broker.url} (embedded)\n"
+                    f"logs:     {stack.logs}",
+                    flush=True,
+                )
+                if args.serve_for != 0:
+                    forever = args.serve_for < 0
+                    print(
+                        "serving until Ctrl-C"
+                        if forever
+                        else f"serving for {args.serve_for:g} s (Ctrl-C stops sooner)",
+                        flush=True,
+                    )
+                    deadline = time.monotonic() + (args.serve_for if not forever else 0)
+                    while forever or time.monotonic() < deadline:
+                        stack.check()
+                        time.sleep(0.5)
+            finally:
+                print("stopping the server, the worker and the broker ...", flush=True)
+                stack.stop()
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+        return 130
+    except DemoError as err:
+        print(f"drex demo: {err}", file=sys.stderr)
+        return 1
+    print("stopped", flush=True)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="broker + worker + server on this machine: stream, learn, recommend",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", default="sample", help="'sample' (generated) or a dataset file")
+    p.add_argument("--limit", type=int, default=0, help="stream only the first N interactions")
+    p.add_argument("--api-port", type=int, default=8000, help="HTTP API port (0: any free)")
+    p.add_argument("--metrics-port", type=int, default=9101, help="worker metrics port (0: any)")
+    p.add_argument("--state-dir", default="", help="keep state here (default: temporary)")
+    p.add_argument("--join-window", type=float, default=5.0, help="seconds a half waits")
+    p.add_argument("--encoder", default="", help="local Hugging Face encoder folder")
+    p.add_argument("--users", type=int, default=3, help="users to show recommendations for")
+    p.add_argument("--k", type=int, default=5, help="recommendations per user")
+    p.add_argument(
+        "--serve-for",
+        type=float,
+        default=-1,
+        help="seconds to keep serving after the recommendations (-1: until Ctrl-C; 0: stop)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
