@@ -1,10 +1,10 @@
 """Recommendation latency and throughput of ``drex serve`` with 100,000 items.
 
 Builds a learner store the way the worker does (``LearnerSession.process`` in
-micro-batches of 1,024) from a generated rating stream in which every one of
+micro-batches of 4,096) from a generated rating stream in which every one of
 ``--items`` items is rated at least once, starts ``drex serve`` on it as a subprocess
 (as in production), and sends ``GET /users/{id}/recommendations?k=10`` for random known
-users from an aiohttp client at concurrency 1 and 16 (closed loop: each of the
+users from a minimal keep-alive HTTP client at concurrency 1 and 16 (closed loop: each of the
 ``concurrency`` clients sends its next request when the previous answer arrives). The
 client runs on the same machine, so on 2 cores it takes CPU from the server: the figures
 are what one such machine does with both.
@@ -42,15 +42,20 @@ def build_store(state: Path, items: int, users: int, seed: int) -> None:
     from streams.settings import WorkerSettings
 
     rng = np.random.default_rng(seed)
-    n = items + 2 * users  # every item once, then popularity-skewed repeats
-    item_of = np.concatenate([rng.permutation(items), rng.zipf(1.3, 2 * users) % items])
-    user_of = rng.integers(0, users, n)
+    # every item once (to a user in turn), then one more rating per user on an item
+    # drawn from a long tail (p ~ 1 / (rank + 10)^0.9: no single item dominates)
+    n = items + users
+    tail = 1.0 / (np.arange(items) + 10.0) ** 0.9
+    item_of = np.concatenate(
+        [rng.permutation(items), rng.choice(items, users, p=tail / tail.sum())]
+    )
+    user_of = rng.permutation(np.arange(n) % users)
     quality = rng.normal(0, 0.8, items)
     taste = rng.normal(0, 0.5, users)
     rating = np.clip(np.round(3.8 + quality[item_of] + taste[user_of]), 1, 5)
     settings = WorkerSettings(state_dir=str(state), device="cpu", checkpoint_every=0)
     session = LearnerSession(settings, IndexFeeder(state / "index"))
-    batch = 1024
+    batch = 4096
     with tqdm(total=n, desc="learner store", unit="interaction") as bar:
         for s in range(0, n, batch):
             events = [
@@ -94,40 +99,50 @@ def recall(learner_dir: Path, k: int, users: int) -> float:
 
 
 async def load(
-    url: str, users: Sequence[str], requests: int, concurrency: int
+    port: int, users: Sequence[str], requests: int, concurrency: int
 ) -> tuple[np.ndarray, float, int]:
-    """Latencies (s) of ``requests`` requests at ``concurrency``, wall time, errors."""
-    import aiohttp
+    """Latencies (s) of ``requests`` requests at ``concurrency``, wall time, errors.
 
+    A minimal HTTP/1.1 keep-alive client on asyncio streams: a full client library
+    (aiohttp's costs ~1 ms of CPU per request here) would take more of the two cores
+    than the server it measures.
+    """
     rng = np.random.default_rng(concurrency)
     picks = rng.integers(0, len(users), requests)
     latencies = np.zeros(requests)
     errors = 0
     next_request = 0
 
-    async def client(session: aiohttp.ClientSession) -> None:
-        nonlocal next_request, errors
-        while next_request < requests:
-            j = next_request
-            next_request += 1
-            started = time.perf_counter()
-            async with session.get(
-                f"{url}/users/{users[picks[j]]}/recommendations", params={"k": "10"}
-            ) as response:
-                await response.read()
-                if response.status != 200:
-                    errors += 1
-            latencies[j] = time.perf_counter() - started
+    async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await reader.readexactly(length)
+        return status
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        for _ in range(50):  # warm-up: connections, caches
-            async with session.get(f"{url}/users/{users[0]}/recommendations") as response:
-                await response.read()
-        started = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    return latencies, wall, errors
+    async def client() -> None:
+        nonlocal next_request, errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in range(5):  # warm-up: connection, caches
+                await get(reader, writer, f"/users/{users[0]}/recommendations?k=10")
+            while next_request < requests:
+                j = next_request
+                next_request += 1
+                started = time.perf_counter()
+                status = await get(reader, writer, f"/users/{users[picks[j]]}/recommendations?k=10")
+                latencies[j] = time.perf_counter() - started
+                errors += status != 200
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return latencies, time.perf_counter() - started, errors
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,56 +153,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--recall-users", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--servers", type=int, default=1, help="drex serve processes sharing the port"
+    )
+    parser.add_argument(
+        "--state", default="", help="keep the built store here and reuse it on later runs"
+    )
     args = parser.parse_args(argv)
 
     from streams.broker import free_port
 
     work = Path(tempfile.mkdtemp(prefix="drex-serve-bench-"))
-    server: subprocess.Popen[bytes] | None = None
+    state = Path(args.state) if args.state else work / "state"
+    servers: list[subprocess.Popen[bytes]] = []
     try:
-        started = time.perf_counter()
-        build_store(work / "state", args.items, args.users, args.seed)
-        print(f"store built in {time.perf_counter() - started:.0f} s", flush=True)
-        rate = recall(work / "state" / "learner", 10, args.recall_users)
+        if not (state / "learner" / "CURRENT").exists():
+            started = time.perf_counter()
+            build_store(state, args.items, args.users, args.seed)
+            print(f"store built in {time.perf_counter() - started:.0f} s", flush=True)
+        rate = recall(state / "learner", 10, args.recall_users)
 
         port = free_port()
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        server = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "streams.cli", "serve"),
-                *("--state-dir", str(work / "state"), "--port", str(port)),
-                *("--log-level", "warning"),
-            ],
-            env=env,
-        )
+        servers = [
+            subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "streams.cli", "serve"),
+                    *("--state-dir", str(state), "--port", str(port)),
+                    *("--log-level", "warning", "--reuse-port"),
+                ],
+                env=env,
+            )
+            for _ in range(args.servers)
+        ]
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 300
         import urllib.request
 
-        while True:
+        ready = 0
+        while ready < 10 * args.servers:  # connections spread over the processes
             try:
                 with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        break
+                    ready = ready + 1 if response.status == 200 else 0
             except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
+                ready = 0
+            if any(s.poll() is not None for s in servers) or time.monotonic() > deadline:
                 raise RuntimeError("drex serve did not become ready")
-            time.sleep(0.2)
+            time.sleep(0.2 if ready == 0 else 0.0)
         users = [f"u{j}" for j in range(args.users)]
         rows = []
         for c in args.concurrency:
-            latencies, wall, errors = asyncio.run(load(url, users, args.requests, c))
+            latencies, wall, errors = asyncio.run(load(port, users, args.requests, c))
             rows.append((c, latencies, wall, errors))
     finally:
-        if server is not None:
+        for server in servers:
             server.terminate()
             server.wait(30)
         shutil.rmtree(work, ignore_errors=True)
 
     print(
         f"{args.items} items, {args.users} users, k=10, {os.cpu_count()} CPUs, "
-        f"load {os.getloadavg()[0]:.1f}; client and server on this machine"
+        f"load {os.getloadavg()[0]:.1f}; {args.servers} server process(es) and the client "
+        "on this machine"
     )
     print(f"{'concurrency':>11}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for c, latencies, wall, errors in rows:

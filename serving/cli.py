@@ -5,7 +5,8 @@
 It reads the store of the worker that holds the learner (``STATE_DIR/learner``, or
 ``--learner-dir``) as a RocksDB secondary: run it on the same machine as that worker or
 on a volume they share. Several servers may follow one store (each keeps its own
-secondary folder, a temporary one by default).
+secondary folder, a temporary one by default); with ``--reuse-port`` they can share one
+port on a machine, one process per core.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             print=None,
             access_log=None,
+            reuse_port=args.reuse_port or None,
         )
     finally:
         replica.close()
@@ -80,6 +82,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="weight of log(1 + item ratings) in the ranking (default: the model config's)",
+    )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other drex serve processes (SO_REUSEPORT; the kernel "
+        "spreads connections): run one per core",
     )
     p.add_argument("--log-level", default="info")
 

@@ -335,3 +335,57 @@ class ItemIndex:
         index.refreshed_at = float(meta["refreshed_at"])
         index.version = int(meta["version"])
         return index
+
+
+class IVFItemIndex(ItemIndex):
+    """The same interface over inverted lists (``IndexIVFFlat``): for large catalogues.
+
+    A query scans the ``nprobe`` lists whose centroids are nearest instead of every item
+    (at 100,000 x 64 on the project's 2-core machine: ~0.1-0.2 ms against ~3 ms for the
+    exact scan), at the price of neighbours in lists it does not probe. A changed vector
+    is removed and added again (found through a hash-table direct map, so the cost is
+    that of one list, not of the index), which may move it to another list. Centroids
+    are trained once, on the vectors given at construction; as embeddings drift they
+    fit less well, so the owner rebuilds the index when the catalogue has grown a lot
+    (serving/replica.py rebuilds it at twice the trained size).
+
+    Built in memory by its owner: :meth:`save` refuses (the worker's saved index is the
+    exact one).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        train: npt.ArrayLike,
+        nlist: int | None = None,
+        nprobe: int = 16,
+        metric: Metric = "ip",
+    ) -> None:
+        super().__init__(dim, metric)
+        sample = self._normalised(self._matrix(train))
+        if nlist is None:
+            nlist = max(1, min(4096, len(sample) // 100))  # ~100 items per list
+        if len(sample) < nlist:
+            raise ValueError(f"{len(sample)} training vectors for {nlist} lists")
+        faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        self._quantizer = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
+        ivf = faiss.IndexIVFFlat(self._quantizer, dim, nlist, faiss_metric)
+        ivf.train(sample)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
+        ivf.nprobe = min(nprobe, nlist)
+        self._index = ivf  # type: ignore[assignment]  # the base class keeps an IndexIDMap2
+        self.trained_on = len(sample)
+
+    def _replace(self, labels: npt.NDArray[np.int64], matrix: npt.NDArray[np.float32]) -> None:
+        self._remove(labels)
+        self._index.add_with_ids(np.ascontiguousarray(matrix), labels)
+
+    def _add(self, labels: npt.NDArray[np.int64], matrix: npt.NDArray[np.float32]) -> None:
+        self._index.add_with_ids(matrix, labels)
+
+    def _remove(self, labels: npt.NDArray[np.int64]) -> None:
+        labels = np.ascontiguousarray(labels, dtype=np.int64)  # the hash map wants an array
+        self._index.remove_ids(faiss.IDSelectorArray(len(labels), faiss.swig_ptr(labels)))
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        raise TypeError("an IVFItemIndex is built in memory by its owner; save an ItemIndex")

@@ -22,11 +22,13 @@ dense network only the rating head. The learner's score for a pair is
 for changed rows, and for all rows when the head changed), so scoring a candidate costs D
 multiply-adds: numpy, no torch, on the request path.
 
-**Retrieval, then ranking.** A FAISS index of item representations (exact inner
-product, :class:`serving.index.ItemIndex`) gives the user's nearest items; together with
-the most-rated items they are the candidates, which the DReX head re-ranks exactly.
-Retrieval is an approximation of the head's ranking (the head is not an inner product);
-``benchmarks/serve_bench.py`` measures how much of the exact top-k it recovers.
+**Retrieval, then ranking.** The candidates are the user's nearest items in a FAISS
+index of item representations (exact inner product, :class:`serving.index.ItemIndex`;
+inverted lists, :class:`serving.index.IVFItemIndex`, from 20,000 items on), the head's
+top items for the average user (recomputed at every refresh: item quality dominates the
+head, so these are good for most users) and the most-rated items; the DReX head re-ranks
+them exactly. The head is not an inner product, so retrieval approximates ranking every
+item; ``benchmarks/serve_bench.py`` measures how much of the exact top-k it keeps.
 
 Staleness: an entity's representation is the one the learner computed after its last
 change; an optimiser step moves the GRUs, so entities not touched since keep the
@@ -52,12 +54,13 @@ import numpy.typing as npt
 
 from drex_model.checkpoint import dense_metadata, row_from_bytes
 from serving import metrics
-from serving.index import ItemIndex, RWLock
+from serving.index import ItemIndex, IVFItemIndex, RWLock
 from streams.state import LearnerStore, representation_from_bytes
 
 logger = logging.getLogger(__name__)
 
 SIDES: Final = ("users", "items")
+IVF_MIN_ITEMS: Final = 20_000  # from this catalogue size on, retrieval uses inverted lists
 TOP_KEYWORDS: Final = 20  # keyword profile words kept per entity (explanations use 10)
 FloatArray = npt.NDArray[np.float64]
 
@@ -210,6 +213,7 @@ class Replica:
         exposure_weight: float | None = None,
         candidates: int = 100,
         popular_candidates: int = 50,
+        prior_candidates: int = 200,
     ) -> None:
         self.learner_dir = Path(learner_dir)
         self._own_secondary = secondary_dir is None
@@ -219,6 +223,7 @@ class Replica:
         self.exposure_override = exposure_weight
         self.candidates = candidates
         self.popular_candidates = popular_candidates
+        self.prior_candidates = prior_candidates
         self._store: LearnerStore | None = None
         self._lock = RWLock()
         self._refreshing = threading.Lock()
@@ -232,6 +237,7 @@ class Replica:
         self.refreshed_at = 0.0
         self.mean = 0.0
         self.popular = np.zeros(0, dtype=np.int64)  # item rows, most-rated first
+        self.average_top = np.zeros(0, dtype=np.int64)  # item rows, best for the mean user
         metrics.READY.set_function(lambda: float(self.ready))
         metrics.USERS.set_function(lambda: len(self.users))
         metrics.ITEMS.set_function(lambda: len(self.items))
@@ -273,8 +279,10 @@ class Replica:
             dense = store.dense()
             if dense is None:
                 return False
-            changes = store.changes(self.batches) if self.ready else None
-            if changes is None:  # first load, or behind the oldest change record kept
+            behind = self.ready and info.batches > self.batches
+            changes = store.changes(self.batches) if behind else None
+            if changes is None:  # first load, behind the oldest change record kept, or
+                # a store that went back (replaced or restored from elsewhere)
                 self._load_all(store, dense)
             else:
                 change = _Change()
@@ -303,10 +311,7 @@ class Replica:
         users, items = _Side(head.dim), _Side(head.dim)
         for side, table in (("users", users), ("items", items)):
             _write_side(table, read[side], head, side)
-        index = ItemIndex(head.dim, metric="ip")
-        rows = np.flatnonzero(items.has_vector[: len(items)])
-        if len(rows):
-            index.upsert([items.ids[r] for r in rows], items.vectors[rows])
+        index = _build_index(items, head.dim)
         with self._lock.write():
             self.head, self.users, self.items, self.index = head, users, items, index
             self._update_globals()
@@ -332,6 +337,15 @@ class Replica:
         ids = [i for i in read["items"].vectors if i in self.items.index]
         if ids:
             self.index.upsert(ids, np.stack([read["items"].vectors[i] for i in ids]))
+        grown = (
+            len(self.index) >= 2 * self.index.trained_on
+            if isinstance(self.index, IVFItemIndex)
+            else len(self.index) >= IVF_MIN_ITEMS
+        )
+        if grown:  # (re)train the inverted lists on today's catalogue
+            index = _build_index(self.items, self.head.dim)
+            with self._lock.write():
+                self.index = index
 
     def _update_globals(self) -> None:
         """The global mean, every row's constant and the popularity order (vectorised)."""
@@ -356,6 +370,17 @@ class Replica:
         counts = i.rating_count[: len(i)]
         order = np.lexsort((np.arange(len(i)), -i.count[: len(i)], -counts))
         self.popular = order[i.has_vector[order]]
+        # the head's ranking for the average user: item quality (biases, deviations,
+        # the item's side of the first layer) dominates it, so its top items are
+        # candidates for everyone; a row of the replica's state, refreshed with it
+        rows = np.flatnonzero(i.has_vector[: len(i)])
+        users = np.flatnonzero(u.has_vector[: len(u)])
+        mean_user = u.hidden[users].mean(axis=0) if len(users) else head.b_hidden
+        prior = np.maximum(mean_user + i.hidden[rows], 0.0) @ head.w_out + i.const[rows]
+        weight = self.exposure_weight
+        if weight:
+            prior = prior + weight * np.log1p(i.rating_count[rows])
+        self.average_top = rows[np.argsort(-prior, kind="stable")[: self.prior_candidates]]
 
     # --- queries --------------------------------------------------------------------------
 
@@ -366,8 +391,9 @@ class Replica:
 
     @property
     def exposure_weight(self) -> float:
-        head = self._require()
-        return head.exposure_weight if self.exposure_override is None else self.exposure_override
+        if self.exposure_override is not None:
+            return self.exposure_override
+        return self.head.exposure_weight if self.head is not None else 0.0
 
     def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> Recommendations:
         """Top-``k`` items for a user: FAISS candidates plus popular items, re-ranked by the
@@ -381,23 +407,27 @@ class Replica:
             seen = self.users.seen.get(user_id, frozenset()) if exclude_seen else frozenset()
             want = max(self.candidates, 4 * k) + len(seen)
             found, _ = self.index.search(self.users.vectors[u], min(want, len(self.index)))
-            popular = [self.items.ids[r] for r in self.popular[: self.popular_candidates + k]]
-            pool = [c for c in dict.fromkeys(found[0] + popular) if c not in seen]
-            if not pool:
-                return Recommendations(user_id, "personal", None, [])
             index = self.items.index
-            rows = np.fromiter((index[c] for c in pool), dtype=np.int64, count=len(pool))
-            rating, rank = self._score(u, rows, head)
-            top = _top(rank, k)
-            items = [
-                Ranked(
-                    pool[j],
-                    float(rating[j]),
-                    float(rank[j]),
-                    self._explain(user_id, pool[j]),
+            pool = np.unique(  # item rows: neighbours, the average user's top, most rated
+                np.concatenate(
+                    [
+                        np.fromiter((index[c] for c in found[0]), np.int64, len(found[0])),
+                        self.average_top,
+                        self.popular[: self.popular_candidates + k],
+                    ]
                 )
-                for j in top
-            ]
+            )
+            if seen:
+                known = [index[s] for s in seen if s in index]
+                pool = pool[~np.isin(pool, np.asarray(known, dtype=np.int64))]
+            if not len(pool):
+                return Recommendations(user_id, "personal", None, [])
+            rating, rank = self._score(u, pool, head)
+            items = []
+            for j in _top(rank, k):
+                item = self.items.ids[pool[j]]
+                explanation = self._explain(user_id, item)
+                items.append(Ranked(item, float(rating[j]), float(rank[j]), explanation))
         metrics.RECOMMENDATIONS.labels("personal").inc()
         return Recommendations(user_id, "personal", None, items)
 
@@ -544,6 +574,17 @@ def _write_side(table: _Side, read: _Read, head: Head, side: str) -> None:
             table.top[k] = read.top[k]
         if side == "users":
             table.seen[k] = frozenset(read.rows[k].seen)
+
+
+def _build_index(items: _Side, dim: int) -> ItemIndex:
+    """Exact for small catalogues; inverted lists trained on the catalogue from
+    :data:`IVF_MIN_ITEMS` items on (serving/index.py)."""
+    rows = np.flatnonzero(items.has_vector[: len(items)])
+    vectors = items.vectors[rows]
+    index = IVFItemIndex(dim, vectors) if len(rows) >= IVF_MIN_ITEMS else ItemIndex(dim)
+    if len(rows):
+        index.upsert([items.ids[r] for r in rows], vectors)
+    return index
 
 
 def _project(table: _Side, rows: npt.NDArray[np.int64], head: Head, side: str) -> None:

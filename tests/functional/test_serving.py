@@ -146,9 +146,11 @@ def test_recommendations_exclude_seen_items_and_explain(stream: Stream, replica:
 def test_retrieval_recovers_most_of_the_exact_top_k(stream: Stream, replica: Replica) -> None:
     """Candidates (FAISS + popular) re-ranked exactly, against ranking every item."""
     stream.feed(300)
-    replica.refresh()
     replica.candidates = 20  # few candidates on a small catalogue, so retrieval matters
     replica.popular_candidates = 10
+    replica.prior_candidates = 10
+    replica.refresh()
+    assert len(replica.average_top) == 10
     hits = total = 0
     for user in list(replica.users.index)[:30]:
         items, scores = replica.exact_scores(user)
