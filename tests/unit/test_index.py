@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.index import ItemIndex
+from serving.index import ItemIndex, IVFItemIndex
 
 
 def unit(dim: int, axis: int, scale: float = 1.0) -> np.ndarray:
@@ -229,3 +229,27 @@ def test_concurrent_searches_during_updates() -> None:
         t.join()
     assert not errors, errors[0]
     assert len(index) == n and index.version == 201
+
+
+def test_ivf_index_updates_in_place_and_finds_clustered_neighbours(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 16)) * 5
+    x = (centres[rng.integers(0, 20, 4000)] + rng.normal(size=(4000, 16))).astype(np.float32)
+    ids = [f"i{j}" for j in range(len(x))]
+    ivf = IVFItemIndex(16, x, nprobe=8)
+    flat = ItemIndex(16)
+    for index in (ivf, flat):
+        index.upsert(ids, x)
+    found, _ = ivf.search(x[:50], 10)
+    exact, _ = flat.search(x[:50], 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)])
+    assert recall >= 0.9
+    # an update moves the vector (maybe to another list); its old place is gone
+    ivf.upsert(["i3"], x[7:8])
+    np.testing.assert_allclose(ivf.vector("i3"), x[7])
+    assert len(ivf) == len(x)
+    assert ivf.remove(["i1", "nope"]) == 1 and "i1" not in ivf and len(ivf) == len(x) - 1
+    with pytest.raises(TypeError):
+        ivf.save(tmp_path / "ivf")
+    with pytest.raises(ValueError):
+        IVFItemIndex(16, x[:10], nlist=20)  # fewer training vectors than lists
