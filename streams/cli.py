@@ -23,7 +23,7 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     from dataclasses import fields
 
     from drex_model.model import DReXConfig
@@ -67,7 +67,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         precision=args.precision,
         device=args.device,
         cache_dir=args.cache_dir,
-        overrides=_overrides(args.set),
+        overrides=parse_overrides(args.set),
         limit=args.limit,
         progress=not args.quiet,
     )
@@ -131,12 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     from serving import cli as serving_cli
-    from streams import broker, demo, producer, worker
+    from streams import broker, demo, producer, replay, worker
 
     demo.register(sub)
     broker.register(sub)
     worker.register(sub)
     producer.register(sub)
+    replay.register(sub)
     serving_cli.register(sub)
     return parser
 

@@ -398,6 +398,9 @@ def bootstrap_servers(broker: str) -> list[str]:
     return hosts
 
 
+SEQ_HEADER: Final = "drex-seq"  # optional record header: the producer's send position
+
+
 class EventProducer:
     """Sends contract events to Kafka, keyed by user id.
 
@@ -519,10 +522,18 @@ class EventProducer:
         validate_rating(value, rating_scale=self.rating_scale)
         await self.send_raw(RATINGS_TOPIC, event_key(user_id), value)
 
-    async def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
+    async def send_raw(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Send bytes as they are (tests and replays use it to send malformed events)."""
         self._raise_failed()
-        future = await self._producer.send(topic, value, key=key)
+        future = await self._producer.send(
+            topic, value, key=key, headers=list(headers) if headers else None
+        )
         self._pending.add(future)
         future.add_done_callback(self._delivered)
         self.sent += 1
@@ -654,7 +665,9 @@ async def _send_all(
                     ahead = start + i / rate - time.monotonic()
                     if ahead > 0.001:
                         await asyncio.sleep(ahead)
-                await producer.send_raw(topic, key, value)
+                # the send position, so that a replay can restore the stream's order
+                # across partitions (streams/replay.py; docs/events.md)
+                await producer.send_raw(topic, key, value, [(SEQ_HEADER, str(i).encode())])
                 if i % 256 == 255:
                     bar.update(256)
             bar.update(len(events) - bar.n)

@@ -32,6 +32,7 @@ import torch
 
 from drex_model.evaluate.baselines import BASELINES, Recommender
 from drex_model.evaluate.data import (
+    LoadReport,
     describe,
     filter_min_counts,
     load_interactions,
@@ -71,16 +72,28 @@ class EvaluateOptions:
     progress: bool = True
 
 
-def evaluate(opts: EvaluateOptions) -> dict[str, Any]:
-    """Run the protocol; returns what it writes to ``results.json``."""
+def evaluate(
+    opts: EvaluateOptions, data: LoadReport | Sequence[Interaction] | None = None
+) -> dict[str, Any]:
+    """Run the protocol; returns what it writes to ``results.json``.
+
+    ``data``: interactions already loaded, in stream order (``drex replay`` passes those
+    it rebuilt from Kafka), used instead of reading ``opts.dataset``, which then only
+    names the data in the report.
+    """
     started = time.perf_counter()
     out = Path(opts.output)
     out.mkdir(parents=True, exist_ok=True)
     device = (
         opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
-    report = load_interactions(opts.dataset, progress=opts.progress)
-    _say(opts, f"{opts.dataset}: {report.summary()}")
+    if data is None:
+        report = load_interactions(opts.dataset, progress=opts.progress)
+    elif isinstance(data, LoadReport):
+        report = data
+    else:
+        report = LoadReport(list(data), len(data), {}, 0, "given")
+    say(opts, f"{opts.dataset}: {report.summary()}")
     data = report.interactions[: opts.limit] if opts.limit else report.interactions
     data = filter_min_counts(data, opts.min_user, opts.min_item)
     if len(data) < 10:
@@ -89,13 +102,13 @@ def evaluate(opts: EvaluateOptions) -> dict[str, Any]:
             f"(min_user={opts.min_user}, min_item={opts.min_item}); lower --min-user/--min-item"
         )
     stats = describe(data)
-    _say(
+    say(
         opts,
         f"after filtering: {stats['users']} users, {stats['items']} items, "
         f"{stats['interactions']} interactions",
     )
 
-    cache = _review_cache(opts, data, device) if opts.variants else None
+    cache = review_cache(opts, data, device) if opts.variants else None
     per_seed: dict[str, list[dict[str, float]]] = {}
     curves: dict[str, list[list[EpochLog]]] = {}
     for seed in opts.seeds:
@@ -115,7 +128,7 @@ def evaluate(opts: EvaluateOptions) -> dict[str, Any]:
                 metrics["best_epoch"] = float(model.best_epoch)
                 metrics["exposure_weight"] = model.exposure_weight
             per_seed.setdefault(name, []).append(metrics)
-            _say(
+            say(
                 opts,
                 f"seed {seed} {name:12s} rmse {metrics.get('rmse', float('nan')):.4f} "
                 f"ndcg@10 {metrics['ndcg@10']:.4f} ({metrics['seconds']:.1f}s)",
@@ -143,9 +156,9 @@ def evaluate(opts: EvaluateOptions) -> dict[str, Any]:
         },
         "data": {**stats, "load": report.summary()},
         "config": {v: DReXConfig.for_variant(v, **opts.overrides).to_dict() for v in opts.variants},
-        "machine": _machine(device),
+        "machine": machine_info(device),
         "seconds": 0.0,
-        "models": {name: _aggregate(runs) for name, runs in per_seed.items()},
+        "models": {name: aggregate_runs(runs) for name, runs in per_seed.items()},
     }
     results["seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
@@ -242,7 +255,7 @@ def _make(
     return BASELINES[name](seed=seed)
 
 
-def _review_cache(opts: EvaluateOptions, data: Sequence[Interaction], device: str) -> ReviewCache:
+def review_cache(opts: EvaluateOptions, data: Sequence[Interaction], device: str) -> ReviewCache:
     """Frozen encoder outputs for every review, loaded from disk when already computed."""
     encoder = TextEncoder(opts.encoder, device=device, precision=opts.precision)
     texts = sorted({x.text for x in data if x.text})
@@ -251,12 +264,12 @@ def _review_cache(opts: EvaluateOptions, data: Sequence[Interaction], device: st
     path = root / f"{encoder.name}-{digest}"
     if (path / "index.json").exists():
         cache = ReviewCache.load(path)
-        _say(opts, f"review cache: {len(cache)} encoded reviews from {path}")
+        say(opts, f"review cache: {len(cache)} encoded reviews from {path}")
         return cache
     cache = ReviewCache(encoder.hidden_size)
     t0 = time.perf_counter()
     cache.add(encoder, texts, progress=opts.progress)
-    _say(
+    say(
         opts,
         f"encoded {len(texts)} reviews in {time.perf_counter() - t0:.1f}s "
         f"({encoder.name}, {encoder.device}); cached in {path}",
@@ -265,7 +278,7 @@ def _review_cache(opts: EvaluateOptions, data: Sequence[Interaction], device: st
     return cache
 
 
-def _aggregate(runs: list[dict[str, float]]) -> dict[str, float]:
+def aggregate_runs(runs: list[dict[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key in runs[0]:
         values = np.array([r[key] for r in runs if key in r], dtype=np.float64)
@@ -274,7 +287,7 @@ def _aggregate(runs: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _machine(device: str) -> dict[str, Any]:
+def machine_info(device: str) -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "processor": platform.machine(),
@@ -285,7 +298,7 @@ def _machine(device: str) -> dict[str, Any]:
     }
 
 
-def _say(opts: EvaluateOptions, message: str) -> None:
+def say(opts: EvaluateOptions, message: str) -> None:
     if opts.progress:
         from tqdm.auto import tqdm
 
