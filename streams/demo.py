@@ -268,7 +268,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     f"metrics:  http://127.0.0.1:{stack.metrics_port}/metrics (worker), "
                     f"{api}/metrics (server)\n"
                     f"broker:   {stack.broker.url} (embedded)\n"
-                    f"logs:     {stack.logs}",
+                    f"logs:     {stack.logs}"
+                    + ("" if args.state_dir else " (removed on exit; --state-dir keeps them)"),
                     flush=True,
                 )
                 if args.serve_for != 0:
