@@ -408,26 +408,30 @@ class Replica:
             want = max(self.candidates, 4 * k) + len(seen)
             found, _ = self.index.search(self.users.vectors[u], min(want, len(self.index)))
             index = self.items.index
-            pool = np.unique(  # item rows: neighbours, the average user's top, most rated
-                np.concatenate(
-                    [
-                        np.fromiter((index[c] for c in found[0]), np.int64, len(found[0])),
-                        self.average_top,
-                        self.popular[: self.popular_candidates + k],
-                    ]
-                )
+            # item rows: neighbours, the average user's top, the most rated (repeats and
+            # seen items are skipped after scoring: cheaper than filtering ~350 first)
+            pool = np.concatenate(
+                [
+                    np.fromiter((index[c] for c in found[0]), np.int64, len(found[0])),
+                    self.average_top,
+                    self.popular[: self.popular_candidates + k],
+                ]
             )
-            if seen:
-                known = [index[s] for s in seen if s in index]
-                pool = pool[~np.isin(pool, np.asarray(known, dtype=np.int64))]
-            if not len(pool):
-                return Recommendations(user_id, "personal", None, [])
             rating, rank = self._score(u, pool, head)
-            items = []
-            for j in _top(rank, k):
-                item = self.items.ids[pool[j]]
+            items: list[Ranked] = []
+            taken: set[int] = set()
+            for j in np.argsort(-rank, kind="stable").tolist():
+                row = int(pool[j])
+                if row in taken:
+                    continue
+                taken.add(row)
+                item = self.items.ids[row]
+                if item in seen:
+                    continue
                 explanation = self._explain(user_id, item)
                 items.append(Ranked(item, float(rating[j]), float(rank[j]), explanation))
+                if len(items) == k:
+                    break
         metrics.RECOMMENDATIONS.labels("personal").inc()
         return Recommendations(user_id, "personal", None, items)
 
@@ -593,12 +597,3 @@ def _project(table: _Side, rows: npt.NDArray[np.int64], head: Head, side: str) -
         table.hidden[rows] = table.vectors[rows] @ head.w_user + head.b_hidden
     else:
         table.hidden[rows] = table.vectors[rows] @ head.w_item
-
-
-def _top(scores: FloatArray, k: int) -> list[int]:
-    """Indices of the ``k`` highest scores, highest first (ties: lower index first)."""
-    k = min(k, len(scores))
-    if k == 0:
-        return []
-    part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    return sorted(part.tolist(), key=lambda j: (-scores[j], j))

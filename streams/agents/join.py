@@ -25,9 +25,10 @@ clock (:class:`Joiner`, a pure class, wrapped by :func:`register`):
 * An invalid message goes to ``dead-letters`` with its reason code; the stream goes on.
 
 **The clock.** A row's window starts at its record's Kafka timestamp. Expiry is checked
-on every message and on *ticks*: a timer sends one small message per owned partition to
-the co-partitioned ``join-ticks`` topic, because faust only lets a table be written while
-an event of the same partition is being processed. The time a row is compared against
+once per batch of messages for each partition in it, and on *ticks*: a timer sends one
+small message per owned partition to the co-partitioned ``join-ticks`` topic, because
+faust only lets a table be written while an event of the same partition is being
+processed. The time a row is compared against
 is, per partition, the smallest "latest record timestamp" of the source topics that
 delivered a record in the last ``idle_after`` seconds (default: one window), or the wall
 clock when none did. So a worker that restarts with a backlog, or reads one topic ahead
