@@ -315,6 +315,7 @@ class Replica:
         with self._lock.write():
             self.head, self.users, self.items, self.index = head, users, items, index
             self._update_globals()
+            self._update_candidates()  # a first load: no list to fall back on yet
         logger.info("replica loaded: %d users, %d items", len(users), len(items))
 
     def _apply(self, store: LearnerStore, change: _Change, dense: bytes | None) -> None:
@@ -334,6 +335,7 @@ class Replica:
                 for side, table in (("users", self.users), ("items", self.items)):
                     _project(table, np.arange(len(table)), head, side)
             self._update_globals()
+        self._update_candidates()
         ids = [i for i in read["items"].vectors if i in self.items.index]
         if ids:
             self.index.upsert(ids, np.stack([read["items"].vectors[i] for i in ids]))
@@ -348,7 +350,7 @@ class Replica:
                 self.index = index
 
     def _update_globals(self) -> None:
-        """The global mean, every row's constant and the popularity order (vectorised)."""
+        """The global mean and every row's constant (vectorised; under the write lock)."""
         head = self.head
         assert head is not None
         u, i = self.users, self.items
@@ -367,12 +369,20 @@ class Replica:
                 const += float(w) * dev
             table.const[:size] = const
         u.const[: len(u)] += self.mean + head.b_out
+
+    def _update_candidates(self) -> None:
+        """The popularity order and the average user's top items: candidate lists, so a
+        query may use the previous ones; computed outside the lock (a pass over every
+        item) and swapped in whole. Only the refreshing thread writes the arrays read."""
+        head = self.head
+        assert head is not None
+        u, i = self.users, self.items
         counts = i.rating_count[: len(i)]
         order = np.lexsort((np.arange(len(i)), -i.count[: len(i)], -counts))
-        self.popular = order[i.has_vector[order]]
+        popular = order[i.has_vector[order]]
         # the head's ranking for the average user: item quality (biases, deviations,
         # the item's side of the first layer) dominates it, so its top items are
-        # candidates for everyone; a row of the replica's state, refreshed with it
+        # candidates for everyone
         rows = np.flatnonzero(i.has_vector[: len(i)])
         users = np.flatnonzero(u.has_vector[: len(u)])
         mean_user = u.hidden[users].mean(axis=0) if len(users) else head.b_hidden
@@ -380,7 +390,8 @@ class Replica:
         weight = self.exposure_weight
         if weight:
             prior = prior + weight * np.log1p(i.rating_count[rows])
-        self.average_top = rows[np.argsort(-prior, kind="stable")[: self.prior_candidates]]
+        average_top = rows[np.argsort(-prior, kind="stable")[: self.prior_candidates]]
+        self.popular, self.average_top = popular, average_top
 
     # --- queries --------------------------------------------------------------------------
 
