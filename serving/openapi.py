@@ -104,6 +104,22 @@ def _profile(key: str) -> dict[str, Any]:
     }
 
 
+def _profile_path(entity: str, whose: str) -> dict[str, Any]:
+    key = f"{entity}_id"
+    return {
+        "get": {
+            "summary": f"{whose} top keywords and counts",
+            "parameters": [_path_param(key), _K],
+            "responses": {
+                "200": _json(_profile(key), "the profile"),
+                "400": _BAD,
+                "404": _json(_ERROR, f"unknown {entity}"),
+                "503": _UNREADY,
+            },
+        }
+    }
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -186,30 +202,8 @@ def spec() -> dict[str, Any]:
                     },
                 }
             },
-            "/users/{user_id}/profile": {
-                "get": {
-                    "summary": "A user's top keywords and counts",
-                    "parameters": [_path_param("user_id"), _K],
-                    "responses": {
-                        "200": _json(_profile("user_id"), "the profile"),
-                        "400": _BAD,
-                        "404": _json(_ERROR, "unknown user"),
-                        "503": _UNREADY,
-                    },
-                }
-            },
-            "/items/{item_id}/profile": {
-                "get": {
-                    "summary": "An item's top keywords and counts",
-                    "parameters": [_path_param("item_id"), _K],
-                    "responses": {
-                        "200": _json(_profile("item_id"), "the profile"),
-                        "400": _BAD,
-                        "404": _json(_ERROR, "unknown item"),
-                        "503": _UNREADY,
-                    },
-                }
-            },
+            "/users/{user_id}/profile": _profile_path("user", "A user's"),
+            "/items/{item_id}/profile": _profile_path("item", "An item's"),
             "/healthz": {
                 "get": {
                     "summary": "Liveness",

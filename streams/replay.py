@@ -1270,19 +1270,16 @@ def _replay(args: argparse.Namespace) -> int:
         progress=progress,
     )
     if paper:
-        results = evaluate(opts, data=rebuilt.report())
-        results = {**results, "mode": "paper", "replay": info}
-        (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-        with (out / "results.md").open("a", encoding="utf-8") as f:
-            f.write(f"\nReplayed from Kafka: {ranges}; {rebuilt.summary()}.\n")
-        print(f"wrote {out}/results.json, results.md and learning_curves.png")
+        results = {**evaluate(opts, data=rebuilt.report()), "mode": "paper"}
+        plot = "learning_curves.png"
     else:
         results = prequential(opts, rebuilt.report(), settings)
-        results["replay"] = info
-        (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-        with (out / "results.md").open("a", encoding="utf-8") as f:
-            f.write(f"\nReplayed from Kafka: {ranges}; {rebuilt.summary()}.\n")
-        print(f"wrote {out}/results.json, results.md and prequential.png")
+        plot = "prequential.png"
+    results["replay"] = info
+    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    with (out / "results.md").open("a", encoding="utf-8") as f:
+        f.write(f"\nReplayed from Kafka: {ranges}; {rebuilt.summary()}.\n")
+    print(f"wrote {out}/results.json, results.md and {plot}")
     return 0
 
 
