@@ -40,11 +40,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         candidates=args.candidates,
     )
     try:
-        if not replica.refresh():
-            logging.getLogger(__name__).info(
-                "no learner state in %s yet: /readyz answers 503 until the worker writes one",
-                learner_dir,
-            )
+        # the application's refresher loads the store in the background: /healthz answers
+        # at once, /readyz says 503 until the learner's state is loaded
         print(f"drex serve: http://{args.host}:{args.port} (OpenAPI at /openapi.json)", flush=True)
         web.run_app(
             build_app(replica, refresh_interval=args.refresh_interval),
