@@ -207,6 +207,27 @@ class ItemIndex:
         with self._lock.read():
             return self._search(queries, k)
 
+    def search_labels(self, vector: npt.ArrayLike, k: int) -> npt.NDArray[np.int64]:
+        """FAISS labels of the ``k`` nearest items to one vector, best first: the ids'
+        integer handles (:meth:`labels`), for callers that keep their own label -> row
+        map and should not pay for a string per hit."""
+        queries = self._normalised(self._matrix(vector))
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        with self._lock.read():
+            width = min(k, int(self._index.ntotal))
+            if width == 0:
+                return np.empty(0, dtype=np.int64)
+            _, labels = self._index.search(queries, width)
+        row = labels[0]
+        return row[row >= 0]
+
+    def labels(self, item_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+        """The FAISS label of each id (stable for as long as the item stays indexed);
+        ``KeyError`` for an id not in the index."""
+        with self._lock.read():
+            return np.fromiter((self._labels[i] for i in item_ids), np.int64, len(item_ids))
+
     def search_ids(
         self, item_ids: Sequence[str], k: int
     ) -> tuple[list[list[str]], npt.NDArray[np.float32]]:

@@ -231,6 +231,7 @@ class Replica:
         self.users = _Side(0)
         self.items = _Side(0)
         self.index: ItemIndex | None = None
+        self.label_rows = np.zeros(0, dtype=np.int64)  # FAISS label -> item row, -1: none
         self.batches = -1  # the learner's batch this replica has applied (-1: none)
         self.applied = 0
         self.learner_updated_at = 0.0
@@ -311,9 +312,10 @@ class Replica:
         users, items = _Side(head.dim), _Side(head.dim)
         for side, table in (("users", users), ("items", items)):
             _write_side(table, read[side], head, side)
-        index = _build_index(items, head.dim)
+        index, label_rows = _build_index(items, head.dim)
         with self._lock.write():
             self.head, self.users, self.items, self.index = head, users, items, index
+            self.label_rows = label_rows
             self._update_globals()
             self._update_candidates()  # a first load: no list to fall back on yet
         logger.info("replica loaded: %d users, %d items", len(users), len(items))
@@ -339,15 +341,18 @@ class Replica:
         ids = [i for i in read["items"].vectors if i in self.items.index]
         if ids:
             self.index.upsert(ids, np.stack([read["items"].vectors[i] for i in ids]))
+            # after the upsert: a query in between may meet a label not mapped yet, and
+            # skips it (recommend)
+            self.label_rows = _map_labels(self.label_rows, self.index, self.items, ids)
         grown = (
             len(self.index) >= 2 * self.index.trained_on
             if isinstance(self.index, IVFItemIndex)
             else len(self.index) >= IVF_MIN_ITEMS
         )
         if grown:  # (re)train the inverted lists on today's catalogue
-            index = _build_index(self.items, self.head.dim)
+            index, label_rows = _build_index(self.items, self.head.dim)
             with self._lock.write():
-                self.index = index
+                self.index, self.label_rows = index, label_rows
 
     def _update_globals(self) -> None:
         """The global mean and every row's constant (vectorised; under the write lock)."""
@@ -417,18 +422,20 @@ class Replica:
                 return self._fallback(user_id, k)
             seen = self.users.seen.get(user_id, frozenset()) if exclude_seen else frozenset()
             want = max(self.candidates, 4 * k) + len(seen)
-            found, _ = self.index.search(self.users.vectors[u], min(want, len(self.index)))
-            index = self.items.index
+            labels = self.index.search_labels(self.users.vectors[u], want)
+            label_rows = self.label_rows
+            neighbours = label_rows[labels[labels < len(label_rows)]]
             # item rows: neighbours, the average user's top, the most rated (repeats and
             # seen items are skipped after scoring: cheaper than filtering ~350 first)
             pool = np.concatenate(
                 [
-                    np.fromiter((index[c] for c in found[0]), np.int64, len(found[0])),
+                    neighbours[neighbours >= 0],
                     self.average_top,
                     self.popular[: self.popular_candidates + k],
                 ]
             )
             rating, rank = self._score(u, pool, head)
+            user_top = _ranks(self.users.top.get(user_id, ()))
             items: list[Ranked] = []
             taken: set[int] = set()
             for j in np.argsort(-rank, kind="stable").tolist():
@@ -439,7 +446,7 @@ class Replica:
                 item = self.items.ids[row]
                 if item in seen:
                     continue
-                explanation = self._explain(user_id, item)
+                explanation = _shared_keywords(user_top, self.items.top.get(item, ()))
                 items.append(Ranked(item, float(rating[j]), float(rank[j]), explanation))
                 if len(items) == k:
                     break
@@ -534,12 +541,28 @@ class Replica:
             raise KeyError(f"unknown {what}: {entity_id!r}")
         return r
 
-    def _explain(self, user_id: str, item_id: str, k: int = 10) -> list[str]:
-        """Keywords in both top-``k`` profiles, by summed rank (drex_model.explain)."""
-        top_u = {w: r for r, (w, _) in enumerate(self.users.top.get(user_id, [])[:k])}
-        top_i = {w: r for r, (w, _) in enumerate(self.items.top.get(item_id, [])[:k])}
-        shared = top_u.keys() & top_i.keys()
-        return sorted(shared, key=lambda w: (top_u[w] + top_i[w], w))
+    def _explain(self, user_id: str, item_id: str) -> list[str]:
+        return _shared_keywords(
+            _ranks(self.users.top.get(user_id, ())), self.items.top.get(item_id, ())
+        )
+
+
+EXPLAIN_TOP: Final = 10  # profile words an explanation draws from (drex_model.explain)
+
+
+def _ranks(top: Sequence[tuple[str, float]]) -> dict[str, int]:
+    """Word -> rank in a profile's top :data:`EXPLAIN_TOP`."""
+    return {w: r for r, (w, _) in enumerate(top[:EXPLAIN_TOP])}
+
+
+def _shared_keywords(
+    user_ranks: dict[str, int], item_top: Sequence[tuple[str, float]]
+) -> list[str]:
+    """Keywords in both top-10 profiles, by summed rank, then alphabetically."""
+    shared = [
+        (user_ranks[w] + r, w) for r, (w, _) in enumerate(item_top[:EXPLAIN_TOP]) if w in user_ranks
+    ]
+    return [w for _, w in sorted(shared)]
 
 
 @dataclass
@@ -591,15 +614,34 @@ def _write_side(table: _Side, read: _Read, head: Head, side: str) -> None:
             table.seen[k] = frozenset(read.rows[k].seen)
 
 
-def _build_index(items: _Side, dim: int) -> ItemIndex:
-    """Exact for small catalogues; inverted lists trained on the catalogue from
-    :data:`IVF_MIN_ITEMS` items on (serving/index.py)."""
+def _build_index(items: _Side, dim: int) -> tuple[ItemIndex, npt.NDArray[np.int64]]:
+    """The index of every item with a vector, and its label -> row map: exact for small
+    catalogues; inverted lists trained on the catalogue from :data:`IVF_MIN_ITEMS` items
+    on (serving/index.py)."""
     rows = np.flatnonzero(items.has_vector[: len(items)])
     vectors = items.vectors[rows]
     index = IVFItemIndex(dim, vectors) if len(rows) >= IVF_MIN_ITEMS else ItemIndex(dim)
-    if len(rows):
-        index.upsert([items.ids[r] for r in rows], vectors)
-    return index
+    ids = [items.ids[r] for r in rows]
+    if ids:
+        index.upsert(ids, vectors)
+    return index, _map_labels(np.zeros(0, dtype=np.int64), index, items, ids)
+
+
+def _map_labels(
+    label_rows: npt.NDArray[np.int64], index: ItemIndex, items: _Side, ids: Sequence[str]
+) -> npt.NDArray[np.int64]:
+    """``label_rows`` with the FAISS labels of ``ids`` pointing at their item rows: in
+    place, or a grown copy (a reader holding the old array still reads valid rows)."""
+    if not ids:
+        return label_rows
+    labels = index.labels(ids)
+    size = int(labels.max()) + 1
+    if size > len(label_rows):
+        grown = np.full(max(size, 2 * len(label_rows)), -1, dtype=np.int64)
+        grown[: len(label_rows)] = label_rows
+        label_rows = grown
+    label_rows[labels] = items.rows(ids)
+    return label_rows
 
 
 def _project(table: _Side, rows: npt.NDArray[np.int64], head: Head, side: str) -> None:

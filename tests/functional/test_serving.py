@@ -119,6 +119,11 @@ def test_replica_scores_match_the_learner_and_follow_it(stream: Stream, replica:
     assert {e.user_id for e in batch} <= set(replica.users.index)
     assert set(replica.users.index) > before
     assert replica.applied == 180
+    # the FAISS label -> item row map follows the index, new items included
+    indexed = replica.index.ids()
+    assert len(indexed) == len(replica.items)
+    rows = replica.label_rows[replica.index.labels(indexed)]
+    assert rows.tolist() == [replica.items.index[i] for i in indexed]
 
 
 def test_recommendations_exclude_seen_items_and_explain(stream: Stream, replica: Replica) -> None:

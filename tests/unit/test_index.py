@@ -44,6 +44,18 @@ def test_k_larger_than_the_index_returns_what_exists(small: ItemIndex) -> None:
     assert ids == [[]] and scores.shape == (1, 0)
 
 
+def test_search_labels_are_the_ids_labels_in_search_order(small: ItemIndex) -> None:
+    query = np.array([0.1, 0.5, 0.3, 0.0], dtype=np.float32)
+    labels = small.search_labels(query, 10)
+    ids, _ = small.search(query, 10)
+    assert labels.dtype == np.int64 and labels.tolist() == small.labels(ids[0]).tolist()
+    small.upsert(["a"], unit(4, 3))  # a changed vector keeps its label
+    assert small.labels(["a"]).tolist() == [labels[2]]
+    with pytest.raises(KeyError):
+        small.labels(["nope"])
+    assert ItemIndex(4).search_labels(np.ones(4), 3).shape == (0,)
+
+
 def test_upsert_replaces_the_vector(small: ItemIndex) -> None:
     small.upsert(["a"], unit(4, 3, 2.0)[None])
     assert len(small) == 3
