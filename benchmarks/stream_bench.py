@@ -11,8 +11,8 @@ step (``--join-batch-size 1``, one broker round trip per message).
 
 The same run then measures the ceilings directly, in this process: the encoder on the
 same reviews (``TextEncoder.encode``, batched), and the learner on the same ratings
-(``DReXLearner.learn_many`` in micro-batches of the worker's size, no text). The ratios
-say how much the streaming machinery costs.
+(``DReXLearner.learn_many`` in micro-batches of the worker's size, built as the worker
+builds it, the reviews left out). The ratios say how much the streaming machinery costs.
 
 The stream is the first N interactions of a dataset in time order: by default the shared
 Musical Instruments file when it is there (real interleaving of users and items, which
@@ -34,6 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from drex_model.evaluate.data import load_interactions
 from drex_model.evaluate.sample import write_sample
@@ -71,7 +72,12 @@ def metrics(port: int) -> dict[str, float]:
     return scrape(port)
 
 
+POLL_SECONDS = 0.5  # a scrape costs the worker ~4 ms of CPU (and its GIL): poll gently
+
+
 def wait(port: int, name: str, target: float, timeout: float, proc: object) -> dict[str, float]:
+    """Scrape until ``name`` reaches ``target``; the time it did is late by at most one
+    poll interval."""
     deadline = time.monotonic() + timeout
     while True:
         m = metrics(port)
@@ -79,7 +85,7 @@ def wait(port: int, name: str, target: float, timeout: float, proc: object) -> d
             return m
         if proc.poll() is not None or time.monotonic() > deadline:  # type: ignore[attr-defined]
             raise RuntimeError(f"worker stopped or timed out waiting for {name} >= {target}")
-        time.sleep(0.1)
+        time.sleep(POLL_SECONDS)
 
 
 def stream_run(
@@ -159,14 +165,10 @@ def stream_run(
     )
 
 
-def encoder_rate(rows: Sequence[Interaction], args: argparse.Namespace) -> tuple[float, float]:
+def encoder_rate(
+    rows: Sequence[Interaction], args: argparse.Namespace, encoder: Any
+) -> tuple[float, float]:
     """Reviews/s and tokens/s of the encoder alone on the same texts."""
-    import torch
-
-    from drex_model.text import TextEncoder
-
-    torch.set_num_threads(args.threads)
-    encoder = TextEncoder(args.encoder or None, batch_size=64)
     texts = list(dict.fromkeys(r.text for r in rows if r.text))
     encoder.encode(texts[:64])  # warm-up
     started = time.monotonic()
@@ -176,19 +178,19 @@ def encoder_rate(rows: Sequence[Interaction], args: argparse.Namespace) -> tuple
     return len(texts) / seconds, tokens / seconds
 
 
-def learner_rate(rows: Sequence[Interaction], args: argparse.Namespace) -> float:
-    """Interactions/s of ``learn_many`` alone on the same ratings, in micro-batches."""
+def learner_rate(rows: Sequence[Interaction], args: argparse.Namespace, encoder: Any) -> float:
+    """Interactions/s of ``learn_many`` alone on the same ratings, in micro-batches, with
+    the learner built as the worker builds it (text-capable: a rating's missing review
+    still goes through fusion as zeros)."""
     import dataclasses
-
-    import torch
 
     from drex_model.learner import DReXLearner
     from drex_model.model import DReXConfig
 
-    torch.set_num_threads(args.threads)
     ratings = [dataclasses.replace(r, text=None) for r in rows]
-    config = DReXConfig.for_variant("drex", encoder_dim=384)
-    learner = DReXLearner(config, encoder=None, seed=0)
+    config = DReXConfig.for_variant("drex", encoder_dim=encoder.hidden_size)
+    DReXLearner(config, encoder=encoder, seed=0).learn_many(ratings[: args.batch_size])  # warm-up
+    learner = DReXLearner(config, encoder=encoder, seed=0)
     started = time.monotonic()
     for s in range(0, len(ratings), args.batch_size):
         learner.learn_many(ratings[s : s + args.batch_size])
@@ -230,8 +232,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream_run("join", rows, 0.0, args, workdir, role="join"),
             stream_run("join 1 msg/step", rows, 0.0, args, workdir, role="join", join_batch=1),
         ]
-        reviews_per_s, tokens_per_s = encoder_rate(rows, args)
-        learner_per_s = learner_rate(rows, args)
+        import torch
+
+        from drex_model.text import TextEncoder
+
+        torch.set_num_threads(args.threads)
+        encoder = TextEncoder(args.encoder or None)  # the worker's defaults
+        reviews_per_s, tokens_per_s = encoder_rate(rows, args, encoder)
+        learner_per_s = learner_rate(rows, args, encoder)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -250,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r.rate:>10.0f}{r.learn_seconds:>9.1f}{r.persist_seconds:>9.1f}"
         )
     print(f"encoder alone: {reviews_per_s:.0f} reviews/s ({tokens_per_s:.0f} tokens/s)")
-    print(f"learner alone (ratings, no text): {learner_per_s:.0f} interactions/s")
+    print(f"learner alone (ratings only): {learner_per_s:.0f} interactions/s")
     print(f"text+rating end to end / encoder alone: {runs[0].rate / reviews_per_s:.2f}")
     print(f"rating-only end to end / learner alone: {runs[1].rate / learner_per_s:.2f}")
     print(f"join, batched steps / one message per step: {runs[2].rate / runs[3].rate:.1f}x")

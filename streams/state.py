@@ -50,6 +50,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from drex_model.checkpoint import (
     EntityRow,
@@ -346,7 +347,7 @@ class LearnerStore:
                 wb.put(_PREFIX[side] + row.id.encode(), row_to_bytes(row, key))
         for side, profiles in batch.keywords.items():
             for entity, profile in profiles.items():
-                wb.put(_KEYWORDS[side] + entity.encode(), json.dumps(profile).encode())
+                wb.put(_KEYWORDS[side] + entity.encode(), orjson.dumps(profile))
         for side, vectors in batch.representations.items():
             for entity, vector in vectors.items():
                 wb.put(

@@ -135,6 +135,7 @@ class LearnerSession:
                 self._encoder = TextEncoder(
                     s.encoder or None, max_tokens=s.encoder_max_tokens, device=device
                 )
+                self._encoder.warm_up()
             config = DReXConfig.for_variant(s.variant, encoder_dim=self._encoder.hidden_size)
             learner = DReXLearner(config, encoder=self._encoder, seed=s.seed, device=device)
             info = store.restore(learner)
