@@ -10,7 +10,9 @@ alone (``--role join``, no learner), in batched steps (the default) and one mess
 step (``--join-batch-size 1``, one broker round trip per message).
 
 The same run then measures the ceilings directly, in this process: the encoder on the
-same reviews (``TextEncoder.encode``, batched), and the learner on the same ratings
+same reviews (``TextEncoder.encode``, batched, length-sorted over all of them) just
+before and just after the text stream (the ratio uses their mean: on shared machines
+speed drifts over minutes), and the learner on the same ratings
 (``DReXLearner.learn_many`` in micro-batches of the worker's size, built as the worker
 builds it, the reviews left out). The ratios say how much the streaming machinery costs.
 
@@ -170,7 +172,7 @@ def encoder_rate(
 ) -> tuple[float, float]:
     """Reviews/s and tokens/s of the encoder alone on the same texts."""
     texts = list(dict.fromkeys(r.text for r in rows if r.text))
-    encoder.encode(texts[:64])  # warm-up
+    encoder.encode(texts[:64])  # warm-up (the worker warms up too)
     started = time.monotonic()
     encoded = encoder.encode(texts)
     seconds = time.monotonic() - started
@@ -226,19 +228,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             data = Path(args.dataset)
         rows = load_interactions(data).interactions[: args.interactions]
-        runs = [
-            stream_run("text+rating", rows, 0.0, args, workdir),
-            stream_run("rating-only", rows, 1.0, args, workdir),
-            stream_run("join", rows, 0.0, args, workdir, role="join"),
-            stream_run("join 1 msg/step", rows, 0.0, args, workdir, role="join", join_batch=1),
-        ]
         import torch
 
         from drex_model.text import TextEncoder
 
         torch.set_num_threads(args.threads)
         encoder = TextEncoder(args.encoder or None)  # the worker's defaults
-        reviews_per_s, tokens_per_s = encoder_rate(rows, args, encoder)
+        # the encoder alone just before and just after the text stream: on shared
+        # machines the speed drifts over minutes, and the ratio uses their mean
+        before = encoder_rate(rows, args, encoder)
+        runs = [stream_run("text+rating", rows, 0.0, args, workdir)]
+        after = encoder_rate(rows, args, encoder)
+        runs += [
+            stream_run("rating-only", rows, 1.0, args, workdir),
+            stream_run("join", rows, 0.0, args, workdir, role="join"),
+            stream_run("join 1 msg/step", rows, 0.0, args, workdir, role="join", join_batch=1),
+        ]
         learner_per_s = learner_rate(rows, args, encoder)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -257,7 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r.name:<17}{r.events:>8}{r.seconds:>9.1f}{r.events / r.seconds:>10.0f}"
             f"{r.rate:>10.0f}{r.learn_seconds:>9.1f}{r.persist_seconds:>9.1f}"
         )
-    print(f"encoder alone: {reviews_per_s:.0f} reviews/s ({tokens_per_s:.0f} tokens/s)")
+    reviews_per_s = (before[0] + after[0]) / 2
+    print(
+        f"encoder alone: {reviews_per_s:.1f} reviews/s (before the text stream "
+        f"{before[0]:.1f}, after {after[0]:.1f}; {after[1]:.0f} tokens/s)"
+    )
     print(f"learner alone (ratings only): {learner_per_s:.0f} interactions/s")
     print(f"text+rating end to end / encoder alone: {runs[0].rate / reviews_per_s:.2f}")
     print(f"rating-only end to end / learner alone: {runs[1].rate / learner_per_s:.2f}")
