@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -239,6 +240,7 @@ class EmbeddedBroker:
         self._requested_port = port
         self._port = port
         self._log_dir = Path(log_dir) if log_dir is not None else None
+        self._own_log_dir = False  # a temporary folder it made, removed when it stops
         self._binary = binary
         self.startup_timeout = startup_timeout
         self.cluster_id = cluster_id
@@ -282,26 +284,32 @@ class EmbeddedBroker:
         if self.running:
             return self
         binary = self._binary or resolve_tansu_bin()
-        log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="drex-tansu-"))
+        if self._log_dir is None:
+            self._log_dir = Path(tempfile.mkdtemp(prefix="drex-tansu-"))
+            self._own_log_dir = True
+        log_dir = self._log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
-        self._log_dir = log_dir
         attempts = 3 if self._requested_port == 0 else 1
-        for attempt in range(1, attempts + 1):
-            self._port = self._requested_port or free_port()
-            if port_in_use(self._port):
-                if attempt < attempts:
-                    continue
-                raise BrokerError(f"port {self._port} on {HOST} is already in use")
-            self._spawn(binary, log_dir)
-            try:
-                self._wait_ready()
-                return self
-            except BrokerError:
-                exited = self._proc is not None and self._proc.poll() is not None
-                self.stop()
-                # A picked port taken by someone else makes Tansu exit at once: try another.
-                if not (exited and attempt < attempts):
-                    raise
+        try:
+            for attempt in range(1, attempts + 1):
+                self._port = self._requested_port or free_port()
+                if port_in_use(self._port):
+                    if attempt < attempts:
+                        continue
+                    raise BrokerError(f"port {self._port} on {HOST} is already in use")
+                self._spawn(binary, log_dir)
+                try:
+                    self._wait_ready()
+                    return self
+                except BrokerError:
+                    exited = self._proc is not None and self._proc.poll() is not None
+                    self._terminate()
+                    # A picked port taken by someone else makes Tansu exit at once: retry.
+                    if not (exited and attempt < attempts):
+                        raise
+        except BaseException:  # the error carries the log's tail already
+            self._remove_own_log_dir()
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _spawn(self, binary: str, log_dir: Path) -> None:
@@ -366,7 +374,12 @@ class EmbeddedBroker:
             )
 
     def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds; safe to call twice."""
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; safe to call twice. A log
+        folder the broker made itself (no ``log_dir`` given) is removed."""
+        self._terminate(timeout)
+        self._remove_own_log_dir()
+
+    def _terminate(self, timeout: float = 5.0) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -376,6 +389,12 @@ class EmbeddedBroker:
                 proc.kill()
                 proc.wait(timeout)
         self._close_log()
+
+    def _remove_own_log_dir(self) -> None:
+        if self._own_log_dir and self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._log_dir = self._log_path = None
+            self._own_log_dir = False
 
     def _close_log(self) -> None:
         if self._log_file is not None:
@@ -444,7 +463,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="TCP port on 127.0.0.1; 0 picks a free one (default: %(default)s)",
     )
     parser.add_argument(
-        "--log-dir", default=None, help="directory for the broker log (default: a temp dir)"
+        "--log-dir",
+        default=None,
+        help="directory for the broker log (default: a temporary one, removed when it stops)",
     )
     parser.set_defaults(func=cmd_broker)
     return parser

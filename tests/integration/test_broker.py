@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -114,9 +115,27 @@ def test_create_topics_tolerates_existing(
     assert create_topics(broker.bootstrap, {a: 2, b: 1}) == {b}
 
 
-def test_port_in_use_is_a_clear_error(broker: EmbeddedBroker) -> None:
+def test_port_in_use_is_a_clear_error(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(BrokerError, match="already in use"):
         EmbeddedBroker(broker.port, startup_timeout=5).start()
+    assert list(tmp_path.iterdir()) == []  # its temporary log folder is gone too
+
+
+def test_a_temporary_log_folder_goes_when_the_broker_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with EmbeddedBroker() as running:
+        assert running.log_path is not None and running.log_path.exists()
+        assert running.log_path.parent.parent == tmp_path
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / "kept"
+    with EmbeddedBroker(log_dir=kept) as running:
+        pass
+    assert [p.name for p in kept.iterdir()] == [f"tansu-{running.port}.log"]  # given: kept
 
 
 def test_broker_command_stops_on_sigterm(tmp_path: Path) -> None:
