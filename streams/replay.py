@@ -166,34 +166,9 @@ class ReadResult:
     missing: list[str]  # source topics that do not exist
 
 
-def read_records(
-    broker: str,
-    *,
-    reviews_topic: str = REVIEWS_TOPIC,
-    ratings_topic: str = RATINGS_TOPIC,
-    since: float | None = None,
-    until: float | None = None,
-    from_offset: OffsetBound | None = None,
-    to_offset: OffsetBound | None = None,
-    embedded: bool = False,
-    timeout: float = 30.0,
-    progress: bool = False,
-) -> ReadResult:
-    """Read both source topics from ``broker`` (see :func:`read_records_async`)."""
-    return asyncio.run(
-        read_records_async(
-            broker,
-            reviews_topic=reviews_topic,
-            ratings_topic=ratings_topic,
-            since=since,
-            until=until,
-            from_offset=from_offset,
-            to_offset=to_offset,
-            embedded=embedded,
-            timeout=timeout,
-            progress=progress,
-        )
-    )
+def read_records(broker: str, **options: Any) -> ReadResult:
+    """Read both source topics from ``broker``; the options of :func:`read_records_async`."""
+    return asyncio.run(read_records_async(broker, **options))
 
 
 async def read_records_async(

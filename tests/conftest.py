@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -49,3 +51,27 @@ def shared_dataset(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data folder absent: {path} (tests that read it are skipped)")
     return path
+
+
+@pytest.fixture
+def tiny_evaluate_options(tiny_encoder_dir: Path, tmp_path: Path) -> Callable[..., Any]:
+    """``make(dataset, output, **changes)``: the options of a small, fast ``drex evaluate``
+    run (DReX and the bias baseline, dim 8, two epochs, the tiny encoder)."""
+    from drex_model.evaluate.runner import EvaluateOptions
+
+    def make(dataset: Path, output: str, **changes: Any) -> EvaluateOptions:
+        base: dict[str, Any] = {
+            "dataset": str(dataset),
+            "output": str(tmp_path / output),
+            "seeds": (0,),
+            "variants": ("drex",),
+            "baselines": ("bias",),
+            "max_epochs": 2,
+            "encoder": str(tiny_encoder_dir),
+            "cache_dir": str(tmp_path / "cache"),
+            "overrides": {"dim": 8},
+            "progress": False,
+        }
+        return EvaluateOptions(**{**base, **changes})
+
+    return make

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -74,23 +75,13 @@ def test_evaluate_writes_results_for_every_model(tiny_encoder_dir: Path, tmp_pat
     assert any((tmp_path / "cache").iterdir())
 
 
-def test_evaluate_is_repeatable_for_a_seed(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+def test_evaluate_is_repeatable_for_a_seed(
+    tiny_evaluate_options: Callable[..., EvaluateOptions], tmp_path: Path
+) -> None:
     data = write_sample(tmp_path / "sample.jsonl", users=40, items=20, per_user=6)
     runs = []
     for name in ("a", "b"):
-        opts = EvaluateOptions(
-            dataset=str(data),
-            output=str(tmp_path / name),
-            seeds=(3,),
-            variants=("drex",),
-            baselines=("bias",),
-            max_epochs=2,
-            encoder=str(tiny_encoder_dir),
-            cache_dir=str(tmp_path / "c"),
-            overrides={"dim": 8},
-            progress=False,
-        )
-        runs.append(evaluate(opts)["models"])
+        runs.append(evaluate(tiny_evaluate_options(data, name, seeds=(3,)))["models"])
     assert runs[0]["drex"]["rmse"] == runs[1]["drex"]["rmse"]
     assert runs[0]["bias"]["ndcg@5"] == runs[1]["bias"]["ndcg@5"]
 

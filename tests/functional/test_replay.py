@@ -7,7 +7,7 @@ import dataclasses
 import json
 import random
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -317,26 +317,14 @@ def test_prequential_refuses_what_has_no_stream_form(
 
 
 def test_paper_mode_on_rebuilt_interactions_equals_evaluate_on_the_file(
-    tiny_encoder_dir: Path, small: Path, tmp_path: Path
+    tiny_evaluate_options: Callable[..., EvaluateOptions], small: Path, tmp_path: Path
 ) -> None:
     rows = load_interactions(small).interactions
     rebuilt = reconstruct(as_records(plan_events(rows, duplicate=0.05, max_delay=3).events))
     assert rebuilt.interactions == rows
     results = []
     for name, data in (("file", None), ("replay", rebuilt.report())):
-        opts = EvaluateOptions(
-            dataset=str(small),
-            output=str(tmp_path / name),
-            seeds=(0,),
-            variants=("drex",),
-            baselines=("bias",),
-            max_epochs=2,
-            encoder=str(tiny_encoder_dir),
-            cache_dir=str(tmp_path / "cache"),
-            overrides={"dim": 8},
-            progress=False,
-        )
-        results.append(evaluate(opts, data=data))
+        results.append(evaluate(tiny_evaluate_options(small, name), data=data))
     file, replay = (r["models"] for r in results)
     for model in ("drex", "bias"):
         for key in ("mae", "rmse", "f1@5", "ndcg@10", "paper_ndcg@5"):

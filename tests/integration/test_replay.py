@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,10 @@ def topics_and_groups(broker: EmbeddedBroker) -> tuple[set[str], list[object]]:
 
 
 def test_replay_rebuilds_the_sample_and_evaluates_it_as_the_file(
-    fresh_broker: EmbeddedBroker, tiny_encoder_dir: Path, tmp_path: Path
+    fresh_broker: EmbeddedBroker,
+    tiny_encoder_dir: Path,
+    tiny_evaluate_options: Callable[..., EvaluateOptions],
+    tmp_path: Path,
 ) -> None:
     sample = write_sample(tmp_path / "sample.jsonl", users=50, items=30, per_user=6)
     rows = load_interactions(sample).interactions
@@ -69,19 +73,7 @@ def test_replay_rebuilds_the_sample_and_evaluates_it_as_the_file(
     assert replayed["replay"]["interactions_digest"] == interactions_digest(rows)
     assert (out / "dead_letters.jsonl").read_bytes().count(b"\n") == plan.truth.malformed
 
-    opts = EvaluateOptions(
-        dataset=str(sample),
-        output=str(tmp_path / "file"),
-        seeds=(0,),
-        variants=("drex",),
-        baselines=("bias",),
-        max_epochs=2,
-        encoder=str(tiny_encoder_dir),
-        cache_dir=str(tmp_path / "cache"),
-        overrides={"dim": 8},
-        progress=False,
-    )
-    direct = evaluate(opts)["models"]
+    direct = evaluate(tiny_evaluate_options(sample, "file"))["models"]
     for model in ("drex", "bias"):
         for key, value in direct[model].items():
             if "seconds" not in key:
