@@ -146,6 +146,7 @@ def load_dense_state(learner: DReXLearner, data: bytes) -> dict[str, Any]:
                 slot.setdefault("exp_avg_sq", torch.zeros_like(param))
     learner.step = info["step"]
     learner._accumulated = 0  # the partial gradient is not saved: start a new one
+    learner._loss = None
     learner.optimizer.zero_grad(set_to_none=True)
     learner.sparse_optimizer.zero_grad(set_to_none=True)
     return dict(info["extra"])

@@ -16,9 +16,9 @@ streaming worker, which all call :meth:`DReXLearner.learn_many`):
    that evaluation reports: it depends on interactions before (u, i) only, never on
    the rating or review of (u, i) itself.
 5. Loss = MSE + lambda/2 (|u|^2 + |i|^2) (eq. 8) over the rated interactions;
-   zero_grad -> backward -> clip -> step (Adam for the dense network, SparseAdam for
-   per-entity parameters), in :meth:`DReXLearner._step`, the one place that calls
-   ``backward()``.
+   gathered over t-batches until ``step_size`` rated interactions, then backward ->
+   clip -> step -> zero_grad (Adam for the dense network, SparseAdam for per-entity
+   parameters), in :meth:`DReXLearner._step`.
 6. The new memories are stored (detached) and (u, i)'s own review and rating become the
    pending message of both u and i.
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -44,6 +44,25 @@ from drex_model.explain import KeywordProfiles, explain, word_weights
 from drex_model.model import DReX, DReXConfig, PreferenceInit
 from drex_model.text import ReviewCache, TextEncoder
 from drex_model.types import Interaction
+
+
+class _Rows(NamedTuple):
+    """The learnable per-entity rows one t-batch looked up (static: None when unused)."""
+
+    user_bias: torch.Tensor  # (B,)
+    item_bias: torch.Tensor  # (B,)
+    user_static: torch.Tensor | None  # (B, D)
+    item_static: torch.Tensor | None  # (B, D)
+
+    def select(self, keep: torch.Tensor) -> _Rows:
+        """The rows where ``keep`` (a (B,) bool mask) is true."""
+        us, is_ = self.user_static, self.item_static
+        return _Rows(
+            self.user_bias[keep],
+            self.item_bias[keep],
+            None if us is None else us[keep],
+            None if is_ is None else is_[keep],
+        )
 
 
 class EntityTable(nn.Module):
@@ -190,6 +209,7 @@ class DReXLearner:
         self.exposure_weight = max(config.exposure_weight, 0.0)  # see ranking_scores
         self.step = 0
         self._accumulated = 0  # rated interactions in the gradient not yet stepped
+        self._loss: torch.Tensor | None = None  # their loss, not yet back-propagated
         self.pref_nets: nn.ModuleDict | None = None
         self._prefs: dict[str, torch.Tensor] = {}
         self._ratings: dict[tuple[str, str], float] = {}  # drex-mlp's preference vectors
@@ -224,7 +244,13 @@ class DReXLearner:
 
     def _rows(self, table: EntityTable, ids: Sequence[str]) -> torch.Tensor:
         rows, swapped = table.lookup(ids)
-        for old, new in swapped.values():  # carry SparseAdam's moments over to the grown rows
+        for old, new in swapped.values():  # carry the gradient of a partial step and
+            # SparseAdam's moments over to the grown rows
+            if old.grad is not None:
+                grad = old.grad.coalesce()
+                new.grad = torch.sparse_coo_tensor(
+                    grad.indices(), grad.values(), new.shape, check_invariants=True
+                )
             state = self.sparse_optimizer.state.pop(old, None)
             for group in self.sparse_optimizer.param_groups:
                 group["params"] = [new if p is old else p for p in group["params"]]
@@ -289,15 +315,17 @@ class DReXLearner:
         prow = rows[pend]
         review_ids = table.pending_review[prow]
         rating = table.pending_rating[prow]
-        has_text = (review_ids >= 0).float()
-        tokens, mask = self.cache.batch(review_ids.tolist())
-        tokens, mask = tokens.to(self.device), mask.to(self.device)
+        has_text = review_ids >= 0
+        tokens = mask = None
+        if self.config.use_text and bool(has_text.any()):  # else the review head is skipped
+            tokens, mask = self.cache.batch(review_ids.tolist())
+            tokens, mask = tokens.to(self.device), mask.to(self.device)
         x, attn = self.model.interaction(
-            tokens, mask, has_text, rating.nan_to_num(0.0), (~rating.isnan()).float()
-        )  # (P, D), (P, T)
+            tokens, mask, has_text.float(), rating.nan_to_num(0.0), (~rating.isnan()).float()
+        )  # (P, D), (P, T) or None
         gru = self.model.memory.user if side == "users" else self.model.memory.item
         folded = gru(x, prev[pend])  # (P, D)
-        if keywords is not None and self.config.use_text:
+        if keywords is not None and attn is not None:
             for row, j, a in zip(prow.tolist(), review_ids.tolist(), attn.detach(), strict=True):
                 if j >= 0:
                     keywords.add(table.ids[row], word_weights(self.cache.reviews[j], a))
@@ -310,18 +338,26 @@ class DReXLearner:
 
     def _predict_rows(
         self, urows: torch.Tensor, irows: torch.Tensor, hu: torch.Tensor, hi: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predicted ratings ``(B,)`` and the MLP's share of them ``(B,)``."""
-        u = self._represent(self.users, urows, hu)
-        i = self._represent(self.items, irows, hi)
-        pred, mlp = self.model.predict(
-            u,
-            i,
+    ) -> tuple[torch.Tensor, torch.Tensor, _Rows]:
+        """Predicted ratings ``(B,)``, the MLP's share of them ``(B,)``, and the learnable
+        per-entity rows they used (the loss regularises those same rows)."""
+        rows = _Rows(
             self.users.row("bias", urows).squeeze(-1),
             self.items.row("bias", irows).squeeze(-1),
-            self._deviations(urows, irows),
+            self.users.row("static", urows) if self.config.static_embeddings else None,
+            self.items.row("static", irows) if self.config.static_embeddings else None,
         )
-        return pred + self._mean(), mlp
+        u = hu if rows.user_static is None else hu + rows.user_static
+        i = hi if rows.item_static is None else hi + rows.item_static
+        mean = self._mean()
+        if self.config.running_bias:
+            user = self._deviation(self.users, urows, mean)
+            item = self._deviation(self.items, irows, mean)
+            deviations = torch.stack([user, item], dim=-1)  # (B, 2)
+        else:
+            deviations = hu.new_zeros(len(urows), 2)
+        pred, mlp = self.model.predict(u, i, rows.user_bias, rows.item_bias, deviations)
+        return pred + mean, mlp, rows
 
     def _mean(self) -> torch.Tensor:
         """Mean of the ratings folded in so far this pass (scale midpoint before any).
@@ -337,19 +373,17 @@ class DReXLearner:
             torch.tensor(midpoint, device=n.device),
         )
 
-    def _deviations(self, urows: torch.Tensor, irows: torch.Tensor) -> torch.Tensor:
-        """Shrunk mean rating deviations ``(B, 2)`` of each user and item, from state.
+    def _deviation(
+        self, table: EntityTable, rows: torch.Tensor, mean: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Shrunk mean rating deviation ``(B,)`` of each row, from state.
 
         sum(r - mean) / (n + k) over the ratings folded in so far this pass: the classic
         baseline estimator, kept as running sums so that it streams.
         """
-        return torch.stack(
-            [self._deviation(self.users, urows), self._deviation(self.items, irows)], dim=-1
-        )
-
-    def _deviation(self, table: EntityTable, rows: torch.Tensor) -> torch.Tensor:
+        mean = self._mean() if mean is None else mean
         n = table.rating_count[rows]
-        return (table.rating_sum[rows] - n * self._mean()) / (n + self.config.shrinkage)  # (B,)
+        return (table.rating_sum[rows] - n * mean) / (n + self.config.shrinkage)
 
     # ---- learning ---------------------------------------------------------------------
 
@@ -381,6 +415,9 @@ class DReXLearner:
             out[bt] = self._learn_batch(
                 urows[bt], irows[bt], rating[bt], review_ids[bt], [interactions[j] for j in b]
             ).cpu()
+        # the partial step's gradient goes into .grad now: a table that grows in the next
+        # call swaps its parameters, which the graph of this call still refers to
+        self._backward()
         lo, hi = 1.0, float(self.config.rating_levels)
         return out.clamp(lo, hi).numpy().astype(np.float64)
 
@@ -425,19 +462,22 @@ class DReXLearner:
         ik = self.item_keywords if self.track_keywords else None
         hu = self._current("users", self.users, urows, uk)  # (B, D) before this interaction
         hi = self._current("items", self.items, irows, ik)  # (B, D)
-        pred, mlp = self._predict_rows(urows, irows, hu, hi)  # (B,) the score evaluation sees
+        pred, mlp, looked = self._predict_rows(urows, irows, hu, hi)  # (B,) the scores
         rated = ~rating.isnan()
-        if rated.any():
-            self._step(
+        if bool(rated.all()):
+            self._add_loss(pred, rating, hu, hi, mlp, looked)
+        elif bool(rated.any()):
+            self._add_loss(
                 pred[rated],
                 rating[rated],
-                urows[rated],
-                irows[rated],
                 hu[rated],
                 hi[rated],
                 mlp[rated],
+                looked.select(rated),
             )
         with torch.no_grad():
+            rating_or_0 = rating.nan_to_num(0.0)
+            rated_f = rated.float()
             for table, rows, h in ((self.users, urows, hu), (self.items, irows, hi)):
                 table.memory[rows] = h.detach()
                 table.has_memory[rows] = True
@@ -445,29 +485,29 @@ class DReXLearner:
                 table.pending_rating[rows] = rating
                 table.has_pending[rows] = True
                 table.count[rows] += 1
-                table.rating_sum[rows] += rating.nan_to_num(0.0)
-                table.rating_count[rows] += (~rating.isnan()).float()
+                table.rating_sum[rows] += rating_or_0
+                table.rating_count[rows] += rated_f
         for x in batch:
             self._seen.setdefault(x.user, set()).add(x.item)
             if x.rating is not None and self.pref_nets is not None:
                 self._ratings[(x.user, x.item)] = x.rating
         return pred.detach()
 
-    def _step(
+    def _add_loss(
         self,
         pred: torch.Tensor,
         target: torch.Tensor,
-        urows: torch.Tensor,
-        irows: torch.Tensor,
         hu: torch.Tensor,
         hi: torch.Tensor,
         mlp: torch.Tensor,
+        looked: _Rows,
     ) -> None:
-        """Eq. 8, accumulated until ``step_size`` rated interactions, then one Adam step.
+        """Eq. 8 over a t-batch's rated interactions, added to the loss of the step being
+        gathered; at ``step_size`` rated interactions, :meth:`_step`.
 
-        The only place that calls ``backward()``. Gradients are summed over t-batches and
-        divided by ``step_size``: the late t-batches of a pass hold only the few most
-        active users and items, and one full step for each would let them drag the shared
+        The loss is divided by ``step_size``: gradients are summed over t-batches into one
+        Adam step, because the late t-batches of a pass hold only the few most active
+        users and items, and one full step for each would let them drag the shared
         network about (seen as end-of-pass swings in validation error).
         """
         cfg = self.config
@@ -476,19 +516,32 @@ class DReXLearner:
         if cfg.residual_l2:
             per_example = per_example + cfg.residual_l2 * mlp.pow(2)
         if cfg.bias_terms or cfg.static_embeddings:
-            per_example = per_example + cfg.bias_l2 / 2 * (
-                self.users.row("bias", urows).squeeze(-1).pow(2)
-                + self.items.row("bias", irows).squeeze(-1).pow(2)
-                + self.users.row("static", urows).pow(2).sum(-1)
-                + self.items.row("static", irows).pow(2).sum(-1)
-            )
+            penalty = looked.user_bias.pow(2) + looked.item_bias.pow(2)
+            if looked.user_static is not None and looked.item_static is not None:
+                penalty = penalty + looked.user_static.pow(2).sum(-1)
+                penalty = penalty + looked.item_static.pow(2).sum(-1)
+            per_example = per_example + cfg.bias_l2 / 2 * penalty
         loss = per_example.sum() / cfg.step_size
-        loss.backward()  # type: ignore[no-untyped-call]
+        self._loss = loss if self._loss is None else self._loss + loss
         self._accumulated += len(pred)
-        if self._accumulated < cfg.step_size:
-            return
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.grad_clip)
+        if self._accumulated >= cfg.step_size:
+            self._step()
+
+    def _backward(self) -> None:
+        """Back-propagate the loss gathered so far into the gradients (one call for many
+        t-batches: their graphs are independent, as memories are stored detached)."""
+        if self._loss is not None:
+            self._loss.backward()  # type: ignore[no-untyped-call]
+            self._loss = None
+
+    def _step(self) -> None:
+        """Backward -> clip -> step -> zero_grad, once per ``step_size`` rated
+        interactions (Adam for the dense network, SparseAdam for per-entity rows)."""
+        self._backward()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(
+                self.optimizer.param_groups[0]["params"], self.config.grad_clip
+            )
         self.optimizer.step()
         self.sparse_optimizer.step()  # type: ignore[no-untyped-call]
         self.optimizer.zero_grad(set_to_none=True)
@@ -509,7 +562,7 @@ class DReXLearner:
         irows = self._rows(self.items, items)
         hu = self._current("users", self.users, urows)
         hi = self._current("items", self.items, irows)
-        pred, _ = self._predict_rows(urows, irows, hu, hi)
+        pred, _, _ = self._predict_rows(urows, irows, hu, hi)
         return pred.clamp(1.0, float(self.config.rating_levels)).cpu().numpy().astype(np.float64)
 
     def predict_one(self, user: str, item: str) -> float:

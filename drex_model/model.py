@@ -108,8 +108,8 @@ class RatingEncoder(nn.Module):
 
     def forward(self, rating: torch.Tensor) -> torch.Tensor:
         level = (rating.round().clamp(1, self.levels) - 1).long()  # (B,)
-        onehot = nn.functional.one_hot(level, self.levels).float()  # (B, S)
-        return self.proj(onehot)  # (B, D)
+        # P_s^T onehot + b_r, as a column lookup (the same numbers, fewer kernels)
+        return self.proj.weight.t()[level] + self.proj.bias  # (B, D)
 
 
 class Fusion(nn.Module):
@@ -195,17 +195,21 @@ class DReX(nn.Module):
 
     def interaction(
         self,
-        tokens: torch.Tensor,  # (B, T, H)
-        mask: torch.Tensor,  # (B, T)
+        tokens: torch.Tensor | None,  # (B, T, H); None: no review in the batch
+        mask: torch.Tensor | None,  # (B, T)
         has_text: torch.Tensor,  # (B,) float 0/1
         rating: torch.Tensor,  # (B,) float, any value where has_rating is 0
         has_rating: torch.Tensor,  # (B,) float 0/1
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Interaction-level representation x ``(B, D)`` and token attention ``(B, T)``."""
-        if not self.config.use_text:
-            has_text = torch.zeros_like(has_text)
-        t, attn = self.review(tokens, mask)  # (B, D), (B, T)
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Interaction-level representation x ``(B, D)`` and token attention ``(B, T)``
+        (None when the review head did not run: no text in the batch, or use_text off).
+        """
         r = self.rating(rating)  # (B, D)
+        if tokens is None or mask is None or not self.config.use_text:
+            # the text modality is zeros for every row: the review head would only
+            # multiply its output by 0 (x and every gradient are the same without it)
+            return self.fusion(torch.zeros_like(r), r, torch.zeros_like(has_text), has_rating), None
+        t, attn = self.review(tokens, mask)  # (B, D), (B, T)
         return self.fusion(t, r, has_text, has_rating), attn
 
     def predict(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,9 +36,8 @@ def stream(n: int = 60, users: int = 8, items: int = 6, seed: int = 0) -> list[I
 
 
 def make(variant: str, encoder: TextEncoder, seed: int = 0, **overrides: object) -> DReXLearner:
-    config = DReXConfig.for_variant(
-        variant, dim=8, encoder_dim=encoder.hidden_size, step_size=4, **overrides
-    )  # type: ignore[arg-type]
+    options: dict[str, Any] = {"step_size": 4, **overrides}
+    config = DReXConfig.for_variant(variant, dim=8, encoder_dim=encoder.hidden_size, **options)
     return DReXLearner(config, encoder=encoder, seed=seed, n_users_hint=8, n_items_hint=6)
 
 
@@ -146,3 +146,42 @@ def test_t_batches_hold_each_entity_once_and_keep_its_order() -> None:
 def test_missing_encoder_directory_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TextEncoder(str(tmp_path / "nope"))
+
+
+def test_a_partial_steps_gradient_survives_the_tables_growing(
+    tiny_encoder: TextEncoder,
+) -> None:
+    """Gradients gather over calls until ``step_size`` rated interactions; new ids that
+    grow a table in between must not drop what the earlier calls gathered."""
+    learner = make("drex", tiny_encoder, step_size=1000)
+    learner.learn_many(stream(n=20))
+    before = learner.users.init.grad
+    assert before is not None and learner.step == 0
+    rows = before.coalesce().indices()[0].unique()
+    capacity = learner.users.init.shape[0]
+    fresh = [Interaction(f"new{n}", "i0", 3.0, None, 100.0 + n) for n in range(capacity)]
+    learner.learn_many(fresh)  # registers more users than the table holds: it grows
+    after = learner.users.init.grad
+    assert learner.users.init.shape[0] > capacity and after is not None
+    assert torch.equal(after.to_dense()[rows], before.to_dense()[rows])
+
+
+def test_steps_without_reviews_leave_the_review_head_alone(tiny_encoder: TextEncoder) -> None:
+    """A step whose interactions fold in no review gives the review head no gradient, so
+    Adam's momentum from earlier reviews does not keep moving it; the rest learns on."""
+    learner = make("drex", tiny_encoder)
+    learner.learn_many(stream(n=40))  # with text: the review head learns
+    ratings = [
+        dataclasses.replace(x, text=None, timestamp=100.0 + n)
+        for n, x in enumerate(stream(n=40, seed=1))
+    ]
+    learner.learn_many(ratings)  # folds in the reviews still pending, then ratings only
+    assert learner.users.pending_review.max() < 0 and learner.items.pending_review.max() < 0
+    head = [p.detach().clone() for p in learner.model.review.parameters()]
+    fusion = learner.model.fusion.proj.weight.detach().clone()
+    step = learner.step
+    learner.learn_many(ratings)
+    assert learner.step > step
+    for now, then in zip(learner.model.review.parameters(), head, strict=True):
+        assert torch.equal(now, then)
+    assert not torch.equal(learner.model.fusion.proj.weight, fusion)

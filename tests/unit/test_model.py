@@ -58,7 +58,7 @@ def test_interaction_and_prediction_shapes(variant: str) -> None:
         torch.tensor([1.0, 2.0, 5.0, 3.0]),
         torch.ones(B),
     )
-    assert x.shape == (B, D) and attn.shape == (B, T)
+    assert x.shape == (B, D) and attn is not None and attn.shape == (B, T)
     u2 = model.memory.user(x, torch.zeros(B, D))
     pred, mlp = model.predict(u2, u2, torch.zeros(B), torch.zeros(B), torch.zeros(B, 2))
     assert pred.shape == (B,) and mlp.shape == (B,)
