@@ -116,6 +116,7 @@ def create_app(settings: WorkerSettings) -> DrexApp:
         "datadir": str(settings.faust_datadir),
         "web_enabled": False,
         "topic_partitions": settings.partitions,
+        "producer_linger": settings.producer_linger,
         **settings.broker_credentials(),
     }
     if settings.embedded:

@@ -42,6 +42,10 @@ class WorkerSettings:
     join_batch_size: int = 1000
     # DREX_JOIN_WINDOW: seconds a review waits for its rating (and the reverse)
     join_window: float = 30.0
+    # DREX_PRODUCER_LINGER: seconds the worker's producer gathers messages (interactions,
+    # changelogs) into one request per partition; 0 sends each message in a request of
+    # its own, which costs the event loop and the broker most of a busy worker's CPU
+    producer_linger: float = 0.005
     # DREX_DEDUP_RETENTION: seconds an emitted interaction's event ids are kept to drop
     # resends (join tombstones) and its id to drop re-emissions (learner store)
     dedup_retention: float = 3600.0
@@ -101,6 +105,8 @@ class WorkerSettings:
             )
         if self.batch_within <= 0 or self.join_window <= 0:
             raise ValueError("batch_within and join_window must be > 0 seconds")
+        if self.producer_linger < 0:
+            raise ValueError(f"producer_linger must be >= 0 seconds, got {self.producer_linger}")
         if self.role not in ("all", "join", "learn"):
             raise ValueError(f"role must be all, join or learn, got {self.role!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

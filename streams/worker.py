@@ -53,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag("--join-window", "seconds a review waits for its rating", type=float)
     flag("--join-batch-size", "source messages joined as one step", type=int)
     flag("--dedup-retention", "seconds event ids are kept to drop resends", type=float)
+    flag("--producer-linger", "seconds the producer gathers messages per request", type=float)
     flag("--device", "torch device", choices=["auto", "cpu", "cuda"])
     flag("--variant", "DReX variant", choices=["drex", "drex-paper"])
     flag("--encoder", "local Hugging Face encoder folder (empty: bundled MiniLM)")

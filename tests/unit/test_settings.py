@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from streams.settings import WorkerSettings
@@ -27,6 +29,7 @@ def test_environment_then_overrides() -> None:
         ({"DREX_EMBEDDED": "maybe"}, "DREX_EMBEDDED"),
         ({"DREX_VARIANT": "drex-mlp"}, "catalogue"),
         ({"DREX_ROLE": "boss"}, "role"),
+        ({"DREX_PRODUCER_LINGER": "-1"}, "producer_linger"),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], match: str) -> None:
@@ -38,3 +41,12 @@ def test_the_password_never_reaches_saved_configs() -> None:
     s = WorkerSettings(sasl_plain_password="hunter2")
     assert "hunter2" not in repr(s)
     assert s.to_dict()["sasl_plain_password"] == "***"
+
+
+def test_the_producer_linger_reaches_the_faust_producer(tmp_path: Path) -> None:
+    from streams.app import create_app
+
+    settings = WorkerSettings(state_dir=str(tmp_path), role="join", producer_linger=0.02)
+    app = create_app(settings).app
+    assert app.conf.producer_linger == 0.02
+    assert app.producer.linger_ms == 20
