@@ -661,7 +661,6 @@ class DReXLearner:
     # Added for serving embeddings and keyword profiles from a live learner; they change
     # no state except the model's train/eval mode (as predict_many does).
 
-    @torch.inference_mode()
     def embeddings(self, side: str, ids: Sequence[str]) -> np.ndarray:
         """Representations ``(B, D)`` float32 of known ``ids`` as a prediction would see
         them now: memory with the pending message folded in, plus the static embedding.
@@ -669,15 +668,8 @@ class DReXLearner:
         ``side`` is "users" or "items". Unknown ids raise ``KeyError`` (nothing is
         registered, unlike :meth:`predict_many`).
         """
-        table = self._side(side)
-        if not ids:
-            return np.zeros((0, self.config.dim), dtype=np.float32)
-        rows = self._known_rows(table, ids)
-        self.model.eval()
-        h = self._current(side, table, rows)  # (B, D)
-        return self._represent(table, rows, h).float().cpu().numpy()
+        return self._view(side, ids, with_keywords=False)[0]
 
-    @torch.inference_mode()
     def keyword_profiles(self, side: str, ids: Sequence[str]) -> list[dict[str, float]]:
         """Keyword profile of each known id, including its pending review's words.
 
@@ -685,24 +677,39 @@ class DReXLearner:
         next interaction; this view adds the pending review under the current model, so an
         entity with a single review already has a profile. Unknown ids raise ``KeyError``.
         """
+        return self._view(side, ids, with_keywords=True)[1]
+
+    def snapshot(self, side: str, ids: Sequence[str]) -> tuple[np.ndarray, list[dict[str, float]]]:
+        """:meth:`embeddings` and :meth:`keyword_profiles` of ``ids`` from one pass that
+        folds each pending review in once (what the worker stores after a micro-batch)."""
+        return self._view(side, ids, with_keywords=True)
+
+    @torch.inference_mode()
+    def _view(
+        self, side: str, ids: Sequence[str], with_keywords: bool
+    ) -> tuple[np.ndarray, list[dict[str, float]]]:
         table = self._side(side)
-        keywords = self.user_keywords if side == "users" else self.item_keywords
-        out = [keywords.profile(k) for k in ids]
-        if not ids or not self.config.use_text:
-            return out
-        rows = self._known_rows(table, ids)
-        review_ids = torch.where(table.has_pending[rows], table.pending_review[rows], -1)
-        with_text = [n for n, j in enumerate(review_ids.tolist()) if j >= 0]
-        if not with_text:
-            return out
+        if not ids:
+            return np.zeros((0, self.config.dim), dtype=np.float32), []
+        unique = list(dict.fromkeys(ids))  # a pending review counts once per entity
+        rows = self._known_rows(table, unique)
         self.model.eval()
-        ids_text = [int(review_ids[n]) for n in with_text]
-        tokens, mask = self.cache.batch(ids_text)
-        _, attn = self.model.review(tokens.to(self.device), mask.to(self.device))  # (P, T)
-        for n, j, a in zip(with_text, ids_text, attn, strict=True):
-            for word, w in word_weights(self.cache.reviews[j], a).items():
-                out[n][word] = out[n].get(word, 0.0) + w
-        return out
+        pending = KeywordProfiles() if with_keywords else None
+        h = self._current(side, table, rows, pending)  # (U, D); adds the pending words
+        vectors = self._represent(table, rows, h).float().cpu().numpy()
+        profiles: list[dict[str, float]] = []
+        if pending is not None:
+            stored = self.user_keywords if side == "users" else self.item_keywords
+            for key in unique:
+                profile = stored.profile(key)
+                for word, w in pending.profile(key).items():
+                    profile[word] = profile.get(word, 0.0) + w
+                profiles.append(profile)
+        if len(unique) == len(ids):
+            return vectors, profiles
+        at = {key: n for n, key in enumerate(unique)}
+        order = [at[key] for key in ids]
+        return vectors[order], [dict(profiles[n]) for n in order] if profiles else []
 
     def _side(self, side: str) -> EntityTable:
         if side not in ("users", "items"):

@@ -23,9 +23,9 @@ serving joins and heartbeats while the CPU works):
 1. drop records already applied (offset <= stored offset, or id already applied);
 2. ``DReXLearner.learn_many`` (the same call as ``drex evaluate`` and replays); its
    scores, made before each label was used, feed the prequential error metrics;
-3. read back the representations and keyword profiles of the users and items whose
-   state changed (those in the batch, and after an optimiser step also those whose
-   learnable rows the step moved);
+3. read back, in one pass (``DReXLearner.snapshot``), the representations and keyword
+   profiles of the users and items whose state changed (those in the batch, and after
+   an optimiser step also those whose learnable rows the step moved);
 4. write all of it (with the representations, for serving replicas), the applied ids
    and the offset in one RocksDB WriteBatch;
 5. upsert the changed items into the FAISS index; every ``checkpoint_every`` batches
@@ -234,7 +234,8 @@ class LearnerSession:
             else:
                 self._carry[side] |= changed[side]
         ordered = {side: sorted(ids_) for side, ids_ in changed.items()}
-        vectors = {side: learner.embeddings(side, ordered[side]) for side in ordered}
+        views = {side: learner.snapshot(side, ordered[side]) for side in ordered}
+        vectors = {side: view[0] for side, view in views.items()}
         started = time.perf_counter()
         new_info = StoreInfo(
             offset=max(info.offset, last_offset),
@@ -249,13 +250,7 @@ class LearnerSession:
                 info=new_info,
                 rows={side: export_rows(learner, side, ordered[side]) for side in ordered},
                 keywords={
-                    side: dict(
-                        zip(
-                            ordered[side],
-                            learner.keyword_profiles(side, ordered[side]),
-                            strict=True,
-                        )
-                    )
+                    side: dict(zip(ordered[side], views[side][1], strict=True))
                     for side in ordered
                 },
                 applied_ids=kept_ids,

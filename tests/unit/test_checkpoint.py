@@ -27,6 +27,7 @@ from drex_model.checkpoint import (
     row_to_bytes,
     save_checkpoint,
 )
+from drex_model.explain import word_weights
 from drex_model.learner import DReXLearner
 from drex_model.model import DReXConfig
 from drex_model.text import TextEncoder
@@ -167,3 +168,34 @@ def test_views_do_not_register_ids(tiny_encoder: TextEncoder) -> None:
     profiles = learner.keyword_profiles("items", list(learner.items.ids))
     # every item has a pending review or folded ones: the view includes the pending words
     assert all(profiles)
+
+
+def test_a_snapshot_is_both_views_in_one_pass(tiny_encoder: TextEncoder) -> None:
+    """Vectors as ``embeddings`` gives them; each profile is the stored one plus the
+    pending review's words under the current model (computed here review by review)."""
+    learner = trained(tiny_encoder)
+    learner.model.eval()
+    pending = 0
+    for side in ("users", "items"):
+        table = learner.users if side == "users" else learner.items
+        stored = learner.user_keywords if side == "users" else learner.item_keywords
+        ids = list(table.ids)
+        ids = ids + ids[:2]  # a repeated id gets the same answer (its review counted once)
+        vectors, profiles = learner.snapshot(side, ids)
+        np.testing.assert_allclose(vectors, learner.embeddings(side, ids), atol=1e-6)
+        assert len(profiles) == len(ids)
+        for key, got in zip(ids, profiles, strict=True):
+            want = stored.profile(key)
+            row = table.index[key]
+            j = int(table.pending_review[row]) if bool(table.has_pending[row]) else -1
+            if j >= 0:
+                pending += 1
+                tokens, mask = learner.cache.batch([j])
+                with torch.no_grad():
+                    _, attn = learner.model.review(tokens, mask)
+                for word, w in word_weights(learner.cache.reviews[j], attn[0]).items():
+                    want[word] = want.get(word, 0.0) + w
+            assert got == pytest.approx(want, abs=1e-5)
+        assert learner.keyword_profiles(side, ids) == profiles
+    assert pending > 0
+    assert learner.snapshot("items", [])[0].shape == (0, 8)
