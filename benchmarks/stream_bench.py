@@ -7,7 +7,9 @@ streams: every interaction with text and rating, and ratings only (no encoder wo
 cost of the join, the learner update and the store; each lone rating waits one join
 window for a review, so the last ones arrive a window late). Two more runs give the join
 alone (``--role join``, no learner), in batched steps (the default) and one message per
-step (``--join-batch-size 1``, one broker round trip per message).
+step (``--join-batch-size 1``, one broker round trip per message). ``--layout split``
+runs the two learned streams through a ``--role join`` and a ``--role learn`` worker
+(two processes, one consumer group) instead of one worker with every role.
 
 The same run then measures the ceilings directly, in this process: the encoder on the
 same reviews (``TextEncoder.encode``, batched, length-sorted over all of them) just
@@ -22,7 +24,7 @@ sets how far a micro-batch parallelises), else the generated sample, whose rows 
 grouped by user (each user's interactions back to back: a worst case for the learner).
 
     python benchmarks/stream_bench.py [--interactions 4000] [--batch-size 256]
-        [--dataset FILE] [--threads 2] [--encoder DIR]
+        [--dataset FILE] [--threads 2] [--encoder DIR] [--layout one|split]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,66 +99,69 @@ def stream_run(
     rating_only: float,
     args: argparse.Namespace,
     workdir: Path,
-    role: str = "all",
+    roles: Sequence[str] = ("all",),
     join_batch: int = 1000,
 ) -> Run:
-    """Time one stream through a worker of ``role``: "all" until the learner store holds
-    every interaction, "join" until every pair was joined (the join's own capacity)."""
+    """Time one stream through workers of ``roles`` (one process each, one consumer
+    group): until the learner store holds every interaction, or, with no learner among
+    them, until every pair was joined (the join's own capacity)."""
     plan = plan_events(rows, seed=0, rating_only=rating_only)
-    port = free_port()
     slug = "".join(c if c.isalnum() else "-" for c in name)
-    with EmbeddedBroker(log_dir=workdir / f"tansu-{slug}") as broker:
-        log = open(workdir / f"worker-{slug}.log", "wb")  # noqa: SIM115 - closed below
-        command = [
-            "--broker",
-            broker.url,
-            "--embedded",
-            "--state-dir",
-            str(workdir / f"state-{slug}"),
-            "--metrics-port",
-            str(port),
-            "--torch-threads",
-            str(args.threads),
-            "--batch-size",
-            str(args.batch_size),
-            "--session-timeout",
-            "4",
-            "--checkpoint-every",
-            "0",
-            "--join-window",
-            str(args.join_window),
-            "--role",
-            role,
-            "--join-batch-size",
-            str(join_batch),
-        ]
-        if args.encoder:
-            command += ["--encoder", args.encoder]
-        proc = spawn(command, log=log)
-        try:
-            if role == "join":
-                wait(port, "drex_join_partitions", 1.0, 300, proc)
-            else:
-                wait(port, "drex_owns_learner", 1.0, 300, proc)
+    learns = any(role in ("all", "learn") for role in roles)
+    ports = [free_port() for _ in roles]
+    with EmbeddedBroker(log_dir=workdir / f"tansu-{slug}") as broker, ExitStack() as stack:
+        procs = []
+        for n, (role, port) in enumerate(zip(roles, ports, strict=True)):
+            log = stack.enter_context(open(workdir / f"worker-{slug}-{n}.log", "wb"))
+            command = [
+                "--broker",
+                broker.url,
+                "--embedded",
+                "--state-dir",
+                str(workdir / f"state-{slug}-{n}"),
+                "--metrics-port",
+                str(port),
+                "--torch-threads",
+                str(args.threads),
+                "--batch-size",
+                str(args.batch_size),
+                "--session-timeout",
+                "4",
+                "--checkpoint-every",
+                "0",
+                "--join-window",
+                str(args.join_window),
+                "--role",
+                role,
+                "--join-batch-size",
+                str(join_batch),
+            ]
+            if args.encoder:
+                command += ["--encoder", args.encoder]
+            proc = spawn(command, log=log)
+            stack.callback(_stop, proc)
+            procs.append(proc)
+        learner = next((n for n, r in enumerate(roles) if r in ("all", "learn")), 0)
+        for n, role in enumerate(roles):
+            if role in ("all", "join"):
+                wait(ports[n], "drex_join_partitions", 1.0, 300, procs[n])
+        if learns:
+            wait(ports[learner], "drex_owns_learner", 1.0, 300, procs[learner])
 
-            async def send() -> None:
-                async with EventProducer(broker.url) as producer:
-                    for topic, key, value in plan.events:
-                        await producer.send_raw(topic, key, value)
+        async def send() -> None:
+            async with EventProducer(broker.url) as producer:
+                for topic, key, value in plan.events:
+                    await producer.send_raw(topic, key, value)
 
-            started = time.monotonic()
-            asyncio.run(send())
-            if role == "join":
-                both = 'drex_join_outcomes_total{outcome="both"}'
-                m = wait(port, both, plan.truth.both, 3600, proc)
-            else:
-                total = "drex_learner_interactions_total"
-                m = wait(port, total, plan.truth.interactions, 3600, proc)
-            seconds = time.monotonic() - started
-        finally:
-            proc.terminate()
-            proc.wait(60)
-            log.close()
+        started = time.monotonic()
+        asyncio.run(send())
+        if learns:
+            total = "drex_learner_interactions_total"
+            m = wait(ports[learner], total, plan.truth.interactions, 3600, procs[learner])
+        else:
+            both = 'drex_join_outcomes_total{outcome="both"}'
+            m = wait(ports[0], both, plan.truth.both, 3600, procs[0])
+        seconds = time.monotonic() - started
     return Run(
         name,
         plan.truth.interactions,
@@ -165,6 +171,11 @@ def stream_run(
         m.get("drex_persist_seconds_sum", 0.0),
         int(m.get("drex_learn_seconds_count", 0.0)),
     )
+
+
+def _stop(proc: Any) -> None:
+    proc.terminate()
+    proc.wait(60)
 
 
 def encoder_rate(
@@ -218,6 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds a lone rating waits for a review that never comes (counted in the "
         "rating-only run's time)",
     )
+    parser.add_argument(
+        "--layout",
+        choices=["one", "split"],
+        default="one",
+        help="one: a worker with every role; split: a join worker and a learn worker, two "
+        "processes in one consumer group (the learner shares no GIL with the join)",
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="drex-stream-bench-"))
@@ -236,13 +254,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         encoder = TextEncoder(args.encoder or None)  # the worker's defaults
         # the encoder alone just before and just after the text stream: on shared
         # machines the speed drifts over minutes, and the ratio uses their mean
+        roles = ["all"] if args.layout == "one" else ["join", "learn"]
         before = encoder_rate(rows, args, encoder)
-        runs = [stream_run("text+rating", rows, 0.0, args, workdir)]
+        runs = [stream_run("text+rating", rows, 0.0, args, workdir, roles)]
         after = encoder_rate(rows, args, encoder)
         runs += [
-            stream_run("rating-only", rows, 1.0, args, workdir),
-            stream_run("join", rows, 0.0, args, workdir, role="join"),
-            stream_run("join 1 msg/step", rows, 0.0, args, workdir, role="join", join_batch=1),
+            stream_run("rating-only", rows, 1.0, args, workdir, roles),
+            stream_run("join", rows, 0.0, args, workdir, roles=["join"]),
+            stream_run("join 1 msg/step", rows, 0.0, args, workdir, ["join"], join_batch=1),
         ]
         learner_per_s = learner_rate(rows, args, encoder)
     finally:
@@ -250,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(
         f"{Path(args.dataset).name}: {len(rows)} interactions, {args.threads} torch threads, "
-        f"batch {args.batch_size}, "
+        f"layout {args.layout}, batch {args.batch_size}, "
         f"join window {args.join_window} s, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     )
     print(

@@ -238,3 +238,53 @@ def test_two_workers_split_the_joins_and_share_one_learner(
     assert sum(per_worker) >= plan.truth.events  # at least once: a rebalance may resend
     assert sorted(owners) == [0.0, 1.0]  # one learner
     check_learner(shared, plan, fresh_broker)
+
+
+def test_a_join_worker_and_a_learn_worker_split_the_roles(
+    sample_rows: list[Interaction],
+    fresh_broker: EmbeddedBroker,
+    tiny_encoder_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """The layout with the learner in a process of its own: one consumer group whose
+    members subscribe to different topics, joins in one process, the learner in another."""
+    plan = faulty_plan(sample_rows)
+    joiner, learner = (
+        Worker(
+            fresh_broker,
+            tiny_encoder_dir,
+            tmp_path / role,
+            tmp_path / f"{role}.log",
+            extra=["--role", role],
+        )
+        for role in ("join", "learn")
+    )
+    try:
+        wait_until(
+            lambda: (
+                joiner.metric("drex_join_partitions") == 4
+                and learner.metric("drex_owns_learner") == 1
+            ),
+            120,
+            "the join worker to own every join partition and the other the learner",
+            joiner,
+            learner,
+        )
+        send(fresh_broker, plan.events)
+        wait_until(
+            lambda: applied_total(learner) >= plan.truth.interactions,
+            120,
+            f"{plan.truth.interactions} interactions",
+            joiner,
+            learner,
+        )
+        joined = sum(
+            joiner.metrics().get(f'drex_events_in_total{{topic="{t}"}}', 0.0) for t in _SOURCES
+        )
+        assert learner.metric("drex_join_partitions") == 0
+        assert joiner.metric("drex_owns_learner") == 0
+    finally:
+        codes = [w.stop() for w in (joiner, learner)]
+    assert codes == [0, 0], [w.log_tail() for w in (joiner, learner)]
+    assert joined >= plan.truth.events
+    check_learner(tmp_path / "learn" / "learner", plan, fresh_broker)
