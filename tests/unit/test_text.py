@@ -31,6 +31,25 @@ def test_encoder_gives_one_embedding_per_word_piece(tiny_encoder: TextEncoder) -
     assert reviews[1].tokens.shape[0] == 0 and reviews[2].tokens.shape[0] == 0
 
 
+def test_a_reviews_vectors_do_not_depend_on_its_batch(tiny_encoder: TextEncoder) -> None:
+    """Reviews are sorted by word-piece count and padded per batch: each review's vectors
+    are those it gets alone, unpadded, and come back in input order."""
+    texts = [
+        "Great tone, sturdy build and a fair price for the money",
+        "Broke",
+        "The strap held up for years of gigs",
+        "Unbelievably overengineered tuners",
+    ]
+    together = tiny_encoder.encode(texts)
+    for text, review in zip(texts, together, strict=True):
+        (alone,) = tiny_encoder.encode([text])
+        assert review.words == alone.words
+        assert torch.equal(review.word_of_token, alone.word_of_token)
+        torch.testing.assert_close(review.tokens, alone.tokens, atol=2e-3, rtol=1e-2)
+    lengths = [r.tokens.shape[0] for r in together]
+    assert len(set(lengths)) > 1  # padding really happened in the batch
+
+
 def test_long_reviews_are_truncated(tiny_encoder: TextEncoder) -> None:
     (review,) = tiny_encoder.encode(["guitar " * 500])
     assert review.tokens.shape[0] == tiny_encoder.max_tokens - 2  # [CLS] and [SEP] dropped
