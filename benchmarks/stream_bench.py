@@ -73,10 +73,6 @@ class Run:
         return self.interactions / self.seconds
 
 
-def metrics(port: int) -> dict[str, float]:
-    return scrape(port)
-
-
 POLL_SECONDS = 0.5  # a scrape costs the worker ~4 ms of CPU (and its GIL): poll gently
 
 
@@ -85,7 +81,7 @@ def wait(port: int, name: str, target: float, timeout: float, proc: object) -> d
     poll interval."""
     deadline = time.monotonic() + timeout
     while True:
-        m = metrics(port)
+        m = scrape(port)
         if m.get(name, 0.0) >= target:
             return m
         if proc.poll() is not None or time.monotonic() > deadline:  # type: ignore[attr-defined]
@@ -260,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         after = encoder_rate(rows, args, encoder)
         runs += [
             stream_run("rating-only", rows, 1.0, args, workdir, roles),
-            stream_run("join", rows, 0.0, args, workdir, roles=["join"]),
+            stream_run("join", rows, 0.0, args, workdir, ["join"]),
             stream_run("join 1 msg/step", rows, 0.0, args, workdir, ["join"], join_batch=1),
         ]
         learner_per_s = learner_rate(rows, args, encoder)

@@ -575,17 +575,20 @@ class DReXLearner:
         urows = self._rows(self.users, users)
         irows = self._rows(self.items, items)
         out = []
+        mean = self._mean()
         i = self._represent(self.items, irows, self._current("items", self.items, irows))
+        if self.config.running_bias:
+            w = self.model.deviation_weight
+            item_deviation = w[1] * self._deviation(self.items, irows, mean)[None, :]  # (1, I)
         for s in range(0, len(urows), 512):
             ur = urows[s : s + 512]
             u = self._represent(self.users, ur, self._current("users", self.users, ur))
-            scores = self.model.head.score_all(u, i) + self._mean()  # (U, I)
+            scores = self.model.head.score_all(u, i) + mean  # (U, I)
             if self.config.bias_terms:
                 scores = scores + self.users.bias[ur] + self.items.bias[irows].T
             if self.config.running_bias:
-                w = self.model.deviation_weight
-                scores = scores + w[0] * self._deviation(self.users, ur)[:, None]
-                scores = scores + w[1] * self._deviation(self.items, irows)[None, :]
+                scores = scores + w[0] * self._deviation(self.users, ur, mean)[:, None]
+                scores = scores + item_deviation
             out.append(scores)
         return torch.cat(out).cpu().numpy().astype(np.float64)
 
