@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -686,6 +686,28 @@ class DReXLearner:
         """:meth:`embeddings` and :meth:`keyword_profiles` of ``ids`` from one pass that
         folds each pending review in once (what the worker stores after a micro-batch)."""
         return self._view(side, ids, with_keywords=True)
+
+    @torch.inference_mode()
+    def restore_keywords(
+        self, side: str, profiles: Mapping[str, Mapping[str, float]], chunk: int = 512
+    ) -> None:
+        """Take in profiles as :meth:`keyword_profiles` gave them (pending reviews
+        included, as the worker's store keeps them for serving): each pending review's
+        words are taken out again, because they are added when that message is folded
+        in. Call it once the rows and the dense state are restored (the same model
+        computes the same weights); a word left with ~0 weight came from the pending
+        review alone and is dropped."""
+        table = self._side(side)
+        stored = self.user_keywords if side == "users" else self.item_keywords
+        ids = [k for k in profiles if k in table.index]
+        pending = KeywordProfiles()
+        self.model.eval()
+        for s in range(0, len(ids), chunk):
+            self._current(side, table, self._known_rows(table, ids[s : s + chunk]), pending)
+        for key, profile in profiles.items():
+            minus = pending.profile(key)
+            rest = {w: v - minus.get(w, 0.0) for w, v in profile.items()}
+            stored.add(key, {w: v for w, v in rest.items() if v > 1e-6 * max(1.0, profile[w])})
 
     @torch.inference_mode()
     def _view(

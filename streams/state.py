@@ -258,10 +258,8 @@ class LearnerStore:
                     self._import(learner, side, table, chunk)
                     chunk = []
             self._import(learner, side, table, chunk)
-            keywords = learner.user_keywords if side == "users" else learner.item_keywords
-            for key_bytes, value in self._scan(_KEYWORDS[side]):
-                entity = key_bytes[len(_KEYWORDS[side]) :].decode()
-                keywords.add(entity, json.loads(value))
+        for side in ("users", "items"):  # stored with the pending words: taken out again
+            learner.restore_keywords(side, self.keyword_profiles(side))
         self._stored_reviews = set(reviews)
         return info
 

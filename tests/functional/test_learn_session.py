@@ -1,0 +1,109 @@
+"""The learner session as the learn agent drives it (no broker needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from drex_model.evaluate.data import load_interactions
+from drex_model.evaluate.sample import write_sample
+from streams.agents.index import IndexFeeder
+from streams.agents.learn import LearnerSession
+from streams.events import InteractionEvent
+from streams.settings import WorkerSettings
+
+BATCH = 40
+
+
+def _events(path: Path) -> list[InteractionEvent]:
+    rows = load_interactions(write_sample(path, users=40)).interactions
+    rows = sorted(rows, key=lambda r: (hash(r.user) % 5, r.timestamp))  # interleave users
+    return [
+        InteractionEvent(
+            user_id=r.user,
+            item_id=r.item,
+            rating=r.rating,
+            text=r.text,
+            event_time=r.timestamp,
+            review_event_id=f"r{n}",
+            rating_event_id=f"s{n}",
+        )
+        for n, r in enumerate(rows)
+    ]
+
+
+def _session(tmp: Path, encoder: Path, name: str) -> LearnerSession:
+    settings = WorkerSettings(
+        state_dir=str(tmp / name),
+        encoder=str(encoder),
+        encoder_max_tokens=32,
+        device="cpu",
+        torch_threads=1,
+        checkpoint_every=0,
+        batch_size=BATCH,
+    )
+    return LearnerSession(settings, IndexFeeder(tmp / name / "index"))
+
+
+def _take(session: LearnerSession, events: list[InteractionEvent], start: int) -> None:
+    """Micro-batches as the agent hands them over."""
+    batch = [(start + j, e) for j, e in enumerate(events)]
+    for s in range(0, len(batch), BATCH):
+        torch.manual_seed(s)  # the same dropout draws in every session
+        session.process(batch[s : s + BATCH])
+
+
+@pytest.fixture
+def events(tmp_path: Path) -> list[InteractionEvent]:
+    return _events(tmp_path / "sample.jsonl")
+
+
+@pytest.fixture
+def sessions(tmp_path: Path, tiny_encoder_dir: Path) -> Iterator[list[LearnerSession]]:
+    made = [_session(tmp_path, tiny_encoder_dir, f"s{n}") for n in range(2)]
+    for s in made:
+        s.acquire()  # before any seeding in _take: building a learner reseeds torch
+    yield made
+    for s in made:
+        s.release(save_index=False)
+
+
+_Views = dict[str, tuple[np.ndarray, list[dict[str, float]]]]
+
+
+def _views(session: LearnerSession) -> _Views:
+    learner = session.learner
+    return {
+        side: learner.snapshot(side, sorted(getattr(learner, side).ids))
+        for side in ("users", "items")
+    }
+
+
+def _assert_close(va: _Views, vb: _Views) -> None:
+    """The same views up to float rounding (where a review is encoded, or a profile
+    summed, changes the order of the same additions: differences ~1e-6)."""
+    for side in va:
+        np.testing.assert_allclose(va[side][0], vb[side][0], rtol=1e-4, atol=1e-5)
+        for pa, pb in zip(va[side][1], vb[side][1], strict=True):
+            assert pa.keys() == pb.keys()
+            np.testing.assert_allclose(list(pa.values()), list(pb.values()), rtol=1e-4)
+
+
+def test_a_restart_restores_the_same_views(
+    events: list[InteractionEvent], sessions: list[LearnerSession]
+) -> None:
+    """The store keeps keyword profiles with the pending review's words in (what serving
+    shows); a restore takes them out of the learner's own profiles again, or every
+    restart would count each pending review twice from then on."""
+    session = sessions[0]
+    take = 2 * BATCH
+    for start in range(0, 3 * take, take):
+        _take(session, events[start : start + take], start)
+    before = _views(session)
+    session.release(save_index=False)
+    session.acquire()
+    _assert_close(before, _views(session))
