@@ -25,7 +25,9 @@ serving joins and heartbeats while the CPU works):
    scores, made before each label was used, feed the prequential error metrics;
 3. read back, in one pass (``DReXLearner.snapshot``), the representations and keyword
    profiles of the users and items whose state changed (those in the batch, and after
-   an optimiser step also those whose learnable rows the step moved);
+   an optimiser step also those whose learnable rows the step moved), and of those in
+   records dropped in 1 (a crash may have fallen between the store's write and the
+   embedding tables', so a replay writes them again);
 4. write all of it (with the representations, for serving replicas), the applied ids
    and the offset in one RocksDB WriteBatch;
 5. upsert the changed items into the FAISS index; every ``checkpoint_every`` batches
@@ -198,9 +200,11 @@ class LearnerSession:
         done = store.applied(ids)
         keep: list[InteractionEvent] = []
         kept_ids: list[str] = []
+        replayed = [e for o, e in batch if o <= info.offset]
         for i, (_, event) in zip(ids, fresh, strict=True):
             if i in done:
                 result.skipped_applied += 1
+                replayed.append(event)
             else:
                 done.add(i)  # also drops a repeat within the batch
                 keep.append(event)
@@ -233,6 +237,14 @@ class LearnerSession:
                 self._carry[side] = {e.user_id if side == "users" else e.item_id for e in keep}
             else:
                 self._carry[side] |= changed[side]
+        # Interactions already in the store come again after a crash, which may have hit
+        # between the store's write and the embedding tables' changelog: their entities'
+        # current representations are written again (overwrite-only, so harmless).
+        for side, table in (("users", learner.users), ("items", learner.items)):
+            for e in replayed:
+                key = e.user_id if side == "users" else e.item_id
+                if key in table.index:
+                    changed[side].add(key)
         ordered = {side: sorted(ids_) for side, ids_ in changed.items()}
         views = {side: learner.snapshot(side, ordered[side]) for side in ordered}
         vectors = {side: view[0] for side, view in views.items()}

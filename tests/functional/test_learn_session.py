@@ -107,3 +107,25 @@ def test_a_restart_restores_the_same_views(
     session.release(save_index=False)
     session.acquire()
     _assert_close(before, _views(session))
+
+
+def test_replayed_records_write_their_entities_again(
+    events: list[InteractionEvent], sessions: list[LearnerSession]
+) -> None:
+    """A crash may fall between the store's write and the embedding tables' changelog;
+    the records replayed after it are not learned again, but their users' and items'
+    current representations go to the tables again."""
+    session = sessions[0]
+    batch = events[:BATCH]
+    users, items = {e.user_id for e in batch}, {e.item_id for e in batch}
+    session.process(list(enumerate(batch)))
+    again = session.process(list(enumerate(batch)))  # the same offsets, after a restart
+    moved = session.process([(BATCH + j, e) for j, e in enumerate(batch)])  # re-emitted
+    assert again.applied == moved.applied == 0
+    assert again.skipped_offset == moved.skipped_applied == BATCH
+    for result in (again, moved):
+        assert set(result.users) == users and set(result.items) == items
+        ids = sorted(items)
+        want = session.learner.embeddings("items", ids)
+        got = np.stack([np.frombuffer(result.items[k], dtype=np.float32) for k in ids])
+        np.testing.assert_array_equal(got, want)
