@@ -64,6 +64,7 @@ class Run:
     interactions: int
     events: int
     seconds: float
+    encode_seconds: float  # encoding takes' reviews ahead of their micro-batches
     learn_seconds: float  # inside learn_many, summed over batches
     persist_seconds: float  # the store's WriteBatch, summed
     batches: int
@@ -163,6 +164,7 @@ def stream_run(
         plan.truth.interactions,
         len(plan.events),
         seconds,
+        m.get("drex_encode_seconds_sum", 0.0),
         m.get("drex_learn_seconds_sum", 0.0),
         m.get("drex_persist_seconds_sum", 0.0),
         int(m.get("drex_learn_seconds_count", 0.0)),
@@ -232,7 +234,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="one: a worker with every role; split: a join worker and a learn worker, two "
         "processes in one consumer group (the learner shares no GIL with the join)",
     )
+    parser.add_argument(
+        "--streams",
+        default="text,ratings,join",
+        help="which runs, comma-separated: text (with the encoder alone before and after), "
+        "ratings (with the learner alone), join (batched and one message per step)",
+    )
     args = parser.parse_args(argv)
+    chosen = set(args.streams.split(","))
+    if not chosen or not chosen <= {"text", "ratings", "join"}:
+        parser.error(f"--streams takes text, ratings and join, got {args.streams!r}")
 
     workdir = Path(tempfile.mkdtemp(prefix="drex-stream-bench-"))
     try:
@@ -251,15 +262,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the encoder alone just before and just after the text stream: on shared
         # machines the speed drifts over minutes, and the ratio uses their mean
         roles = ["all"] if args.layout == "one" else ["join", "learn"]
-        before = encoder_rate(rows, args, encoder)
-        runs = [stream_run("text+rating", rows, 0.0, args, workdir, roles)]
-        after = encoder_rate(rows, args, encoder)
-        runs += [
-            stream_run("rating-only", rows, 1.0, args, workdir, roles),
-            stream_run("join", rows, 0.0, args, workdir, ["join"]),
-            stream_run("join 1 msg/step", rows, 0.0, args, workdir, ["join"], join_batch=1),
-        ]
-        learner_per_s = learner_rate(rows, args, encoder)
+        runs: dict[str, Run] = {}
+        if "text" in chosen:
+            before = encoder_rate(rows, args, encoder)
+            runs["text"] = stream_run("text+rating", rows, 0.0, args, workdir, roles)
+            after = encoder_rate(rows, args, encoder)
+        if "ratings" in chosen:
+            runs["ratings"] = stream_run("rating-only", rows, 1.0, args, workdir, roles)
+        if "join" in chosen:
+            runs["join"] = stream_run("join", rows, 0.0, args, workdir, ["join"])
+            runs["join1"] = stream_run(
+                "join 1 msg/step", rows, 0.0, args, workdir, ["join"], join_batch=1
+            )
+        if "ratings" in chosen:
+            learner_per_s = learner_rate(rows, args, encoder)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -270,22 +286,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"{'stream':<17}{'events':>8}{'seconds':>9}{'events/s':>10}{'inter./s':>10}"
-        f"{'learn s':>9}{'store s':>9}"
+        f"{'encode s':>9}{'learn s':>9}{'store s':>9}"
     )
-    for r in runs:
+    for r in runs.values():
         print(
             f"{r.name:<17}{r.events:>8}{r.seconds:>9.1f}{r.events / r.seconds:>10.0f}"
-            f"{r.rate:>10.0f}{r.learn_seconds:>9.1f}{r.persist_seconds:>9.1f}"
+            f"{r.rate:>10.0f}{r.encode_seconds:>9.1f}{r.learn_seconds:>9.1f}"
+            f"{r.persist_seconds:>9.1f}"
         )
-    reviews_per_s = (before[0] + after[0]) / 2
-    print(
-        f"encoder alone: {reviews_per_s:.1f} reviews/s (before the text stream "
-        f"{before[0]:.1f}, after {after[0]:.1f}; {after[1]:.0f} tokens/s)"
-    )
-    print(f"learner alone (ratings only): {learner_per_s:.0f} interactions/s")
-    print(f"text+rating end to end / encoder alone: {runs[0].rate / reviews_per_s:.2f}")
-    print(f"rating-only end to end / learner alone: {runs[1].rate / learner_per_s:.2f}")
-    print(f"join, batched steps / one message per step: {runs[2].rate / runs[3].rate:.1f}x")
+    if "text" in runs:
+        reviews_per_s = (before[0] + after[0]) / 2
+        print(
+            f"encoder alone: {reviews_per_s:.1f} reviews/s (before the text stream "
+            f"{before[0]:.1f}, after {after[0]:.1f}; {after[1]:.0f} tokens/s)"
+        )
+        print(f"text+rating end to end / encoder alone: {runs['text'].rate / reviews_per_s:.2f}")
+    if "ratings" in runs:
+        print(f"learner alone (ratings only): {learner_per_s:.0f} interactions/s")
+        print(f"rating-only end to end / learner alone: {runs['ratings'].rate / learner_per_s:.2f}")
+    if "join" in runs:
+        speedup = runs["join"].rate / runs["join1"].rate
+        print(f"join, batched steps / one message per step: {speedup:.1f}x")
     return 0
 
 

@@ -271,6 +271,25 @@ class DReXLearner:
         self.users.reset_memory()
         self.items.reset_memory()
 
+    def sweep_reviews(self) -> torch.Tensor:
+        """Forget the cached reviews that no pending message refers to (they are never
+        read again), so that a learner fed for months holds only what it needs.
+
+        Call it between calls of :meth:`learn_many`. Returns the map from old review ids
+        to new ones (``-1``: forgotten) for anything else that holds ids.
+        """
+        if not len(self.cache):
+            return torch.zeros(0, dtype=torch.long)
+        used = torch.cat([t.pending_review[: len(t)] for t in (self.users, self.items)])
+        used = torch.unique(used[used >= 0]).cpu()
+        remap = self.cache.retain(used.tolist())
+        with torch.no_grad():
+            for table in (self.users, self.items):
+                old = table.pending_review
+                new = remap.to(old.device)[old.clamp(min=0)]
+                old.copy_(torch.where(old >= 0, new, old))
+        return remap
+
     def refresh_preferences(self) -> None:
         """DReX-MLP: rebuild preference vectors from the ratings learned so far.
 

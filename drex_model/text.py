@@ -238,6 +238,21 @@ class ReviewCache:
                 self.reviews.append(review)
         return [self._ids[k] for k in keys]
 
+    def retain(self, keep: Iterable[int]) -> torch.Tensor:
+        """Keep only the reviews ``keep`` names (in id order) and forget the rest.
+
+        Returns the map from old ids to new ones (``-1``: forgotten) for whoever holds
+        ids: a learner that runs for months keeps only what its pending messages need
+        (:meth:`drex_model.learner.DReXLearner.sweep_reviews`).
+        """
+        kept = sorted(set(keep))
+        remap = torch.full((len(self.reviews),), -1, dtype=torch.long)
+        remap[kept] = torch.arange(len(kept))
+        key_of = {i: k for k, i in self._ids.items()}
+        self.reviews = [self.reviews[i] for i in kept]
+        self._ids = {key_of[i]: n for n, i in enumerate(kept) if i in key_of}
+        return remap
+
     def batch(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded token embeddings ``(B, T, H)`` float32 and their mask ``(B, T)`` bool.
 

@@ -37,6 +37,11 @@ class WorkerSettings:
     batch_size: int = 256
     # DREX_BATCH_WITHIN: seconds a partial micro-batch waits before it is learned anyway
     batch_within: float = 1.0
+    # DREX_ENCODE_WINDOW: interactions the learner takes at once when a backlog is there
+    # (at least batch_size); their reviews are encoded in one pass sorted by length
+    # (fewer padded tokens), then learned and persisted micro-batch by micro-batch. A
+    # take's first results wait for its whole encoding (docs/results.md)
+    encode_window: int = 1024
     # DREX_JOIN_BATCH_SIZE: source messages the join handles as one step (one broker
     # round trip for its interactions, one table write per touched row)
     join_batch_size: int = 1000
@@ -98,10 +103,10 @@ class WorkerSettings:
     def __post_init__(self) -> None:
         if self.partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {self.partitions}")
-        if self.batch_size < 1 or self.join_batch_size < 1:
+        if min(self.batch_size, self.join_batch_size, self.encode_window) < 1:
             raise ValueError(
-                f"batch_size and join_batch_size must be >= 1, got "
-                f"{self.batch_size} and {self.join_batch_size}"
+                f"batch_size, join_batch_size and encode_window must be >= 1, got "
+                f"{self.batch_size}, {self.join_batch_size} and {self.encode_window}"
             )
         if self.batch_within <= 0 or self.join_window <= 0:
             raise ValueError("batch_within and join_window must be > 0 seconds")

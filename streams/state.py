@@ -385,6 +385,12 @@ class LearnerStore:
             self._new_reviews.append((key, row.pending_review))
         return key
 
+    def renumber_reviews(self, remap: Any) -> None:
+        """Follow the learner's cache after :meth:`DReXLearner.sweep_reviews` (``remap``:
+        old review id -> new one, -1 forgotten)."""
+        new = remap.tolist()
+        self.review_keys = {new[i]: k for i, k in self.review_keys.items() if new[i] >= 0}
+
     def gc(self, applied_older_than: float) -> tuple[int, int]:
         """Delete reviews no row references, applied ids older than a wall time and all
         but the last :data:`CHANGES_KEPT` change records.

@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag("--partitions", "join partitions", type=int)
     flag("--batch-size", "interactions per learner micro-batch", type=int)
     flag("--batch-within", "seconds a partial micro-batch waits", type=float)
+    flag("--encode-window", "interactions whose reviews are encoded as one pass", type=int)
     flag("--join-window", "seconds a review waits for its rating", type=float)
     flag("--join-batch-size", "source messages joined as one step", type=int)
     flag("--dedup-retention", "seconds event ids are kept to drop resends", type=float)

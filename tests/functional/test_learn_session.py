@@ -1,4 +1,6 @@
-"""The learner session as the learn agent drives it (no broker needed)."""
+"""The learner session as the learn agent drives it, take by take (no broker needed):
+encoding a take's reviews ahead, sweeping the review cache between takes, restarts from
+the store and records replayed after a crash."""
 
 from __future__ import annotations
 
@@ -49,12 +51,15 @@ def _session(tmp: Path, encoder: Path, name: str) -> LearnerSession:
     return LearnerSession(settings, IndexFeeder(tmp / name / "index"))
 
 
-def _take(session: LearnerSession, events: list[InteractionEvent], start: int) -> None:
-    """Micro-batches as the agent hands them over."""
+def _take(session: LearnerSession, events: list[InteractionEvent], start: int, ahead: bool) -> None:
+    """One take as the agent handles it: encode ahead, micro-batches, sweep."""
     batch = [(start + j, e) for j, e in enumerate(events)]
+    if ahead:
+        session.encode_ahead(batch)
     for s in range(0, len(batch), BATCH):
         torch.manual_seed(s)  # the same dropout draws in every session
         session.process(batch[s : s + BATCH])
+    session.sweep()
 
 
 @pytest.fixture
@@ -83,6 +88,10 @@ def _views(session: LearnerSession) -> _Views:
     }
 
 
+def _assert_same(a: LearnerSession, b: LearnerSession) -> None:
+    _assert_close(_views(a), _views(b))
+
+
 def _assert_close(va: _Views, vb: _Views) -> None:
     """The same views up to float rounding (where a review is encoded, or a profile
     summed, changes the order of the same additions: differences ~1e-6)."""
@@ -91,6 +100,49 @@ def _assert_close(va: _Views, vb: _Views) -> None:
         for pa, pb in zip(va[side][1], vb[side][1], strict=True):
             assert pa.keys() == pb.keys()
             np.testing.assert_allclose(list(pa.values()), list(pb.values()), rtol=1e-4)
+
+
+def test_encoding_a_take_ahead_changes_no_result(
+    events: list[InteractionEvent], sessions: list[LearnerSession]
+) -> None:
+    ahead, alone = sessions
+    take = 4 * BATCH
+    for start in range(0, 3 * take, take):
+        _take(ahead, events[start : start + take], start, ahead=True)
+        _take(alone, events[start : start + take], start, ahead=False)
+    assert ahead.info.applied == alone.info.applied == 3 * take
+    _assert_same(ahead, alone)
+
+
+def test_a_swept_cache_is_persisted_and_restored_right(
+    events: list[InteractionEvent], sessions: list[LearnerSession]
+) -> None:
+    """A sweep keeps only the pending messages' reviews, and changes no view; the store's
+    review keys follow the new ids, so a restart restores the very same learner."""
+    swept, kept = sessions
+    take = 2 * BATCH
+    for start in range(0, 4 * take, take):
+        _take(swept, events[start : start + take], start, ahead=True)
+        _take(kept, events[start : start + take], start, ahead=True)
+        swept.sweep(force=True)
+        learner = swept.learner
+        pending = {
+            j
+            for table in (learner.users, learner.items)
+            for j in table.pending_review[: len(table)].tolist()
+            if j >= 0
+        }
+        assert len(learner.cache) == len(pending)
+    texts = {e.text for e in events[: 4 * take] if e.text}
+    assert len(swept.learner.cache) < len(kept.learner.cache) == len(texts)  # below SWEEP_AT
+    _assert_same(swept, kept)
+    before = _views(swept)
+    swept.release(save_index=False)
+    swept.acquire()  # a restart: the learner comes back from the store
+    _assert_close(before, _views(swept))
+    start = 4 * take  # and goes on learning and persisting from the restored reviews
+    _take(swept, events[start : start + take], start, ahead=True)
+    assert swept.info.applied == 5 * take
 
 
 def test_a_restart_restores_the_same_views(
@@ -102,7 +154,7 @@ def test_a_restart_restores_the_same_views(
     session = sessions[0]
     take = 2 * BATCH
     for start in range(0, 3 * take, take):
-        _take(session, events[start : start + take], start)
+        _take(session, events[start : start + take], start, ahead=True)
     before = _views(session)
     session.release(save_index=False)
     session.acquire()

@@ -185,3 +185,40 @@ def test_steps_without_reviews_leave_the_review_head_alone(tiny_encoder: TextEnc
     for now, then in zip(learner.model.review.parameters(), head, strict=True):
         assert torch.equal(now, then)
     assert not torch.equal(learner.model.fusion.proj.weight, fusion)
+
+
+def test_sweeping_reviews_keeps_only_the_pending_ones_and_changes_nothing(
+    tiny_encoder: TextEncoder,
+) -> None:
+    """A long-running learner forgets the reviews no pending message needs; each pending
+    message keeps its review, and views and later learning are those of a learner that
+    kept every review."""
+    data = stream(n=80)
+    kept, swept = make("drex", tiny_encoder), make("drex", tiny_encoder)
+
+    def learn(learner: DReXLearner, rows: list[Interaction]) -> np.ndarray:
+        torch.manual_seed(1)  # the same dropout draws for both learners
+        return learner.learn_many(rows)
+
+    learn(kept, data[:50])
+    learn(swept, data[:50])
+    before = len(swept.cache)
+    swept.sweep_reviews()
+
+    def pending(learner: DReXLearner) -> list[torch.Tensor | None]:
+        return [
+            None if j < 0 else learner.cache.reviews[j].tokens
+            for table in (learner.users, learner.items)
+            for j in table.pending_review[: len(table)].tolist()
+        ]
+
+    want, got = pending(kept), pending(swept)
+    distinct = {id(t) for t in want if t is not None}
+    assert len(swept.cache) == len(distinct) < before
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+    users, items = sorted(kept.users.ids), sorted(kept.items.ids)
+    assert swept.keyword_profiles("users", users) == kept.keyword_profiles("users", users)
+    assert np.array_equal(swept.embeddings("items", items), kept.embeddings("items", items))
+    assert np.array_equal(learn(swept, data[50:]), learn(kept, data[50:]))
