@@ -11,31 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from drex_model.evaluate.data import load_interactions
-from drex_model.evaluate.sample import write_sample
 from streams.agents.index import IndexFeeder
 from streams.agents.learn import LearnerSession
 from streams.events import InteractionEvent
 from streams.settings import WorkerSettings
+from tests.functional.streamed import sample_events
 
 BATCH = 40
-
-
-def _events(path: Path) -> list[InteractionEvent]:
-    rows = load_interactions(write_sample(path, users=40)).interactions
-    rows = sorted(rows, key=lambda r: (hash(r.user) % 5, r.timestamp))  # interleave users
-    return [
-        InteractionEvent(
-            user_id=r.user,
-            item_id=r.item,
-            rating=r.rating,
-            text=r.text,
-            event_time=r.timestamp,
-            review_event_id=f"r{n}",
-            rating_event_id=f"s{n}",
-        )
-        for n, r in enumerate(rows)
-    ]
 
 
 def _session(tmp: Path, encoder: Path, name: str) -> LearnerSession:
@@ -64,7 +46,7 @@ def _take(session: LearnerSession, events: list[InteractionEvent], start: int, a
 
 @pytest.fixture
 def events(tmp_path: Path) -> list[InteractionEvent]:
-    return _events(tmp_path / "sample.jsonl")
+    return sample_events(tmp_path / "sample.jsonl", users=40, groups=5)
 
 
 @pytest.fixture

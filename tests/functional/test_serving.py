@@ -17,9 +17,6 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from drex_model.evaluate.data import load_interactions
-from drex_model.evaluate.sample import write_sample
-from drex_model.types import Interaction
 from serving.openapi import spec
 from serving.replica import NotReady, Replica
 from serving.server import build_app
@@ -27,21 +24,7 @@ from streams.agents.index import IndexFeeder
 from streams.agents.learn import LearnerSession
 from streams.events import InteractionEvent
 from streams.settings import WorkerSettings
-
-
-def _events(rows: list[Interaction]) -> list[InteractionEvent]:
-    return [
-        InteractionEvent(
-            user_id=r.user,
-            item_id=r.item,
-            rating=r.rating,
-            text=r.text,
-            event_time=r.timestamp,
-            review_event_id=f"r{n}",
-            rating_event_id=f"s{n}",
-        )
-        for n, r in enumerate(rows)
-    ]
+from tests.functional.streamed import sample_events
 
 
 class Stream:
@@ -57,9 +40,7 @@ class Stream:
             checkpoint_every=0,
         )
         self.session = LearnerSession(self.settings, IndexFeeder(tmp / "state" / "index"))
-        rows = load_interactions(write_sample(tmp / "sample.jsonl", users=60)).interactions
-        # interleave users, as a live stream does (the sample lists them one by one)
-        self.events = _events(sorted(rows, key=lambda r: (hash(r.user) % 7, r.timestamp)))
+        self.events = sample_events(tmp / "sample.jsonl", users=60, groups=7)
         self.offset = 0
 
     def feed(self, n: int) -> list[InteractionEvent]:

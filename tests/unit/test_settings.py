@@ -30,6 +30,7 @@ def test_environment_then_overrides() -> None:
         ({"DREX_VARIANT": "drex-mlp"}, "catalogue"),
         ({"DREX_ROLE": "boss"}, "role"),
         ({"DREX_PRODUCER_LINGER": "-1"}, "producer_linger"),
+        ({"DREX_ENCODE_WINDOW": "0"}, "encode_window"),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], match: str) -> None:
