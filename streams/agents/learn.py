@@ -20,10 +20,11 @@ its own folder holds: give the ``learn`` role to one worker at a time in that se
 **A take** is what the agent reads at once: up to ``encode_window`` interactions (1024)
 when a backlog is there, fewer when ``batch_within`` passes first. Its reviews are
 encoded first, in one pass sorted by length (:meth:`LearnerSession.encode_ahead`: a
-micro-batch of 256 pads ~11% more tokens than a sorted window of 1024, and the encoder
-is the cost of a text interaction); then its micro-batches of ``batch_size`` are learned
-and persisted one by one, as below; then the learner's review cache is swept of reviews
-no pending message needs (:meth:`LearnerSession.sweep`).
+micro-batch of 256 pads ~5% more tokens than a sorted window of 1024, and the encoder is
+the cost of a text interaction); then its micro-batches of ``batch_size`` are learned
+and persisted one by one, as below, while this worker still holds ``interactions`` (the
+rest of a take revoked midway is the new owner's); then the learner's review cache is
+swept of reviews no pending message needs (:meth:`LearnerSession.sweep`).
 
 **A micro-batch**, in the learner's thread (one dedicated thread, so the event loop keeps
 serving joins and heartbeats while the CPU works):
@@ -454,6 +455,8 @@ def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> L
                 seconds = await in_learner_thread(session.encode_ahead, [d for _, d in decoded])
                 metrics.ENCODE_SECONDS.observe(seconds)
             for start in range(0, len(decoded), settings.batch_size):
+                if not owned():  # revoked midway: the new owner reads the rest
+                    break
                 chunk = decoded[start : start + settings.batch_size]
                 await learn_micro_batch([d for _, d in chunk], [e for e, _ in chunk])
             await in_learner_thread(session.sweep)
