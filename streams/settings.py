@@ -40,7 +40,9 @@ class WorkerSettings:
     # DREX_ENCODE_WINDOW: interactions the learner takes at once when a backlog is there
     # (at least batch_size); their reviews are encoded in one pass sorted by length
     # (fewer padded tokens), then learned and persisted micro-batch by micro-batch. A
-    # take's first results wait for its whole encoding (docs/results.md)
+    # take's first results wait for its whole encoding, and a rebalance waits for the
+    # take in progress: on a 2-core CPU 1024 reviews take ~30 s (faust's rebalance
+    # timeout is 60 s), so keep window / encoder rate well under that (docs/results.md)
     encode_window: int = 1024
     # DREX_JOIN_BATCH_SIZE: source messages the join handles as one step (one broker
     # round trip for its interactions, one table write per touched row)

@@ -22,9 +22,11 @@ when a backlog is there, fewer when ``batch_within`` passes first. Its reviews a
 encoded first, in one pass sorted by length (:meth:`LearnerSession.encode_ahead`: a
 micro-batch of 256 pads ~5% more tokens than a sorted window of 1024, and the encoder is
 the cost of a text interaction); then its micro-batches of ``batch_size`` are learned
-and persisted one by one, as below, while this worker still holds ``interactions`` (the
-rest of a take revoked midway is the new owner's); then the learner's review cache is
-swept of reviews no pending message needs (:meth:`LearnerSession.sweep`).
+and persisted one by one, as below; then the learner's review cache is swept of reviews
+no pending message needs (:meth:`LearnerSession.sweep`). A rebalance waits for the take
+in progress (faust's ``wait_empty``) before the partition moves; should the assignment
+change under it anyway, the take stops between micro-batches and the rest is the new
+owner's.
 
 **A micro-batch**, in the learner's thread (one dedicated thread, so the event loop keeps
 serving joins and heartbeats while the CPU works):
