@@ -104,7 +104,6 @@ def stream_run(
     them, until every pair was joined (the join's own capacity)."""
     plan = plan_events(rows, seed=0, rating_only=rating_only)
     slug = "".join(c if c.isalnum() else "-" for c in name)
-    learns = any(role in ("all", "learn") for role in roles)
     ports = [free_port() for _ in roles]
     with EmbeddedBroker(log_dir=workdir / f"tansu-{slug}") as broker, ExitStack() as stack:
         procs = []
@@ -138,11 +137,11 @@ def stream_run(
             proc = spawn(command, log=log)
             stack.callback(_stop, proc)
             procs.append(proc)
-        learner = next((n for n, r in enumerate(roles) if r in ("all", "learn")), 0)
+        learner = next((n for n, r in enumerate(roles) if r in ("all", "learn")), None)
         for n, role in enumerate(roles):
             if role in ("all", "join"):
                 wait(ports[n], "drex_join_partitions", 1.0, 300, procs[n])
-        if learns:
+        if learner is not None:
             wait(ports[learner], "drex_owns_learner", 1.0, 300, procs[learner])
 
         async def send() -> None:
@@ -152,7 +151,7 @@ def stream_run(
 
         started = time.monotonic()
         asyncio.run(send())
-        if learns:
+        if learner is not None:
             total = "drex_learner_interactions_total"
             m = wait(ports[learner], total, plan.truth.interactions, 3600, procs[learner])
         else:

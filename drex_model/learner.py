@@ -745,10 +745,8 @@ class DReXLearner:
         if pending is not None:
             stored = self.user_keywords if side == "users" else self.item_keywords
             for key in unique:
-                profile = stored.profile(key)
-                for word, w in pending.profile(key).items():
-                    profile[word] = profile.get(word, 0.0) + w
-                profiles.append(profile)
+                pending.add(key, stored.profile(key))
+            profiles = [pending.profile(key) for key in unique]
         if len(unique) == len(ids):
             return vectors, profiles
         at = {key: n for n, key in enumerate(unique)}

@@ -158,17 +158,11 @@ class TextEncoder:
         out: list[EncodedReview | None] = [None] * len(texts)
         batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         bar = _progress(batches, progress, desc="encoding reviews", unit="batch")
-        pad = self.tokenizer.pad_token_id or 0
         for batch in bar:
-            width = max(lengths[j] for j in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for row, j in enumerate(batch):  # right padding, as the tokenizer pads
-                ids[row, : lengths[j]] = torch.tensor(enc["input_ids"][j])
-                mask[row, : lengths[j]] = 1
-            inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-            if "token_type_ids" in enc:  # BERT's; one segment
-                inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+            padded = self.tokenizer.pad(
+                {key: [enc[key][j] for j in batch] for key in enc}, return_tensors="pt"
+            )
+            inputs = {key: value.to(self.device) for key, value in padded.items()}
             with torch.autocast(
                 self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
             ):

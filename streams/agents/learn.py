@@ -294,11 +294,8 @@ class LearnerSession:
         # Interactions already in the store come again after a crash, which may have hit
         # between the store's write and the embedding tables' changelog: their entities'
         # current representations are written again (overwrite-only, so harmless).
-        for side, table in (("users", learner.users), ("items", learner.items)):
-            for e in replayed:
-                key = e.user_id if side == "users" else e.item_id
-                if key in table.index:
-                    changed[side].add(key)
+        changed["users"] |= {e.user_id for e in replayed if e.user_id in learner.users.index}
+        changed["items"] |= {e.item_id for e in replayed if e.item_id in learner.items.index}
         ordered = {side: sorted(ids_) for side, ids_ in changed.items()}
         views = {side: learner.snapshot(side, ordered[side]) for side in ordered}
         vectors = {side: view[0] for side, view in views.items()}
