@@ -23,7 +23,14 @@ Musical Instruments file when it is there (real interleaving of users and items,
 sets how far a micro-batch parallelises), else the generated sample, whose rows come
 grouped by user (each user's interactions back to back: a worst case for the learner).
 
-    python benchmarks/stream_bench.py [--interactions 4000] [--batch-size 256]
+One burst of a few thousand events measures latency as much as throughput: the last
+lone ratings wait a join window, the last micro-batch waits its ``within``. ``--passes
+N`` streams the N interactions ``--passes`` times over, each pass with its own users and
+items (ids suffixed ``~k``, event times shifted past the previous pass, and reviews
+ending `` ~k``, as the worker's review cache would otherwise find them encoded), so that
+a longer stream of the same shape shows the sustained rate.
+
+    python benchmarks/stream_bench.py [--interactions 4000] [--passes 1] [--batch-size 256]
         [--dataset FILE] [--threads 2] [--encoder DIR] [--layout one|split]
 """
 
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -75,6 +83,25 @@ class Run:
 
 
 POLL_SECONDS = 0.5  # a scrape costs the worker ~4 ms of CPU (and its GIL): poll gently
+
+
+def replay(rows: Sequence[Interaction], passes: int) -> list[Interaction]:
+    """``rows`` ``passes`` times over, each pass with its own users, items and review
+    texts and its event times after the previous pass's."""
+    if passes == 1:
+        return list(rows)
+    span = max(r.timestamp for r in rows) - min(r.timestamp for r in rows) + 1
+    return [
+        dataclasses.replace(
+            r,
+            user=f"{r.user}~{k}",
+            item=f"{r.item}~{k}",
+            text=f"{r.text} ~{k}" if r.text else r.text,
+            timestamp=r.timestamp + k * span,
+        )
+        for k in range(passes)
+        for r in rows
+    ]
 
 
 def wait(port: int, name: str, target: float, timeout: float, proc: object) -> dict[str, float]:
@@ -192,8 +219,6 @@ def learner_rate(rows: Sequence[Interaction], args: argparse.Namespace, encoder:
     """Interactions/s of ``learn_many`` alone on the same ratings, in micro-batches, with
     the learner built as the worker builds it (text-capable: a rating's missing review
     still goes through fusion as zeros)."""
-    import dataclasses
-
     from drex_model.learner import DReXLearner
     from drex_model.model import DReXConfig
 
@@ -210,6 +235,13 @@ def learner_rate(rows: Sequence[Interaction], args: argparse.Namespace, encoder:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interactions", type=int, default=4000)
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="stream the interactions this many times over, with new users and items "
+        "each pass (a sustained stream rather than one burst)",
+    )
     parser.add_argument(
         "--dataset",
         default=str(DEFAULT_DATASET) if DEFAULT_DATASET.exists() else "sample",
@@ -243,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = set(args.streams.split(","))
     if not chosen or not chosen <= {"text", "ratings", "join"}:
         parser.error(f"--streams takes text, ratings and join, got {args.streams!r}")
+    if args.passes < 1:
+        parser.error(f"--passes must be at least 1, got {args.passes}")
 
     workdir = Path(tempfile.mkdtemp(prefix="drex-stream-bench-"))
     try:
@@ -251,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data = write_sample(workdir / "sample.jsonl", users=users)
         else:
             data = Path(args.dataset)
-        rows = load_interactions(data).interactions[: args.interactions]
+        rows = replay(load_interactions(data).interactions[: args.interactions], args.passes)
         import torch
 
         from drex_model.text import TextEncoder
@@ -279,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(
-        f"{Path(args.dataset).name}: {len(rows)} interactions, {args.threads} torch threads, "
+        f"{Path(args.dataset).name}: {len(rows)} interactions ({args.passes} passes), "
+        f"{args.threads} torch threads, "
         f"layout {args.layout}, batch {args.batch_size}, "
         f"join window {args.join_window} s, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     )

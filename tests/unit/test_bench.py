@@ -1,0 +1,39 @@
+"""The benchmark's sustained stream: each pass new users, items and reviews, later."""
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from drex_model.types import Interaction
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "stream_bench.py"
+
+
+def _stream_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("stream_bench", _PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_replay_passes_are_disjoint_and_in_time_order() -> None:
+    rows = [
+        Interaction("ann", "amp", 5.0, "warm tone", 10.0),
+        Interaction("bob", "amp", 4.0, None, 12.0),
+        Interaction("ann", "cable", None, "short", 15.0),
+    ]
+    bench = _stream_bench()
+    assert bench.replay(rows, 1) == rows
+    out = bench.replay(rows, 3)
+    assert len(out) == 9
+    assert [r.timestamp for r in out] == sorted(r.timestamp for r in out)
+    for k in range(3):
+        part = out[3 * k : 3 * k + 3]
+        assert {r.user for r in part} == {f"ann~{k}", f"bob~{k}"}
+        assert [r.rating for r in part] == [5.0, 4.0, None]
+    texts = [r.text for r in out if r.text]
+    assert len(set(texts)) == len(texts) == 6  # no pass finds another's reviews cached
+    assert out[4].text is None
