@@ -313,8 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(
-        f"{Path(args.dataset).name}: {len(rows)} interactions ({args.passes} passes), "
-        f"{args.threads} torch threads, "
+        f"{Path(args.dataset).name}: {len(rows)} interactions"
+        + (f" ({args.passes} passes)" if args.passes > 1 else "")
+        + f", {args.threads} torch threads, "
         f"layout {args.layout}, batch {args.batch_size}, "
         f"join window {args.join_window} s, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     )
