@@ -45,8 +45,9 @@ serving joins and heartbeats while the CPU works):
    write a versioned checkpoint folder (keeping the last few) and sweep the store.
 
 Back on the event loop the changed representations are mirrored, as float32 bytes, into
-the ``user-embeddings`` and ``item-embeddings`` tables, whose changelogs serving
-replicas follow (overwrite-only, so replaying them is harmless). Faust acknowledges a
+the ``user-embeddings`` and ``item-embeddings`` tables, whose changelog topics let any
+Kafka consumer follow the embeddings (``drex serve`` reads the learner store instead;
+overwrite-only, so replaying them is harmless). Faust acknowledges a
 take's records only after the agent's body has gone through all of it (``take_events``),
 so the consumer group never commits past what the store holds. It acknowledges them also
 when the body raises, so a failed micro-batch is not left to faust: it is retried from
