@@ -37,3 +37,12 @@ def test_replay_passes_are_disjoint_and_in_time_order() -> None:
     texts = [r.text for r in out if r.text]
     assert len(set(texts)) == len(texts) == 6  # no pass finds another's reviews cached
     assert out[4].text is None
+
+
+def test_second_half_rate_leaves_the_opening_out() -> None:
+    bench = _stream_bench()
+    # a slow opening (10 in 10 s), then 90 more in 9 s: 10/s from half (50 at t=14) on
+    trace = [(0.0, 0.0), (10.0, 10.0), (12.0, 30.0), (14.0, 50.0), (19.0, 100.0)]
+    assert bench.second_half_rate(trace) == 10.0
+    assert bench.second_half_rate([(3.0, 5.0)]) is None  # one scrape spans no time
+    assert bench.second_half_rate([]) is None
