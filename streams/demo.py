@@ -11,7 +11,8 @@ keeps serving until Ctrl-C (or ``--serve-for`` seconds), then stops the server, 
 worker and the broker, in that order, and removes its temporary state.
 
 The children run in their own sessions, so Ctrl-C reaches only this process, which
-stops them cleanly; nothing is left running.
+stops them cleanly; nothing is left running. SIGTERM and SIGHUP (``kill``, a closed
+terminal, a container stopping) stop it the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -151,6 +153,22 @@ def _state_dir(path: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _interrupt_on_terminate() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does, so the same clean-up
+    stops the children instead of leaving them running."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _send(broker: str, events: Any, done: threading.Event, errors: list[BaseException]) -> None:
     from streams.producer import EventProducer
 
@@ -217,7 +235,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     try:
-        with _state_dir(args.state_dir) as state:
+        with _interrupt_on_terminate(), _state_dir(args.state_dir) as state:
             dataset = args.dataset
             if dataset == "sample":
                 dataset = str(write_sample(state / "sample.jsonl"))
