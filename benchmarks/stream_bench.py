@@ -126,9 +126,10 @@ def wait(
     deadline = time.monotonic() + timeout
     while True:
         m = scrape(port)
+        value = m.get(name, 0.0)
         if trace is not None:
-            trace.append((time.monotonic(), m.get(name, 0.0)))
-        if m.get(name, 0.0) >= target:
+            trace.append((time.monotonic(), value))
+        if value >= target:
             return m
         if proc.poll() is not None or time.monotonic() > deadline:  # type: ignore[attr-defined]
             raise RuntimeError(f"worker stopped or timed out waiting for {name} >= {target}")
@@ -143,6 +144,13 @@ def second_half_rate(trace: Sequence[tuple[float, float]]) -> float | None:
     end, final = trace[-1]
     t, value = next((t, v) for t, v in trace if v >= final / 2)
     return (final - value) / (end - t) if end > t else None
+
+
+def print_ratios(label: str, run: Run, alone: float, ceiling: str) -> None:
+    """End to end and second half against a ceiling measured alone."""
+    print(f"{label} end to end / {ceiling}: {run.rate / alone:.2f}")
+    if run.second_half is not None:
+        print(f"second half / {ceiling}: {run.second_half / alone:.2f}")
 
 
 def stream_run(
@@ -366,16 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"encoder alone: {reviews_per_s:.1f} reviews/s (before the text stream "
             f"{before[0]:.1f}, after {after[0]:.1f}; {after[1]:.0f} tokens/s)"
         )
-        text = runs["text"]
-        print(f"text+rating end to end / encoder alone: {text.rate / reviews_per_s:.2f}")
-        if text.second_half is not None:
-            print(f"second half / encoder alone: {text.second_half / reviews_per_s:.2f}")
+        print_ratios("text+rating", runs["text"], reviews_per_s, "encoder alone")
     if "ratings" in runs:
         print(f"learner alone (ratings only): {learner_per_s:.0f} interactions/s")
-        ratings = runs["ratings"]
-        print(f"rating-only end to end / learner alone: {ratings.rate / learner_per_s:.2f}")
-        if ratings.second_half is not None:
-            print(f"second half / learner alone: {ratings.second_half / learner_per_s:.2f}")
+        print_ratios("rating-only", runs["ratings"], learner_per_s, "learner alone")
     if "join" in runs:
         speedup = runs["join"].rate / runs["join1"].rate
         print(f"join, batched steps / one message per step: {speedup:.1f}x")

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
@@ -417,6 +417,17 @@ class EmbeddedBroker:
         return f"<EmbeddedBroker {state}>"
 
 
+@contextlib.contextmanager
+def handling(handler: Callable[[int, Any], None], *signals: signal.Signals) -> Iterator[None]:
+    """``handler`` for ``signals`` while the block runs; the previous handlers after."""
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     """``drex broker``: run Tansu in the foreground until Ctrl-C or SIGTERM."""
     stop = threading.Event()
@@ -424,30 +435,28 @@ def cmd_broker(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    broker = EmbeddedBroker(args.port, log_dir=args.log_dir)
-    try:
+    with handling(on_signal, signal.SIGINT, signal.SIGTERM):
+        broker = EmbeddedBroker(args.port, log_dir=args.log_dir)
         try:
-            broker.start()
-        except BrokerError as exc:
-            print(f"drex broker: {exc}", file=sys.stderr)
-            return 1
-        print(f"broker ready: {broker.url} (bootstrap {broker.bootstrap})", flush=True)
-        print(f"log: {broker.log_path}; memory only, Ctrl-C to stop", flush=True)
-        while not stop.wait(0.5):
-            if not broker.running:
-                print(
-                    f"drex broker: tansu exited unexpectedly; log {broker.log_path}:\n"
-                    f"{_tail(broker.log_path) if broker.log_path else ''}",
-                    file=sys.stderr,
-                )
+            try:
+                broker.start()
+            except BrokerError as exc:
+                print(f"drex broker: {exc}", file=sys.stderr)
                 return 1
-        print("stopping broker", flush=True)
-        return 0
-    finally:
-        broker.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            print(f"broker ready: {broker.url} (bootstrap {broker.bootstrap})", flush=True)
+            print(f"log: {broker.log_path}; memory only, Ctrl-C to stop", flush=True)
+            while not stop.wait(0.5):
+                if not broker.running:
+                    print(
+                        f"drex broker: tansu exited unexpectedly; log {broker.log_path}:\n"
+                        f"{_tail(broker.log_path) if broker.log_path else ''}",
+                        file=sys.stderr,
+                    )
+                    return 1
+            print("stopping broker", flush=True)
+            return 0
+        finally:
+            broker.stop()
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

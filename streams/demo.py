@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from streams.broker import EmbeddedBroker, free_port
+from streams.broker import EmbeddedBroker, free_port, handling
 from streams.metrics import scrape
 
 
@@ -153,20 +153,9 @@ def _state_dir(path: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _interrupt_on_terminate() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does, so the same clean-up
-    stops the children instead of leaving them running."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP act as Ctrl-C, so the same clean-up stops the children."""
+    raise KeyboardInterrupt
 
 
 def _send(broker: str, events: Any, done: threading.Event, errors: list[BaseException]) -> None:
@@ -235,7 +224,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     try:
-        with _interrupt_on_terminate(), _state_dir(args.state_dir) as state:
+        with (
+            handling(_interrupt, signal.SIGTERM, signal.SIGHUP),
+            _state_dir(args.state_dir) as state,
+        ):
             dataset = args.dataset
             if dataset == "sample":
                 dataset = str(write_sample(state / "sample.jsonl"))
