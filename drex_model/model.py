@@ -15,8 +15,9 @@ D embedding size (d), S rating levels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, get_type_hints
 
 import torch
 from torch import nn
@@ -76,6 +77,33 @@ class DReXConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``--set``) as typed :class:`DReXConfig` overrides.
+
+    Each value is parsed as its field's type (pydantic's lax rules: ``false``, ``no``,
+    ``off`` and ``0`` are False); an unknown key or a value of the wrong type raises
+    ``ValueError`` naming it, so ``use_text=nope`` is refused, not kept as a string.
+
+    >>> parse_overrides(["use_text=no", "lr=0.01", "dim=32"])
+    {'use_text': False, 'lr': 0.01, 'dim': 32}
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    types = get_type_hints(DReXConfig)
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or key not in types:
+            raise ValueError(f"expected KEY=VALUE with KEY one of {sorted(types)}; got {pair!r}")
+        try:
+            out[key] = TypeAdapter(types[key]).validate_python(value.strip())
+        except ValidationError as err:
+            reason = err.errors()[0]["msg"]
+            raise ValueError(f"{key}={value!r}: {reason} ({types[key].__name__})") from None
+    return out
 
 
 class ReviewEncoder(nn.Module):

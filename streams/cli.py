@@ -12,32 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    if text.lower() in {"true", "false"}:
-        return text.lower() == "true"
-    return text
-
-
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    from dataclasses import fields
+    """``--set KEY=VALUE`` pairs as typed model settings; a bad one exits with its reason."""
+    from drex_model.model import parse_overrides as parse
 
-    from drex_model.model import DReXConfig
-
-    known = {f.name for f in fields(DReXConfig)}
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in known:
-            raise SystemExit(
-                f"--set expects KEY=VALUE with KEY one of {sorted(known)}; got {pair!r}"
-            )
-        out[key] = _parse_value(value)
-    return out
+    try:
+        return parse(pairs)
+    except ValueError as err:
+        raise SystemExit(f"--set: {err}") from None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
