@@ -62,7 +62,8 @@ from drex_model.evaluate.sample import write_sample
 from drex_model.types import Interaction
 from streams.broker import EmbeddedBroker, free_port
 from streams.metrics import scrape
-from streams.producer import EventProducer, plan_events
+from streams.plan import plan_events
+from streams.producer import EventProducer
 from streams.settings import WorkerSettings
 from streams.worker import spawn
 

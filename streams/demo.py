@@ -220,7 +220,7 @@ def _show(stack: Stack, users: list[str], per_user: dict[str, int], k: int) -> N
 def cmd_demo(args: argparse.Namespace) -> int:
     from drex_model.evaluate.data import load_interactions
     from drex_model.evaluate.sample import write_sample
-    from streams.producer import plan_events
+    from streams.plan import plan_events
 
     started = time.monotonic()
     try:

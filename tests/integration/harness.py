@@ -13,7 +13,8 @@ from drex_model.types import Interaction
 from streams.broker import EmbeddedBroker, free_port
 from streams.compat import tansu_end_offsets
 from streams.metrics import scrape
-from streams.producer import EventPlan, EventProducer, plan_events
+from streams.plan import EventPlan, plan_events
+from streams.producer import EventProducer
 from streams.worker import spawn
 
 JOIN_WINDOW = "2"  # short, so that lone halves expire during the test

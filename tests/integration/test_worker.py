@@ -26,7 +26,7 @@ from streams.events import (
     parse_dead_letter,
     validate_review,
 )
-from streams.producer import EventPlan
+from streams.plan import EventPlan
 from streams.state import LearnerStore
 from tests.conftest import shared_dataset
 from tests.integration.harness import (

@@ -28,14 +28,8 @@ from streams.events import (
     validate_rating,
     validate_review,
 )
-from streams.producer import (
-    EventPlan,
-    bootstrap_servers,
-    event_id_for,
-    interactions_to_events,
-    plan_events,
-    register,
-)
+from streams.plan import EventPlan, event_id_for, interactions_to_events, plan_events
+from streams.producer import bootstrap_servers, register
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
