@@ -15,27 +15,22 @@ import numpy as np
 import pytest
 
 from drex_model.evaluate.data import load_interactions
-from drex_model.evaluate.runner import EvaluateOptions, evaluate
-from drex_model.evaluate.sample import write_sample
-from drex_model.types import Interaction
-from streams.events import RATINGS_TOPIC, REVIEWS_TOPIC, encode_rating, encode_review
-from streams.producer import Event, plan_events
-from streams.replay import (
+from drex_model.evaluate.prequential import (
     Checkpoint,
     DReXStream,
     PrequentialSettings,
     RunningBaseline,
-    SourceRecord,
     checkpoints,
-    feed_order,
-    interactions_digest,
-    main,
-    parse_offsets,
-    parse_time,
     prequential,
-    reconstruct,
     run_stream,
 )
+from drex_model.evaluate.runner import EvaluateOptions, evaluate
+from drex_model.evaluate.sample import write_sample
+from drex_model.types import Interaction
+from streams.events import RATINGS_TOPIC, REVIEWS_TOPIC, encode_rating, encode_review
+from streams.plan import Event, plan_events
+from streams.reconstruct import SourceRecord, feed_order, interactions_digest, reconstruct
+from streams.replay import main, parse_offsets, parse_time
 
 T0 = 1_700_000_000.0
 

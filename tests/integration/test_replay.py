@@ -15,8 +15,9 @@ from drex_model.evaluate.runner import EvaluateOptions, evaluate
 from drex_model.evaluate.sample import write_sample
 from streams.broker import EmbeddedBroker, create_topics
 from streams.events import RATINGS_TOPIC, REVIEWS_TOPIC
-from streams.producer import plan_events
-from streams.replay import OffsetBound, interactions_digest, main, read_records, reconstruct
+from streams.plan import plan_events
+from streams.reconstruct import interactions_digest, reconstruct
+from streams.replay import OffsetBound, main, read_records
 from tests.integration.harness import send
 
 pytestmark = pytest.mark.integration
