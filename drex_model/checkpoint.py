@@ -2,7 +2,7 @@
 
 Two granularities, because the streaming worker and a human need different things:
 
-* **Pieces** for an incremental store (the worker's RocksDB, ``streams/state.py``): the
+* **Pieces** for an incremental store (the learner store, ``drex_store/learner.py``): the
   *dense* part (the shared network, both optimisers' state, the step counter and the
   config) as one safetensors blob, :func:`dense_state_bytes` / :func:`load_dense_state`,
   and each user's or item's complete state as an :class:`EntityRow`,
@@ -16,16 +16,15 @@ Only safetensors and JSON are ever written or read: nothing here unpickles, so l
 checkpoint cannot run code. Every blob carries :data:`FORMAT_VERSION`; a reader refuses
 another version and a config other than the learner's, instead of misreading them.
 
-What an entity row holds: the memory and whether it is set, the pending message (the
-encoded review itself, since review ids index a per-process cache, and the rating), the
-interaction count and rating sums that ``_mean`` and the shrunk deviations read, the
-learnable init/bias/static rows with their SparseAdam moments, and the user's seen
-items. Not saved: gradients accumulated towards the next optimiser step (at most
+What an entity row holds: see :class:`drex_model.formats.EntityRow` (byte formats
+live in that torch-free module). Pending reviews travel by their content key. Not
+saved: gradients accumulated towards the next optimiser step (at most
 ``step_size`` rated interactions' worth; a restored learner starts a fresh accumulation)
 and drex-mlp's preference ratings (that variant needs a fixed catalogue).
 
-This module reads the learner's tables directly: it is the learner's serialisation, kept
-out of ``learner.py`` so that the learning code stays one readable file.
+This module is the learner's serialisation, written against its public surface
+(``table``, ``register``, ``seen_items``, ``discard_partial_step``, the optimisers),
+kept out of ``learner.py`` so that the learning code stays one readable file.
 """
 
 from __future__ import annotations
@@ -33,31 +32,33 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from drex_model.learner import DReXLearner, EntityTable
+from drex_model.formats import (
+    FORMAT_VERSION,
+    SIDES,
+    VECTORS,
+    EntityRow,
+    FormatError,
+    ReviewArrays,
+    dense_metadata,
+    safetensors_metadata,
+)
+from drex_model.learner import DReXLearner
 from drex_model.model import DReXConfig
 from drex_model.text import EncodedReview, ReviewCache, TextEncoder
 
-FORMAT_VERSION: Final = 1
-SIDES: Final = ("users", "items")
-# Row vectors of an entity, in this order, each (D,): see EntityRow.vectors.
-VECTORS: Final = ("memory", "init", "static", "m_init", "v_init", "m_static", "v_static")
 _PARAMS: Final = ("init", "bias", "static")
+__all__ = ["CheckpointError", "EntityRow", "dense_metadata"]  # re-exported for callers
 
-
-class CheckpointError(ValueError):
-    """A blob or folder of another format version, another config, or damaged."""
+CheckpointError = FormatError  # another format version, another config, or damaged
 
 
 # --- the dense part ---------------------------------------------------------------------
@@ -89,25 +90,6 @@ def dense_state_bytes(learner: DReXLearner, extra: dict[str, Any] | None = None)
     return bytes(st_save(tensors, metadata=meta))
 
 
-def dense_metadata(data: bytes) -> dict[str, Any]:
-    """The metadata of a dense blob (format, config, step, extra), checked, unparsed
-    tensors left alone."""
-    meta = _header_metadata(data)
-    if meta.get("kind") != "drex-dense":
-        raise CheckpointError("not a drex dense-state blob")
-    if meta.get("format") != str(FORMAT_VERSION):
-        raise CheckpointError(
-            f"dense state has format version {meta.get('format')!r}; this drex reads "
-            f"{FORMAT_VERSION}"
-        )
-    return {
-        "format": int(meta["format"]),
-        "config": json.loads(meta["config"]),
-        "step": int(meta["step"]),
-        "extra": json.loads(meta.get("extra", "{}")),
-    }
-
-
 def load_dense_state(learner: DReXLearner, data: bytes) -> dict[str, Any]:
     """Load :func:`dense_state_bytes`'s output into ``learner``; returns its ``extra``.
 
@@ -119,7 +101,7 @@ def load_dense_state(learner: DReXLearner, data: bytes) -> dict[str, Any]:
             "the saved learner has another config: "
             f"{_config_diff(info['config'], learner.config.to_dict())}"
         )
-    meta = _header_metadata(data)
+    meta = safetensors_metadata(data)
     tensors = st_load(data)
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
     learner.model.load_state_dict(model_state)
@@ -135,7 +117,7 @@ def load_dense_state(learner: DReXLearner, data: bytes) -> dict[str, Any]:
     learner.optimizer.load_state_dict({"state": state, "param_groups": groups})
     steps = json.loads(meta["sparse_steps"])
     for side in SIDES:
-        table = _table(learner, side)
+        table = learner.table(side)
         for name in _PARAMS:
             n = int(steps.get(f"{side}.{name}", 0))
             param = getattr(table, name)
@@ -145,17 +127,14 @@ def load_dense_state(learner: DReXLearner, data: bytes) -> dict[str, Any]:
                 slot.setdefault("exp_avg", torch.zeros_like(param))
                 slot.setdefault("exp_avg_sq", torch.zeros_like(param))
     learner.step = info["step"]
-    learner._accumulated = 0  # the partial gradient is not saved: start a new one
-    learner._loss = None
-    learner.optimizer.zero_grad(set_to_none=True)
-    learner.sparse_optimizer.zero_grad(set_to_none=True)
+    learner.discard_partial_step()  # the partial gradient is not saved: start a new one
     return dict(info["extra"])
 
 
 def _sparse_steps(learner: DReXLearner) -> dict[str, int]:
     out = {}
     for side in SIDES:
-        table = _table(learner, side)
+        table = learner.table(side)
         for name in _PARAMS:
             slot = learner.sparse_optimizer.state.get(getattr(table, name), {})
             out[f"{side}.{name}"] = int(slot.get("step", 0))
@@ -165,32 +144,13 @@ def _sparse_steps(learner: DReXLearner) -> dict[str, int]:
 # --- entity rows --------------------------------------------------------------------------
 
 
-@dataclass
-class EntityRow:
-    """One user's or item's whole state (see the module docstring)."""
-
-    id: str
-    vectors: npt.NDArray[np.float32]  # (7, D): VECTORS, in order
-    bias: float = 0.0
-    m_bias: float = 0.0
-    v_bias: float = 0.0
-    has_memory: bool = False
-    has_pending: bool = False
-    pending_review: EncodedReview | None = None  # the review of the pending message
-    pending_index: int = -1  # its index in the exporting learner's cache (-1: none)
-    pending_rating: float | None = None
-    count: int = 0
-    rating_sum: float = 0.0
-    rating_count: float = 0.0
-    seen: list[str] = field(default_factory=list)  # users: items interacted with
-
-
 def export_rows(learner: DReXLearner, side: str, ids: Sequence[str]) -> list[EntityRow]:
     """The rows of known ``ids`` of ``side`` ("users" or "items"); unknown ids raise."""
-    table = _table(learner, side)
+    table = learner.table(side)
     missing = [k for k in ids if k not in table.index]
     if missing:
         raise KeyError(f"unknown {side}: {missing[:5]}")
+    cache = learner.cache
     if not ids:
         return []
     rows = torch.tensor([table.index[k] for k in ids], dtype=torch.long, device=table.memory.device)
@@ -246,13 +206,13 @@ def export_rows(learner: DReXLearner, side: str, ids: Sequence[str]) -> list[Ent
                 v_bias=float(sc[n, 2]),
                 has_memory=bool(has_memory[n]),
                 has_pending=bool(has_pending[n]),
-                pending_review=learner.cache.reviews[pending[n]] if pending[n] >= 0 else None,
-                pending_index=int(pending[n]),
+                pending_key=cache.key(pending[n]) if pending[n] >= 0 else None,
+                pending_review=cache.reviews[pending[n]] if pending[n] >= 0 else None,
                 pending_rating=None if math.isnan(rating) else rating,
                 count=int(counts[n]),
                 rating_sum=float(sc[n, 3]),
                 rating_count=float(sc[n, 4]),
-                seen=sorted(learner._seen.get(key, ())) if side == "users" else [],
+                seen=sorted(learner.seen_items(key)) if side == "users" else [],
             )
         )
     return out
@@ -261,26 +221,17 @@ def export_rows(learner: DReXLearner, side: str, ids: Sequence[str]) -> list[Ent
 def import_rows(learner: DReXLearner, side: str, rows: Sequence[EntityRow]) -> None:
     """Write ``rows`` into ``learner`` (registering unknown ids); overwrites known ones.
 
-    Pending reviews are appended to the learner's review cache (once per object), so the
-    learner can fold them in without the encoder.
+    Pending reviews go into the learner's review cache under their content key, so the
+    learner can fold them in without the encoder; a row with a pending key must carry
+    its review (``pending_review``) unless the cache holds that key already.
     """
     if not rows:
         return
-    table = _table(learner, side)
-    idx = learner._rows(table, [r.id for r in rows])  # grows the table and SparseAdam's state
+    table = learner.table(side)
+    idx = learner.register(side, [r.id for r in rows])  # grows the table and SparseAdam's
     device = table.memory.device
     vec = torch.from_numpy(np.stack([r.vectors for r in rows])).to(device)  # (B, 7, D)
-    review_index: dict[int, int] = {}
-    pending = []
-    for r in rows:
-        if r.pending_review is None:
-            pending.append(-1)
-            continue
-        key = id(r.pending_review)
-        if key not in review_index:
-            review_index[key] = len(learner.cache.reviews)
-            learner.cache.reviews.append(r.pending_review)
-        pending.append(review_index[key])
+    pending = [_cached_review(learner.cache, r) for r in rows]
 
     def col(values: list[Any], dtype: torch.dtype) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=device)
@@ -314,99 +265,37 @@ def import_rows(learner: DReXLearner, side: str, rows: Sequence[EntityRow]) -> N
     if side == "users":
         for r in rows:
             if r.seen:
-                learner._seen[r.id] = set(r.seen)
+                learner.set_seen_items(r.id, r.seen)
 
 
-def _table(learner: DReXLearner, side: str) -> EntityTable:
-    if side == "users":
-        return learner.users
-    if side == "items":
-        return learner.items
-    raise ValueError(f"side must be 'users' or 'items', not {side!r}")
+def _cached_review(cache: ReviewCache, row: EntityRow) -> int:
+    """The cache's review id of ``row``'s pending review (-1: none), adding it."""
+    if row.pending_key is None and row.pending_review is None:
+        return -1
+    if row.pending_key is None:  # a row built by hand: key the review by its object
+        return cache.put(f"row:{id(row.pending_review)}", row.pending_review)
+    if row.pending_review is None:
+        found = cache.index_of(row.pending_key)
+        if found is None:
+            raise KeyError(f"review {row.pending_key} of {row.id!r} is neither given nor cached")
+        return found
+    return cache.put(row.pending_key, row.pending_review)
 
 
-# --- entity rows as bytes (for key-value stores) -----------------------------------------
-
-_ROW_HEADER: Final = struct.Struct("<I")
-
-
-def row_to_bytes(row: EntityRow, review_key: str | None) -> bytes:
-    """A compact, pickle-free encoding: u32 header length, JSON header, float32 vectors.
-
-    The pending review itself is stored elsewhere, under ``review_key``.
-    """
-    header = {
-        "v": FORMAT_VERSION,
-        "id": row.id,
-        "bias": [row.bias, row.m_bias, row.v_bias],
-        "mem": row.has_memory,
-        "pend": row.has_pending,
-        "review": review_key,
-        "rating": row.pending_rating,
-        "count": row.count,
-        "rsum": row.rating_sum,
-        "rcount": row.rating_count,
-        "seen": row.seen,
-        "dim": int(row.vectors.shape[1]),
-    }
-    head = json.dumps(header, separators=(",", ":")).encode()
-    return _ROW_HEADER.pack(len(head)) + head + row.vectors.astype("<f4").tobytes()
-
-
-def row_from_bytes(
-    data: bytes, review: EncodedReview | None = None
-) -> tuple[EntityRow, str | None]:
-    """Inverse of :func:`row_to_bytes`; returns the row and its pending review key."""
-    (n,) = _ROW_HEADER.unpack_from(data)
-    header = json.loads(data[4 : 4 + n])
-    if header.get("v") != FORMAT_VERSION:
-        raise CheckpointError(f"entity row of format {header.get('v')!r}")
-    dim = int(header["dim"])
-    vectors = np.frombuffer(data, dtype="<f4", offset=4 + n).reshape(len(VECTORS), dim)
-    bias, m_bias, v_bias = header["bias"]
-    row = EntityRow(
-        id=header["id"],
-        vectors=vectors.astype(np.float32),
-        bias=bias,
-        m_bias=m_bias,
-        v_bias=v_bias,
-        has_memory=header["mem"],
-        has_pending=header["pend"],
-        pending_review=review,
-        pending_rating=header["rating"],
-        count=header["count"],
-        rating_sum=header["rsum"],
-        rating_count=header["rcount"],
-        seen=list(header["seen"]),
+def review_arrays(review: EncodedReview) -> ReviewArrays:
+    """A review as numpy arrays (drex_model.formats.review_to_bytes encodes those)."""
+    return ReviewArrays(
+        list(review.words),
+        review.tokens.to(torch.float16).contiguous().cpu().numpy(),
+        review.word_of_token.cpu().numpy().astype(np.int64),
     )
-    return row, header["review"]
 
 
-def review_to_bytes(review: EncodedReview) -> bytes:
-    """An encoded review: u32 header length, JSON (words, sizes), float16 tokens, int32
-    word indices."""
-    tokens = review.tokens.to(torch.float16).contiguous().cpu().numpy()
-    head = json.dumps(
-        {"v": FORMAT_VERSION, "words": review.words, "shape": list(tokens.shape)},
-        separators=(",", ":"),
-    ).encode()
-    wot = review.word_of_token.cpu().numpy().astype("<i4")
-    return _ROW_HEADER.pack(len(head)) + head + tokens.astype("<f2").tobytes() + wot.tobytes()
-
-
-def review_from_bytes(data: bytes) -> EncodedReview:
-    (n,) = _ROW_HEADER.unpack_from(data)
-    header = json.loads(data[4 : 4 + n])
-    if header.get("v") != FORMAT_VERSION:
-        raise CheckpointError(f"review of format {header.get('v')!r}")
-    t, h = header["shape"]
-    start = 4 + n
-    tokens = np.frombuffer(data, dtype="<f2", count=t * h, offset=start).reshape(t, h)
-    wot = np.frombuffer(data, dtype="<i4", count=t, offset=start + 2 * t * h)
+def encoded_review(arrays: ReviewArrays) -> EncodedReview:
     return EncodedReview(
-        words=list(header["words"]),
-        tokens=torch.from_numpy(tokens.astype(np.float16)),
-        word_of_token=torch.from_numpy(wot.astype(np.int64)),
+        words=list(arrays.words),
+        tokens=torch.from_numpy(np.ascontiguousarray(arrays.tokens, dtype=np.float16)),
+        word_of_token=torch.from_numpy(np.asarray(arrays.word_of_token, dtype=np.int64)),
     )
 
 
@@ -430,18 +319,21 @@ def save_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_FILE).write_bytes(dense_state_bytes(learner))
     pending: list[EncodedReview] = []
+    review_at: dict[str, int] = {}  # content key -> position in reviews.safetensors
     tensors: dict[str, torch.Tensor] = {}
     listing: dict[str, Any] = {}
     for side in SIDES:
-        table = _table(learner, side)
+        table = learner.table(side)
         rows = export_rows(learner, side, list(table.ids))
         reviews = []
         for r in rows:
-            if r.pending_review is None:
+            if r.pending_review is None or r.pending_key is None:
                 reviews.append(-1)
-            else:
-                reviews.append(len(pending))
-                pending.append(r.pending_review)
+            else:  # once per review: a user and an item often share their pending one
+                if r.pending_key not in review_at:
+                    review_at[r.pending_key] = len(pending)
+                    pending.append(r.pending_review)
+                reviews.append(review_at[r.pending_key])
         dim = learner.config.dim
         tensors[f"{side}/vectors"] = (
             torch.from_numpy(np.stack([r.vectors for r in rows]))
@@ -465,7 +357,7 @@ def save_checkpoint(
         ).reshape(-1, 2)
         tensors[f"{side}/count"] = torch.tensor([r.count for r in rows], dtype=torch.long)
         tensors[f"{side}/review"] = torch.tensor(reviews, dtype=torch.long)
-        keywords = learner.user_keywords if side == "users" else learner.item_keywords
+        keywords = learner.keywords(side)
         listing[side] = {
             "ids": list(table.ids),
             "seen": {r.id: r.seen for r in rows if r.seen},
@@ -475,7 +367,7 @@ def save_checkpoint(
 
     save_file(tensors, str(out / ENTITIES_FILE), metadata={"format": str(FORMAT_VERSION)})
     (out / ENTITIES_JSON).write_text(json.dumps(listing), encoding="utf-8")
-    _save_reviews(pending, learner.cache.hidden_size, out / REVIEWS_FILE)
+    _save_reviews(pending, list(review_at), learner.cache.hidden_size, out / REVIEWS_FILE)
     config = {
         "format": FORMAT_VERSION,
         "config": learner.config.to_dict(),
@@ -506,7 +398,7 @@ def load_checkpoint(
     if config_json.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{src}: format {config_json.get('format')!r}")
     config = DReXConfig(**config_json["config"])
-    saved_reviews, hidden = _load_reviews(src / REVIEWS_FILE)
+    saved_reviews, review_keys, hidden = _load_reviews(src / REVIEWS_FILE)
     # a fresh cache: import_rows appends the pending reviews it needs
     learner = DReXLearner(
         config, encoder=encoder, cache=ReviewCache(hidden), seed=seed, device=device
@@ -535,19 +427,20 @@ def load_checkpoint(
                 has_memory=bool(flags[n][0]),
                 has_pending=bool(flags[n][1]),
                 count=int(counts[n]),
+                pending_key=review_keys[reviews[n]] if reviews[n] >= 0 else None,
                 pending_review=saved_reviews[reviews[n]] if reviews[n] >= 0 else None,
                 seen=list(seen.get(key, [])),
             )
             for n, key in enumerate(ids)
         ]
         import_rows(learner, side, rows)
-        keywords = learner.user_keywords if side == "users" else learner.item_keywords
-        for key, profile in listing[side]["keywords"].items():
-            keywords.add(key, profile)
+        learner.load_keywords(side, listing[side]["keywords"])
     return learner
 
 
-def _save_reviews(reviews: Sequence[EncodedReview], hidden: int, path: Path) -> None:
+def _save_reviews(
+    reviews: Sequence[EncodedReview], keys: Sequence[str], hidden: int, path: Path
+) -> None:
     from safetensors.torch import save_file
 
     tensors = {
@@ -559,11 +452,15 @@ def _save_reviews(reviews: Sequence[EncodedReview], hidden: int, path: Path) -> 
         else torch.zeros(0, dtype=torch.long),
         "lengths": torch.tensor([r.tokens.shape[0] for r in reviews], dtype=torch.long),
     }
-    meta = {"format": str(FORMAT_VERSION), "words": json.dumps([r.words for r in reviews])}
+    meta = {
+        "format": str(FORMAT_VERSION),
+        "words": json.dumps([r.words for r in reviews]),
+        "keys": json.dumps(list(keys)),
+    }
     save_file(tensors, str(path), metadata=meta)
 
 
-def _load_reviews(path: Path) -> tuple[list[EncodedReview], int]:
+def _load_reviews(path: Path) -> tuple[list[EncodedReview], list[str], int]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -573,6 +470,7 @@ def _load_reviews(path: Path) -> tuple[list[EncodedReview], int]:
         raise CheckpointError(f"{path}: format {meta.get('format')!r}")
     tensors = load_file(str(path))
     words = json.loads(meta["words"])
+    keys = json.loads(meta["keys"])
     out, start = [], 0
     for n, length in enumerate(tensors["lengths"].tolist()):
         out.append(
@@ -583,25 +481,10 @@ def _load_reviews(path: Path) -> tuple[list[EncodedReview], int]:
             )
         )
         start += length
-    return out, int(tensors["tokens"].shape[1])
+    return out, keys, int(tensors["tokens"].shape[1])
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def _header_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of safetensors bytes, read without touching the tensors."""
-    if len(data) < 8:
-        raise CheckpointError("not safetensors data (too short)")
-    (n,) = struct.unpack_from("<Q", data)
-    if n > len(data) - 8:
-        raise CheckpointError("not safetensors data (bad header length)")
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except ValueError as err:
-        raise CheckpointError(f"not safetensors data: {err}") from None
-    meta = header.get("__metadata__") or {}
-    return {str(k): str(v) for k, v in meta.items()}
 
 
 def _jsonable(value: Any) -> Any:

@@ -2,7 +2,8 @@
 
 A profile maps each word of an entity's reviews to the attention weight it received,
 summed over every occurrence the learner processed. The explanation for recommending
-item i to user u is the overlap of their top-k keywords.
+item i to user u is the overlap of their top-k keywords (the rule is
+:func:`drex_model.scoring.shared_keywords`, which the server calls too).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
+from drex_model.scoring import shared_keywords, top_keywords
 from drex_model.text import EncodedReview
 
 
@@ -53,8 +55,7 @@ class KeywordProfiles:
 
     def top(self, entity: str, k: int = 10) -> list[tuple[str, float]]:
         """The k heaviest keywords, heaviest first (ties by word, for stable output)."""
-        items = self._profiles.get(entity, {}).items()
-        return sorted(items, key=lambda kv: (-kv[1], kv[0]))[:k]
+        return top_keywords(self._profiles.get(entity, {}), k)
 
     def entities(self) -> Iterable[str]:
         return self._profiles.keys()
@@ -74,7 +75,4 @@ def explain(
     >>> explain(u, i, "ann", "amp", k=3)
     ['tone', 'cheap']
     """
-    top_u = {w: r for r, (w, _) in enumerate(users.top(user, k))}
-    top_i = {w: r for r, (w, _) in enumerate(items.top(item, k))}
-    shared = top_u.keys() & top_i.keys()
-    return sorted(shared, key=lambda w: (top_u[w] + top_i[w], w))
+    return shared_keywords(users.top(user, k), items.top(item, k), k)

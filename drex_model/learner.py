@@ -33,133 +33,30 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from drex_model.entities import EntityTable, LookedUp, carry_sparse_state, t_batches
 from drex_model.explain import KeywordProfiles, explain, word_weights
+from drex_model.formats import shown_profile
 from drex_model.model import DReX, DReXConfig, PreferenceInit
+from drex_model.scoring import HEAD_PARAMETERS, Head, exposure_prior
 from drex_model.text import ReviewCache, TextEncoder
 from drex_model.types import Interaction
 
-
-class _Rows(NamedTuple):
-    """The learnable per-entity rows one t-batch looked up (static: None when unused)."""
-
-    user_bias: torch.Tensor  # (B,)
-    item_bias: torch.Tensor  # (B,)
-    user_static: torch.Tensor | None  # (B, D)
-    item_static: torch.Tensor | None  # (B, D)
-
-    def select(self, keep: torch.Tensor) -> _Rows:
-        """The rows where ``keep`` (a (B,) bool mask) is true."""
-        us, is_ = self.user_static, self.item_static
-        return _Rows(
-            self.user_bias[keep],
-            self.item_bias[keep],
-            None if us is None else us[keep],
-            None if is_ is None else is_[keep],
-        )
+SIDES = ("users", "items")
 
 
-class EntityTable(nn.Module):
-    """Per-entity state of one side (users or items), growing as new ids arrive.
+class Snapshot(NamedTuple):
+    """What a reader of the learner's state needs of some entities, as of now."""
 
-    Learnable (sparse gradients): initial representation, bias, static embedding.
-    Not learnable: memory, whether it is set, the pending message, interaction count.
-    """
-
-    memory: torch.Tensor  # (N, D) representation after the folded interactions
-    has_memory: torch.Tensor  # (N,) bool: False -> the initial representation
-    pending_review: torch.Tensor  # (N,) review id of the pending message, -1 none
-    pending_rating: torch.Tensor  # (N,) rating of the pending message, nan none
-    has_pending: torch.Tensor  # (N,) bool
-    count: torch.Tensor  # (N,) interactions applied, all passes
-    rating_sum: torch.Tensor  # (N,) ratings folded this pass
-    rating_count: torch.Tensor  # (N,)
-
-    def __init__(self, config: DReXConfig, generator: torch.Generator, capacity: int = 64) -> None:
-        super().__init__()
-        self.config = config
-        self.generator = generator
-        self.index: dict[str, int] = {}
-        self.ids: list[str] = []
-        d = config.dim
-        self.init = nn.Parameter(torch.zeros(0, d))
-        self.bias = nn.Parameter(torch.zeros(0, 1))
-        self.static = nn.Parameter(torch.zeros(0, d))
-        self.register_buffer("memory", torch.zeros(0, d))
-        self.register_buffer("has_memory", torch.zeros(0, dtype=torch.bool))
-        self.register_buffer("pending_review", torch.zeros(0, dtype=torch.long))  # -1: none
-        self.register_buffer("pending_rating", torch.zeros(0))  # nan: none
-        self.register_buffer("has_pending", torch.zeros(0, dtype=torch.bool))
-        self.register_buffer("count", torch.zeros(0, dtype=torch.long))
-        self.register_buffer("rating_sum", torch.zeros(0))  # ratings of this pass
-        self.register_buffer("rating_count", torch.zeros(0))
-        self._grow(capacity)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def _grow(self, capacity: int) -> dict[str, tuple[nn.Parameter, nn.Parameter]]:
-        """Enlarge every row tensor to ``capacity``; returns {name: (old, new)} params."""
-        old_n = self.init.shape[0]
-        extra = capacity - old_n
-        d = self.config.dim
-        fresh = torch.randn(extra, d, generator=self.generator) * self.config.init_std
-        swapped = {}
-        for name, tail in (
-            ("init", fresh),
-            ("bias", torch.zeros(extra, 1)),
-            ("static", torch.zeros(extra, d)),
-        ):
-            old = getattr(self, name)
-            new = nn.Parameter(torch.cat([old.detach(), tail.to(old.device)]))
-            setattr(self, name, new)
-            swapped[name] = (old, new)
-        for name, fill in (
-            ("memory", 0.0),
-            ("has_memory", False),
-            ("pending_review", -1),
-            ("pending_rating", math.nan),
-            ("has_pending", False),
-            ("count", 0),
-            ("rating_sum", 0.0),
-            ("rating_count", 0.0),
-        ):
-            buf = getattr(self, name)
-            tail = torch.full((extra, *buf.shape[1:]), fill, dtype=buf.dtype, device=buf.device)
-            setattr(self, name, torch.cat([buf, tail]))
-        return swapped
-
-    def lookup(self, ids: Sequence[str]) -> tuple[torch.Tensor, dict[str, tuple[Any, Any]]]:
-        """Row indices for ``ids``, registering unseen ones (may grow the table)."""
-        for key in ids:
-            if key not in self.index:
-                self.index[key] = len(self.ids)
-                self.ids.append(key)
-        swapped: dict[str, tuple[Any, Any]] = {}
-        if len(self.ids) > self.init.shape[0]:
-            swapped = self._grow(max(len(self.ids), 2 * self.init.shape[0]))
-        rows = torch.tensor([self.index[k] for k in ids], dtype=torch.long)
-        return rows.to(self.memory.device), swapped
-
-    def row(self, name: str, rows: torch.Tensor) -> torch.Tensor:
-        """Rows of a learnable per-entity parameter, with a sparse gradient (SparseAdam)."""
-        weight = getattr(self, name)
-        return nn.functional.embedding(rows, weight, sparse=True)
-
-    def reset_memory(self) -> None:
-        """Back to the initial representations (the start of a training pass)."""
-        self.has_memory.zero_()
-        self.has_pending.zero_()
-        self.pending_review.fill_(-1)
-        self.pending_rating.fill_(math.nan)
-        self.rating_sum.zero_()
-        self.rating_count.zero_()
+    vectors: np.ndarray  # (B, D) float32 representations (memory + pending + static)
+    learned: list[dict[str, float]]  # keyword profile as learned
+    pending: list[dict[str, float]]  # words of the pending review under the current model
 
 
 class DReXLearner:
@@ -214,6 +111,10 @@ class DReXLearner:
         self._prefs: dict[str, torch.Tensor] = {}
         self._ratings: dict[tuple[str, str], float] = {}  # drex-mlp's preference vectors
         self._seen: dict[str, set[str]] = {}  # user -> items it interacted with
+        # ids whose state the last learn_many changed, and those with gradient since the
+        # last optimiser step (the step moves their learnable rows)
+        self.changed: dict[str, set[str]] = {side: set() for side in SIDES}
+        self._since_step: dict[str, set[str]] = {side: set() for side in SIDES}
         if config.preference_init:
             self._catalogue = (n_users_hint, n_items_hint)
             if n_users_hint <= 0 or n_items_hint <= 0:
@@ -232,6 +133,36 @@ class DReXLearner:
 
     # ---- state ------------------------------------------------------------------------
 
+    def table(self, side: str) -> EntityTable:
+        """The users' or the items' :class:`EntityTable` (``side``: "users" or "items")."""
+        if side not in SIDES:
+            raise ValueError(f"side must be 'users' or 'items', not {side!r}")
+        return self.users if side == "users" else self.items
+
+    def register(self, side: str, ids: Sequence[str]) -> torch.Tensor:
+        """Rows of ``ids``, adding the unknown ones (their initial representation is
+        drawn now, in this order: registering a catalogue up front makes runs repeat)."""
+        return self._rows(self.table(side), ids)
+
+    def seen_items(self, user: str) -> set[str]:
+        """The items ``user`` interacted with (a copy)."""
+        return set(self._seen.get(user, ()))
+
+    def set_seen_items(self, user: str, items: Iterable[str]) -> None:
+        self._seen[user] = set(items)
+
+    def keywords(self, side: str) -> KeywordProfiles:
+        """The keyword profiles of a side, as learned (pending reviews not included)."""
+        return self.user_keywords if side == "users" else self.item_keywords
+
+    def discard_partial_step(self) -> None:
+        """Forget the gradient gathered towards the next optimiser step (a restored
+        learner starts a fresh one)."""
+        self._accumulated = 0
+        self._loss = None
+        self.optimizer.zero_grad(set_to_none=True)
+        self.sparse_optimizer.zero_grad(set_to_none=True)
+
     def _entity_params(self) -> list[nn.Parameter]:
         return [
             self.users.init,
@@ -244,26 +175,7 @@ class DReXLearner:
 
     def _rows(self, table: EntityTable, ids: Sequence[str]) -> torch.Tensor:
         rows, swapped = table.lookup(ids)
-        for old, new in swapped.values():  # carry the gradient of a partial step and
-            # SparseAdam's moments over to the grown rows
-            if old.grad is not None:
-                grad = old.grad.coalesce()
-                new.grad = torch.sparse_coo_tensor(
-                    grad.indices(), grad.values(), new.shape, check_invariants=True
-                )
-            state = self.sparse_optimizer.state.pop(old, None)
-            for group in self.sparse_optimizer.param_groups:
-                group["params"] = [new if p is old else p for p in group["params"]]
-            if state:
-                for key, val in state.items():
-                    if torch.is_tensor(val) and val.shape[:1] == old.shape[:1]:
-                        pad = torch.zeros(
-                            (new.shape[0] - old.shape[0], *val.shape[1:]),
-                            dtype=val.dtype,
-                            device=val.device,
-                        )
-                        state[key] = torch.cat([val, pad])
-                self.sparse_optimizer.state[new] = state
+        carry_sparse_state(self.sparse_optimizer, swapped)
         return rows
 
     def reset_memory(self) -> None:
@@ -357,10 +269,10 @@ class DReXLearner:
 
     def _predict_rows(
         self, urows: torch.Tensor, irows: torch.Tensor, hu: torch.Tensor, hi: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, _Rows]:
+    ) -> tuple[torch.Tensor, torch.Tensor, LookedUp]:
         """Predicted ratings ``(B,)``, the MLP's share of them ``(B,)``, and the learnable
         per-entity rows they used (the loss regularises those same rows)."""
-        rows = _Rows(
+        rows = LookedUp(
             self.users.row("bias", urows).squeeze(-1),
             self.items.row("bias", irows).squeeze(-1),
             self.users.row("static", urows) if self.config.static_embeddings else None,
@@ -412,8 +324,11 @@ class DReXLearner:
         Returns the prediction scored for each interaction, in input order, clipped to
         the rating scale: each one was computed before that interaction was used.
         """
+        self.changed = {side: set() for side in SIDES}
         if not interactions:
             return np.zeros(0)
+        self.changed["users"].update(x.user for x in interactions)
+        self.changed["items"].update(x.item for x in interactions)
         review_ids = self._review_ids(interactions, progress)
         urows = self._rows(self.users, [x.user for x in interactions])
         irows = self._rows(self.items, [x.item for x in interactions])
@@ -423,7 +338,7 @@ class DReXLearner:
             device=self.device,
         )
         out = torch.empty(len(interactions))
-        batches = t_batches(urows.tolist(), irows.tolist(), self.config.batch_size)
+        batches = t_batches(urows.tolist(), irows.tolist(), self.config.t_batch_size)
         if progress:
             from tqdm.auto import tqdm
 
@@ -477,6 +392,8 @@ class DReXLearner:
         review_ids: torch.Tensor,
         batch: Sequence[Interaction],
     ) -> torch.Tensor:
+        self._since_step["users"].update(x.user for x in batch)  # gradient until a step
+        self._since_step["items"].update(x.item for x in batch)
         uk = self.user_keywords if self.track_keywords else None
         ik = self.item_keywords if self.track_keywords else None
         hu = self._current("users", self.users, urows, uk)  # (B, D) before this interaction
@@ -519,7 +436,7 @@ class DReXLearner:
         hu: torch.Tensor,
         hi: torch.Tensor,
         mlp: torch.Tensor,
-        looked: _Rows,
+        looked: LookedUp,
     ) -> None:
         """Eq. 8 over a t-batch's rated interactions, added to the loss of the step being
         gathered; at ``step_size`` rated interactions, :meth:`_step`.
@@ -567,64 +484,38 @@ class DReXLearner:
         self.sparse_optimizer.zero_grad(set_to_none=True)
         self._accumulated = 0
         self.step += 1
+        for side in SIDES:  # their learnable rows moved with this step
+            self.changed[side] |= self._since_step[side]
+            self._since_step[side] = set()
 
     # ---- prediction -------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def predict_many(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
-        """Predicted ratings (clipped to 1..S) from the current state; learns nothing.
+    # Predictions answer from the current state and change none of it: an unknown id is
+    # scored from the expected initial state (zero representation, zero bias, no ratings)
+    # and is not registered. The score itself is drex_model.scoring's, as in serving.
 
-        Unknown users or items get their initial representation and zero bias.
-        """
-        self.model.eval()
-        urows = self._rows(self.users, users)
-        irows = self._rows(self.items, items)
-        hu = self._current("users", self.users, urows)
-        hi = self._current("items", self.items, irows)
-        pred, _, _ = self._predict_rows(urows, irows, hu, hi)
-        return pred.clamp(1.0, float(self.config.rating_levels)).cpu().numpy().astype(np.float64)
+    def predict_many(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
+        """Predicted ratings (clipped to 1..S) of the pairs ``(users[n], items[n])``."""
+        head = self.scoring_head()
+        mean = float(self._mean())
+        uniq_u, at_u = _unique(users)
+        uniq_i, at_i = _unique(items)
+        hu, cu, _ = self._projected(head, "users", uniq_u, mean)
+        hi, ci, _ = self._projected(head, "items", uniq_i, mean)
+        return head.clip(head.score(hu[at_u], cu[at_u], hi[at_i], ci[at_i]))
 
     def predict_one(self, user: str, item: str) -> float:
         return float(self.predict_many([user], [item])[0])
 
-    @torch.inference_mode()
     def score_matrix(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
-        """Unclipped scores ``(U, I)`` for every pair, for ranking (clipping would tie)."""
-        self.model.eval()
-        urows = self._rows(self.users, users)
-        irows = self._rows(self.items, items)
-        out = []
-        mean = self._mean()
-        i = self._represent(self.items, irows, self._current("items", self.items, irows))
-        if self.config.running_bias:
-            w = self.model.deviation_weight
-            item_deviation = w[1] * self._deviation(self.items, irows, mean)[None, :]  # (1, I)
-        for s in range(0, len(urows), 512):
-            ur = urows[s : s + 512]
-            u = self._represent(self.users, ur, self._current("users", self.users, ur))
-            scores = self.model.head.score_all(u, i) + mean  # (U, I)
-            if self.config.bias_terms:
-                scores = scores + self.users.bias[ur] + self.items.bias[irows].T
-            if self.config.running_bias:
-                scores = scores + w[0] * self._deviation(self.users, ur, mean)[:, None]
-                scores = scores + item_deviation
-            out.append(scores)
-        return torch.cat(out).cpu().numpy().astype(np.float64)
+        """Unclipped predicted ratings ``(U, I)`` of every pair (clipping would tie)."""
+        return self._score_matrix(users, items)[0]
 
     def ranking_scores(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
-        """Scores ``(U, I)`` that order recommendations: predicted rating plus
-        ``exposure_weight * log(1 + ratings of the item so far)``.
-
-        A rating model says how much a user would like an item, not whether they would
-        ever pick it; the item's interaction count (state, not future data) is the
-        simplest prior for the latter. ``exposure_weight`` 0 ranks by rating alone.
-        """
-        scores = self.score_matrix(users, items)
-        if self.exposure_weight:
-            with torch.inference_mode():
-                counts = self.items.rating_count[self._rows(self.items, items)]
-            scores = scores + self.exposure_weight * np.log1p(counts.cpu().numpy())[None, :]
-        return scores
+        """Scores ``(U, I)`` that order recommendations: the unclipped predicted rating
+        plus :func:`drex_model.scoring.exposure_prior` with ``exposure_weight``."""
+        raw, item_ratings = self._score_matrix(users, items)
+        return raw + exposure_prior(item_ratings, self.exposure_weight)[None, :]
 
     def rank(
         self, user: str, items: Sequence[str] | None = None, k: int = 10, exclude_seen: bool = True
@@ -636,17 +527,68 @@ class DReXLearner:
             candidates = [i for i in candidates if i not in seen]
         if not candidates:
             return []
-        order = np.argsort(-self.ranking_scores([user], candidates)[0], kind="stable")[:k]
-        scores = self.score_matrix([user], [candidates[j] for j in order])[0]
+        raw, item_ratings = self._score_matrix([user], candidates)
+        ranking = raw[0] + exposure_prior(item_ratings, self.exposure_weight)
+        order = np.argsort(-ranking, kind="stable")[:k]
         lo, hi = 1.0, float(self.config.rating_levels)
         return [
             (
                 candidates[j],
-                float(np.clip(scores[n], lo, hi)),
+                float(np.clip(raw[0, j], lo, hi)),
                 explain(self.user_keywords, self.item_keywords, user, candidates[j]),
             )
-            for n, j in enumerate(order)
+            for j in order.tolist()
         ]
+
+    def scoring_head(self) -> Head:
+        """The rating head and global terms as :class:`drex_model.scoring.Head` (numpy)."""
+        state = self.model.state_dict()
+        params = {name: state[name].detach().float().cpu().numpy() for name in HEAD_PARAMETERS}
+        return Head.from_parameters(params, self.config.to_dict())
+
+    def _score_matrix(
+        self, users: Sequence[str], items: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        head = self.scoring_head()
+        mean = float(self._mean())
+        hu, cu, _ = self._projected(head, "users", users, mean)
+        hi, ci, item_ratings = self._projected(head, "items", items, mean)
+        return head.score_matrix(hu, cu, hi, ci), item_ratings
+
+    def _projected(
+        self, head: Head, side: str, ids: Sequence[str], mean: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(first-layer projection ``(B, D)``, score constant ``(B,)``, rating count)."""
+        vectors, bias, rating_sum, rating_count = self._terms(side, ids)
+        const = head.constants(side, mean, bias, rating_sum, rating_count)
+        return head.project(side, vectors), const, rating_count
+
+    @torch.inference_mode()
+    def _terms(
+        self, side: str, ids: Sequence[str], chunk: int = 512
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Representation ``(B, D)`` float32, bias, rating sum and count of ``ids`` as a
+        prediction sees them now (zeros for unknown ids); registers nothing."""
+        self.model.eval()
+        table = self.table(side)
+        rows, known = table.find(ids)
+        vectors = np.zeros((len(ids), self.config.dim), dtype=np.float32)
+        known_rows = rows[known]
+        parts = [
+            self._represent(table, r, self._current(side, table, r)).float().cpu().numpy()
+            for r in known_rows.split(chunk)
+            if len(r)
+        ]
+        if parts:
+            vectors[known.cpu().numpy()] = np.concatenate(parts)
+        k = known.to(table.rating_sum.dtype)
+        bias = table.bias[rows].squeeze(-1) * k
+        return (
+            vectors,
+            bias.double().cpu().numpy(),
+            (table.rating_sum[rows] * k).double().cpu().numpy(),
+            (table.rating_count[rows] * k).double().cpu().numpy(),
+        )
 
     @torch.inference_mode()
     def rebuild_keywords(self, interactions: Sequence[Interaction], chunk: int = 256) -> None:
@@ -669,120 +611,92 @@ class DReXLearner:
                     self.user_keywords.add(x.user, weights)
                     self.item_keywords.add(x.item, weights)
 
-    # ---- introspection ----------------------------------------------------------------
+    # ---- state export -----------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Tensors only (dense network, entity tables, optimisers), for safe checkpoints."""
-        return {
+        """Tensors only (dense network, entity tables; drex-mlp's preference vectors and
+        nets), for in-memory copies such as early stopping's best pass."""
+        state: dict[str, Any] = {
             "model": self.model.state_dict(),
             "users": self.users.state_dict(),
             "items": self.items.state_dict(),
+            "prefs": dict(self._prefs),
         }
+        if self.pref_nets is not None:
+            state["pref_nets"] = self.pref_nets.state_dict()
+        return state
 
-    # ---- read-only views for the streaming worker (streams/) ----------------------------
-    # Added for serving embeddings and keyword profiles from a live learner; they change
-    # no state except the model's train/eval mode (as predict_many does).
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take :meth:`state_dict`'s output back (same entities, same config)."""
+        self.model.load_state_dict(state["model"])
+        self.users.load_state_dict(state["users"])
+        self.items.load_state_dict(state["items"])
+        self._prefs = dict(state.get("prefs", {}))
+        if self.pref_nets is not None and "pref_nets" in state:
+            self.pref_nets.load_state_dict(state["pref_nets"])
+
+    # The views below read the state as a prediction would and change none of it.
 
     def embeddings(self, side: str, ids: Sequence[str]) -> np.ndarray:
-        """Representations ``(B, D)`` float32 of known ``ids`` as a prediction would see
-        them now: memory with the pending message folded in, plus the static embedding.
-
-        ``side`` is "users" or "items". Unknown ids raise ``KeyError`` (nothing is
-        registered, unlike :meth:`predict_many`).
-        """
-        return self._view(side, ids, with_keywords=False)[0]
+        """Representations ``(B, D)`` float32 of known ``ids`` as a prediction sees them
+        now: memory with the pending message folded in, plus the static embedding.
+        Unknown ids raise ``KeyError``."""
+        return self._view(side, ids, with_keywords=False).vectors
 
     def keyword_profiles(self, side: str, ids: Sequence[str]) -> list[dict[str, float]]:
-        """Keyword profile of each known id, including its pending review's words.
+        """Keyword profile of each known id as shown to people: the learned profile plus
+        the pending review's words under the current model (a profile grows when a
+        pending message is folded in, at the entity's next interaction; this way an
+        entity with a single review has one already). Unknown ids raise ``KeyError``."""
+        view = self._view(side, ids, with_keywords=True)
+        return [shown_profile(a, b) for a, b in zip(view.learned, view.pending, strict=True)]
 
-        The stored profiles grow when a pending message is folded in, i.e. at the entity's
-        next interaction; this view adds the pending review under the current model, so an
-        entity with a single review already has a profile. Unknown ids raise ``KeyError``.
-        """
-        return self._view(side, ids, with_keywords=True)[1]
-
-    def snapshot(self, side: str, ids: Sequence[str]) -> tuple[np.ndarray, list[dict[str, float]]]:
-        """:meth:`embeddings` and :meth:`keyword_profiles` of ``ids`` from one pass that
-        folds each pending review in once (what the worker stores after a micro-batch)."""
+    def snapshot(self, side: str, ids: Sequence[str]) -> Snapshot:
+        """Representations, learned profiles and pending words of known ``ids`` in one
+        pass (what the worker stores after a micro-batch)."""
         return self._view(side, ids, with_keywords=True)
 
-    @torch.inference_mode()
-    def restore_keywords(
-        self, side: str, profiles: Mapping[str, Mapping[str, float]], chunk: int = 512
-    ) -> None:
-        """Take in profiles as :meth:`keyword_profiles` gave them (pending reviews
-        included, as the worker's store keeps them for serving): each pending review's
-        words are taken out again, because they are added when that message is folded
-        in. Call it once the rows and the dense state are restored (the same model
-        computes the same weights); a word left with ~0 weight came from the pending
-        review alone and is dropped."""
-        table = self._side(side)
-        stored = self.user_keywords if side == "users" else self.item_keywords
-        ids = [k for k in profiles if k in table.index]
-        pending = KeywordProfiles()
-        self.model.eval()
-        for s in range(0, len(ids), chunk):
-            self._current(side, table, self._known_rows(table, ids[s : s + chunk]), pending)
+    def load_keywords(self, side: str, profiles: Mapping[str, Mapping[str, float]]) -> None:
+        """Add learned profiles (as :meth:`snapshot` gave them) to a side's profiles."""
+        stored = self.keywords(side)
         for key, profile in profiles.items():
-            minus = pending.profile(key)
-            rest = {w: v - minus.get(w, 0.0) for w, v in profile.items()}
-            stored.add(key, {w: v for w, v in rest.items() if v > 1e-6 * max(1.0, profile[w])})
+            stored.add(key, dict(profile))
 
     @torch.inference_mode()
-    def _view(
-        self, side: str, ids: Sequence[str], with_keywords: bool
-    ) -> tuple[np.ndarray, list[dict[str, float]]]:
-        table = self._side(side)
+    def _view(self, side: str, ids: Sequence[str], with_keywords: bool) -> Snapshot:
+        table = self.table(side)
         if not ids:
-            return np.zeros((0, self.config.dim), dtype=np.float32), []
+            return Snapshot(np.zeros((0, self.config.dim), dtype=np.float32), [], [])
         unique = list(dict.fromkeys(ids))  # a pending review counts once per entity
-        rows = self._known_rows(table, unique)
-        self.model.eval()
-        pending = KeywordProfiles() if with_keywords else None
-        h = self._current(side, table, rows, pending)  # (U, D); adds the pending words
-        vectors = self._represent(table, rows, h).float().cpu().numpy()
-        profiles: list[dict[str, float]] = []
-        if pending is not None:
-            stored = self.user_keywords if side == "users" else self.item_keywords
-            for key in unique:
-                pending.add(key, stored.profile(key))
-            profiles = [pending.profile(key) for key in unique]
-        if len(unique) == len(ids):
-            return vectors, profiles
-        at = {key: n for n, key in enumerate(unique)}
-        order = [at[key] for key in ids]
-        return vectors[order], [dict(profiles[n]) for n in order] if profiles else []
-
-    def _side(self, side: str) -> EntityTable:
-        if side not in ("users", "items"):
-            raise ValueError(f"side must be 'users' or 'items', not {side!r}")
-        return self.users if side == "users" else self.items
-
-    def _known_rows(self, table: EntityTable, ids: Sequence[str]) -> torch.Tensor:
-        missing = [k for k in ids if k not in table.index]
+        missing = [k for k in unique if k not in table.index]
         if missing:
             raise KeyError(f"unknown ids: {missing[:5]}")
-        return torch.tensor([table.index[k] for k in ids], dtype=torch.long, device=self.device)
+        rows = torch.tensor([table.index[k] for k in unique], dtype=torch.long)
+        rows = rows.to(self.device)
+        self.model.eval()
+        pending = KeywordProfiles() if with_keywords else None
+        h = self._current(side, table, rows, pending)  # (U, D); collects the pending words
+        vectors = self._represent(table, rows, h).float().cpu().numpy()
+        learned: list[dict[str, float]] = []
+        words: list[dict[str, float]] = []
+        if pending is not None:
+            stored = self.keywords(side)
+            learned = [stored.profile(key) for key in unique]
+            words = [pending.profile(key) for key in unique]
+        if len(unique) == len(ids):
+            return Snapshot(vectors, learned, words)
+        at = {key: n for n, key in enumerate(unique)}
+        order = [at[key] for key in ids]
+        return Snapshot(
+            vectors[order],
+            [dict(learned[n]) for n in order] if learned else [],
+            [dict(words[n]) for n in order] if words else [],
+        )
 
 
-def t_batches(users: Sequence[int], items: Sequence[int], max_size: int) -> list[list[int]]:
-    """Cut an event-ordered sequence into batches where each user and item appears once.
-
-    Interaction n goes to the batch after the last one holding its user or its item, so
-    every entity's interactions stay in order across batches (JODIE's t-batch).
-
-    >>> t_batches([0, 0, 1, 2], [5, 6, 5, 7], max_size=10)
-    [[0, 3], [1, 2]]
-    """
-    last_u: dict[int, int] = {}
-    last_i: dict[int, int] = {}
-    batches: list[list[int]] = []
-    for n, (u, i) in enumerate(zip(users, items, strict=True)):
-        b = max(last_u.get(u, -1), last_i.get(i, -1)) + 1
-        while b < len(batches) and len(batches[b]) >= max_size:
-            b += 1
-        if b == len(batches):
-            batches.append([])
-        batches[b].append(n)
-        last_u[u] = last_i[i] = b
-    return batches
+def _unique(ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct ids in first-seen order, and each input's position among them."""
+    at: dict[str, int] = {}
+    pos = np.fromiter((at.setdefault(k, len(at)) for k in ids), dtype=np.int64, count=len(ids))
+    return list(at), pos

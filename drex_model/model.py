@@ -35,7 +35,7 @@ class DReXConfig:
     rating_levels: int = 5  # S: ratings are 1..S
     lr: float = 1e-3  # Adam learning rate (alpha)
     l2: float = 1e-3  # lambda of eq. 8 on the user and item representations
-    batch_size: int = 1024  # upper bound on a t-batch (a batch has each user/item once)
+    t_batch_size: int = 1024  # most interactions in a t-batch (each user/item once in it)
     step_size: int = 256  # rated interactions whose gradients make one optimiser step
     init_std: float = 0.1  # std of the random initial user/item embeddings
     use_text: bool = True  # feed reviews to the fusion (False: rating modality only)

@@ -11,7 +11,6 @@ Notation: R reviews, T word-piece tokens of one review, H encoder hidden size.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,6 +21,8 @@ from typing import Any
 
 import simplemma
 import torch
+
+from drex_model.formats import text_key
 
 DEFAULT_MAX_TOKENS = 128
 
@@ -79,8 +80,7 @@ class EncodedReview:
     word_of_token: torch.Tensor  # (T,) int64: index into ``words`` of each token
 
 
-def _key(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+_key = text_key  # reviews are cached under the store's content key
 
 
 class TextEncoder:
@@ -210,13 +210,32 @@ class ReviewCache:
     def __init__(self, hidden_size: int) -> None:
         self.hidden_size = hidden_size
         self.reviews: list[EncodedReview] = []
-        self._ids: dict[str, int] = {}
+        self._ids: dict[str, int] = {}  # content key -> review id
+        self._keys: list[str] = []  # review id -> content key
 
     def __len__(self) -> int:
         return len(self.reviews)
 
     def lookup(self, text: str) -> int | None:
         return self._ids.get(_key(text))
+
+    def key(self, review_id: int) -> str:
+        """The content key of a cached review (:func:`drex_model.formats.text_key` of its
+        text): stable across processes, unlike the review id."""
+        return self._keys[review_id]
+
+    def index_of(self, key: str) -> int | None:
+        """The review id of a content key, None when not cached."""
+        return self._ids.get(key)
+
+    def put(self, key: str, review: EncodedReview) -> int:
+        """The review id of ``key``, adding ``review`` under it if the cache lacks it (a
+        restored learner's pending reviews, read from its store)."""
+        if key not in self._ids:
+            self._ids[key] = len(self.reviews)
+            self.reviews.append(review)
+            self._keys.append(key)
+        return self._ids[key]
 
     def add(self, encoder: TextEncoder, texts: Sequence[str], progress: bool = False) -> list[int]:
         """Review ids for ``texts``, encoding (in one batched pass) only the unseen ones."""
@@ -230,6 +249,7 @@ class ReviewCache:
             for k, review in zip(new, encoded, strict=True):
                 self._ids[k] = len(self.reviews)
                 self.reviews.append(review)
+                self._keys.append(k)
         return [self._ids[k] for k in keys]
 
     def retain(self, keep: Iterable[int]) -> torch.Tensor:
@@ -245,6 +265,7 @@ class ReviewCache:
         key_of = {i: k for k, i in self._ids.items()}
         self.reviews = [self.reviews[i] for i in kept]
         self._ids = {key_of[i]: n for n, i in enumerate(kept) if i in key_of}
+        self._keys = [key_of[i] for i in kept]
         return remap
 
     def batch(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,6 +319,7 @@ class ReviewCache:
         for j, (key, words) in enumerate(zip(meta["keys"], meta["words"], strict=True)):
             s, n = int(starts[j]), int(tensors["lengths"][j])
             cache._ids[key] = j
+            cache._keys.append(key)
             cache.reviews.append(
                 EncodedReview(
                     words=list(words),

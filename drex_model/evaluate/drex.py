@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from drex_model.evaluate.metrics import RELEVANT_RATING, ranking_metrics, rating_metrics
 from drex_model.learner import DReXLearner
@@ -86,8 +85,8 @@ class DReXRecommender:
             n_users_hint=len(users),
             n_items_hint=len(items),
         )
-        learner._rows(learner.users, users)  # fixed row order: runs repeat exactly
-        learner._rows(learner.items, items)
+        learner.register("users", users)  # fixed row order: runs repeat exactly
+        learner.register("items", items)
         learner.track_keywords = False  # profiles come from the kept pass, see below
         self.learner = learner
         seen = _seen(train)
@@ -189,18 +188,8 @@ def _seen(train: Sequence[Interaction]) -> dict[str, set[str]]:
 
 
 def _state(learner: DReXLearner) -> dict[str, Any]:
-    state: dict[str, Any] = learner.state_dict()
-    state["prefs"] = dict(learner._prefs)
-    if learner.pref_nets is not None:
-        state["pref_nets"] = learner.pref_nets.state_dict()
-    return state
+    return learner.state_dict()
 
 
 def _restore(learner: DReXLearner, state: dict[str, Any]) -> None:
-    with torch.no_grad():
-        learner.model.load_state_dict(state["model"])
-        learner.users.load_state_dict(state["users"])
-        learner.items.load_state_dict(state["items"])
-    learner._prefs = state["prefs"]
-    if learner.pref_nets is not None:
-        learner.pref_nets.load_state_dict(state["pref_nets"])
+    learner.load_state_dict(state)

@@ -222,3 +222,50 @@ def test_sweeping_reviews_keeps_only_the_pending_ones_and_changes_nothing(
     assert swept.keyword_profiles("users", users) == kept.keyword_profiles("users", users)
     assert np.array_equal(swept.embeddings("items", items), kept.embeddings("items", items))
     assert np.array_equal(learn(swept, data[50:]), learn(kept, data[50:]))
+
+
+def test_predictions_change_no_state_and_learning_goes_on(tiny_encoder: TextEncoder) -> None:
+    """Predicting for unknown ids once registered them under inference mode, so the next
+    learn_many failed ('Inplace update to inference tensor outside InferenceMode')."""
+    learner = make("drex", tiny_encoder)
+    learner.learn_many([Interaction("u0", "i0", 4.0, "the warm tone", 1.0)])
+    state = {k: v.clone() for k, v in learner.users.state_dict().items()}
+    strangers = [f"new{n}" for n in range(100)]
+    scores = learner.predict_many(strangers, ["i0"] * 100)
+    assert np.allclose(scores, scores[0])  # every unknown user: the same initial state
+    learner.score_matrix(strangers[:3], ["i0", "nope"])
+    learner.ranking_scores(["nobody"], ["i0", "nope"])
+    assert [item for item, _, _ in learner.rank("nobody", k=3)] == ["i0"]
+    assert len(learner.users) == 1 and len(learner.items) == 1
+    after = learner.users.state_dict()
+    assert all(torch.equal(state[k].nan_to_num(), after[k].nan_to_num()) for k in state)
+    learner.learn_many(stream(n=20))  # raised before
+    assert len(learner.users) > 1
+
+
+def test_a_prediction_is_the_score_learning_reports(tiny_encoder: TextEncoder) -> None:
+    """The numpy score (drex_model.scoring, which serving uses too) equals the torch score
+    that learn_many reports for the same state (no dropout: train and eval agree)."""
+    learner = make("drex", tiny_encoder, dropout=0.0)
+    learner.learn_many(stream(n=60))
+    batch = [Interaction(f"u{n}", f"i{n}", 4.0, "the warm tone", 100.0 + n) for n in range(6)]
+    predicted = learner.predict_many([x.user for x in batch], [x.item for x in batch])
+    reported = learner.learn_many(batch)  # one t-batch: each user and item once
+    np.testing.assert_allclose(predicted, reported, atol=1e-5)
+    users, items = ["u0", "u3"], ["i1", "i2", "i5"]
+    grid = learner.score_matrix(users, items)
+    pairs = learner.predict_many([u for u in users for _ in items], items * len(users))
+    np.testing.assert_allclose(np.clip(grid, 1, 5).reshape(-1), pairs, atol=1e-6)
+
+
+def test_changed_names_the_entities_a_call_or_its_steps_moved(tiny_encoder: TextEncoder) -> None:
+    learner = make("drex", tiny_encoder, step_size=1000)
+    first = [Interaction("ann", "amp", 5.0, None, 1.0), Interaction("bob", "cab", 4.0, None, 2.0)]
+    learner.learn_many(first)
+    assert learner.changed == {"users": {"ann", "bob"}, "items": {"amp", "cab"}}
+    learner.learn_many([Interaction("cy", "amp", 3.0, None, 3.0)])
+    assert learner.changed == {"users": {"cy"}, "items": {"amp"}}  # no step yet
+    learner.config = dataclasses.replace(learner.config, step_size=1)
+    learner.learn_many([Interaction("dee", "dub", 2.0, None, 4.0)])
+    # the step moved the learnable rows of everything with gradient since the last one
+    assert learner.changed == {"users": {"ann", "bob", "cy", "dee"}, "items": {"amp", "cab", "dub"}}

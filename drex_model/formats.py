@@ -1,0 +1,239 @@
+"""Byte formats of the learner's state, in one torch-free module.
+
+Whatever stores the learner (``drex_store``), follows it (``serving``) or saves it
+(``drex_model.checkpoint``) encodes and decodes through these functions, so the layout
+of a value is written down once and a server can read it without importing torch.
+
+* an **entity row** (:class:`EntityRow`): one user's or item's whole state, as
+  :func:`row_to_bytes`: u32 header length, JSON header, float32 vectors;
+* an **encoded review**: the frozen encoder's tokens of one review, as
+  :func:`review_to_bytes`: u32 header length, JSON (words, shape), float16 tokens, int32
+  word index per token; keyed by :func:`text_key` of its text;
+* a **representation**: float64 Unix time of the change, then float32 values;
+* a **keyword record**: JSON ``{"learned": {word: weight}, "pending": {word: weight}}``:
+  the profile as learned, and the words of the pending review under the current model
+  (serving shows their sum; a restore reads only the learned part);
+* the **dense blob**: safetensors bytes whose metadata holds the format, the config and
+  the step (written by ``drex_model.checkpoint.dense_state_bytes``); read here with
+  :func:`dense_metadata` and :func:`dense_arrays` (numpy).
+
+Every value carries :data:`FORMAT_VERSION`; a reader refuses another version instead of
+misreading it. Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+FORMAT_VERSION: Final = 1
+SIDES: Final = ("users", "items")
+# Row vectors of an entity, in this order, each (D,): see EntityRow.vectors.
+VECTORS: Final = ("memory", "init", "static", "m_init", "v_init", "m_static", "v_static")
+_HEADER: Final = struct.Struct("<I")
+_TIME: Final = struct.Struct("<d")
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class FormatError(ValueError):
+    """A value of another format version, another config, or damaged."""
+
+
+def text_key(text: str) -> str:
+    """The stable key of a review text: the review cache's and the store's."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+# --- entity rows --------------------------------------------------------------------------
+
+
+@dataclass
+class EntityRow:
+    """One user's or item's whole state.
+
+    The memory and whether it is set, the pending message (its review's key and, where
+    the learner exported it, the encoded review itself; and its rating), the interaction
+    count and rating sums the running deviations read, the learnable init/bias/static
+    rows with their SparseAdam moments, and the user's seen items.
+    """
+
+    id: str
+    vectors: FloatArray  # (7, D): VECTORS, in order
+    bias: float = 0.0
+    m_bias: float = 0.0
+    v_bias: float = 0.0
+    has_memory: bool = False
+    has_pending: bool = False
+    pending_key: str | None = None  # text_key of the pending message's review
+    pending_review: Any = None  # that review (drex_model.text.EncodedReview), when loaded
+    pending_rating: float | None = None
+    count: int = 0
+    rating_sum: float = 0.0
+    rating_count: float = 0.0
+    seen: list[str] = field(default_factory=list)  # users: items interacted with
+
+
+def row_to_bytes(row: EntityRow) -> bytes:
+    """A compact, pickle-free encoding of ``row`` (the review itself is stored apart)."""
+    header = {
+        "v": FORMAT_VERSION,
+        "id": row.id,
+        "bias": [row.bias, row.m_bias, row.v_bias],
+        "mem": row.has_memory,
+        "pend": row.has_pending,
+        "review": row.pending_key,
+        "rating": row.pending_rating,
+        "count": row.count,
+        "rsum": row.rating_sum,
+        "rcount": row.rating_count,
+        "seen": row.seen,
+        "dim": int(row.vectors.shape[1]),
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return _HEADER.pack(len(head)) + head + row.vectors.astype("<f4").tobytes()
+
+
+def row_from_bytes(data: bytes) -> EntityRow:
+    """Inverse of :func:`row_to_bytes` (``pending_review`` is left None)."""
+    header, start = _read_header(data, "entity row")
+    dim = int(header["dim"])
+    vectors = np.frombuffer(data, dtype="<f4", offset=start).reshape(len(VECTORS), dim)
+    bias, m_bias, v_bias = header["bias"]
+    return EntityRow(
+        id=header["id"],
+        vectors=vectors.astype(np.float32),
+        bias=bias,
+        m_bias=m_bias,
+        v_bias=v_bias,
+        has_memory=header["mem"],
+        has_pending=header["pend"],
+        pending_key=header["review"],
+        pending_rating=header["rating"],
+        count=header["count"],
+        rating_sum=header["rsum"],
+        rating_count=header["rcount"],
+        seen=list(header["seen"]),
+    )
+
+
+# --- encoded reviews ----------------------------------------------------------------------
+
+
+@dataclass
+class ReviewArrays:
+    """An encoded review as numpy arrays (``drex_model.text.EncodedReview`` in torch)."""
+
+    words: list[str]
+    tokens: npt.NDArray[np.float16]  # (T, H)
+    word_of_token: npt.NDArray[np.int64]  # (T,)
+
+
+def review_to_bytes(review: ReviewArrays) -> bytes:
+    tokens = np.ascontiguousarray(review.tokens, dtype="<f2")
+    head = json.dumps(
+        {"v": FORMAT_VERSION, "words": review.words, "shape": list(tokens.shape)},
+        separators=(",", ":"),
+    ).encode()
+    wot = np.asarray(review.word_of_token).astype("<i4")
+    return _HEADER.pack(len(head)) + head + tokens.tobytes() + wot.tobytes()
+
+
+def review_from_bytes(data: bytes) -> ReviewArrays:
+    header, start = _read_header(data, "review")
+    t, h = header["shape"]
+    tokens = np.frombuffer(data, dtype="<f2", count=t * h, offset=start).reshape(t, h)
+    wot = np.frombuffer(data, dtype="<i4", count=t, offset=start + 2 * t * h)
+    return ReviewArrays(list(header["words"]), tokens.astype(np.float16), wot.astype(np.int64))
+
+
+# --- representations and keyword records ---------------------------------------------------
+
+
+def representation_to_bytes(vector: npt.ArrayLike, at: float) -> bytes:
+    return _TIME.pack(at) + np.asarray(vector, dtype="<f4").tobytes()
+
+
+def representation_from_bytes(raw: bytes) -> tuple[float, FloatArray]:
+    """(Unix time of the change, float32 vector)."""
+    (at,) = _TIME.unpack_from(raw)
+    return at, np.frombuffer(raw, dtype="<f4", offset=_TIME.size).astype(np.float32)
+
+
+def keywords_to_bytes(learned: Mapping[str, float], pending: Mapping[str, float]) -> bytes:
+    return orjson.dumps({"learned": learned, "pending": pending})
+
+
+def keywords_from_bytes(raw: bytes) -> tuple[dict[str, float], dict[str, float]]:
+    """(profile as learned, words of the pending review)."""
+    data = orjson.loads(raw)
+    return dict(data["learned"]), dict(data["pending"])
+
+
+def shown_profile(learned: Mapping[str, float], pending: Mapping[str, float]) -> dict[str, float]:
+    """The profile a reader shows: the learned weights plus the pending review's."""
+    out = dict(learned)
+    for word, weight in pending.items():
+        out[word] = out.get(word, 0.0) + weight
+    return out
+
+
+# --- the dense blob -------------------------------------------------------------------------
+
+
+def dense_metadata(data: bytes) -> dict[str, Any]:
+    """The metadata of a dense blob (format, config, step, extra), checked; tensors are
+    left unparsed."""
+    meta = safetensors_metadata(data)
+    if meta.get("kind") != "drex-dense":
+        raise FormatError("not a drex dense-state blob")
+    if meta.get("format") != str(FORMAT_VERSION):
+        raise FormatError(
+            f"dense state has format version {meta.get('format')!r}; this drex reads "
+            f"{FORMAT_VERSION}"
+        )
+    return {
+        "format": int(meta["format"]),
+        "config": json.loads(meta["config"]),
+        "step": int(meta["step"]),
+        "extra": json.loads(meta.get("extra", "{}")),
+    }
+
+
+def dense_arrays(data: bytes, prefix: str = "model/") -> dict[str, npt.NDArray[Any]]:
+    """The dense blob's tensors under ``prefix`` (the network's parameters), as numpy,
+    named as in the network's ``state_dict`` (prefix removed)."""
+    from safetensors.numpy import load
+
+    return {k[len(prefix) :]: v for k, v in load(data).items() if k.startswith(prefix)}
+
+
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes, read without touching the tensors."""
+    if len(data) < 8:
+        raise FormatError("not safetensors data (too short)")
+    (n,) = struct.unpack_from("<Q", data)
+    if n > len(data) - 8:
+        raise FormatError("not safetensors data (bad header length)")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except ValueError as err:
+        raise FormatError(f"not safetensors data: {err}") from None
+    meta = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def _read_header(data: bytes, what: str) -> tuple[dict[str, Any], int]:
+    (n,) = _HEADER.unpack_from(data)
+    header = json.loads(data[4 : 4 + n])
+    if header.get("v") != FORMAT_VERSION:
+        raise FormatError(f"{what} of format {header.get('v')!r}")
+    return header, 4 + n
