@@ -1,153 +1,172 @@
 """Every runtime setting of the streaming worker, in one frozen object.
 
-Each field has a default and is read from the environment variable its comment names
-(:meth:`WorkerSettings.from_env`); ``drex worker`` flags override the environment. The
+Each field has a default and a docstring naming the environment variable it is read
+from (:meth:`WorkerSettings.from_env`, pydantic-settings); ``drex worker`` has a flag per
+field (``--batch-size`` for ``DREX_BATCH_SIZE``), and a flag beats its variable. The
 resolved settings are written next to every checkpoint (``config.json``), so a reader of
-a checkpoint knows exactly what produced it.
+a checkpoint knows exactly what produced it. Importing this module imports no torch.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from drex_store.location import StateLocation
+
+DREX_MLP_REFUSAL = (
+    "drex-mlp builds initial states from a fixed catalogue's preference vectors, which "
+    "a stream does not have; use drex or drex-paper"
+)
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    """Settings of one ``drex worker`` process (field comment: its environment variable)."""
+class WorkerSettings(StateLocation):
+    """Settings of one ``drex worker`` process (a field's docstring: its variable).
 
-    # DREX_BROKER: faust broker URL(s), ``kafka://HOST:PORT`` (";"-separated for several)
+    ``state_dir`` and ``learner_dir`` (``DREX_STATE_DIR``, ``DREX_LEARNER_DIR``) come
+    from :class:`drex_store.location.StateLocation`, as ``drex serve``'s do.
+    """
+
+    ENV_ONLY: ClassVar[frozenset[str]] = frozenset({"sasl_plain_password"})
+
     broker: str = "kafka://127.0.0.1:9092"
-    # DREX_STATE_DIR: local state: faust tables, the learner store, checkpoints, the index
-    state_dir: str = "./state"
-    # DREX_LEARNER_DIR: the learner's RocksDB store; default STATE_DIR/learner. Workers that
-    # may take the learner over from each other must share it (see streams/agents/learn.py)
-    learner_dir: str = ""
-    # DREX_APP_ID: faust app id = consumer group and prefix of the internal topics
+    """DREX_BROKER: faust broker URL(s), ``kafka://HOST:PORT`` (";"-separated for several)."""
     app_id: str = "drex"
-    # DREX_PARTITIONS: partitions of reviews, ratings and join-ticks (the join scales to N)
-    partitions: int = 4
-    # DREX_BATCH_SIZE: interactions per learner micro-batch
-    batch_size: int = 256
-    # DREX_BATCH_WITHIN: seconds a partial micro-batch waits before it is learned anyway
-    batch_within: float = 1.0
-    # DREX_ENCODE_WINDOW: interactions the learner takes at once when a backlog is there
-    # (at least batch_size); their reviews are encoded in one pass sorted by length
-    # (fewer padded tokens), then learned and persisted micro-batch by micro-batch. A
-    # take's first results wait for its whole encoding, and a rebalance waits for the
-    # take in progress: on a 2-core CPU 1024 reviews take ~30 s (faust's rebalance
-    # timeout is 60 s), so keep window / encoder rate well under that (docs/results.md)
-    encode_window: int = 1024
-    # DREX_JOIN_BATCH_SIZE: source messages the join handles as one step (one broker
-    # round trip for its interactions, one table write per touched row)
-    join_batch_size: int = 1000
-    # DREX_JOIN_WINDOW: seconds a review waits for its rating (and the reverse)
-    join_window: float = 30.0
-    # DREX_PRODUCER_LINGER: seconds the worker's producer gathers messages (interactions,
-    # changelog records) into one request per partition; 0 (faust's default) sends each
-    # in a request of its own: a rating stream ran ~25% slower so (docs/results.md)
-    producer_linger: float = 0.005
-    # DREX_DEDUP_RETENTION: seconds an emitted interaction's event ids are kept to drop
-    # resends (join tombstones) and its id to drop re-emissions (learner store)
+    """DREX_APP_ID: faust app id = consumer group and prefix of the internal topics."""
+    partitions: int = Field(4, ge=1)
+    """DREX_PARTITIONS: partitions of reviews, ratings and join-ticks (the join scales to N)."""
+    batch_size: int = Field(256, ge=1)
+    """DREX_BATCH_SIZE: interactions per learner micro-batch."""
+    batch_within: float = Field(1.0, gt=0)
+    """DREX_BATCH_WITHIN: seconds a partial micro-batch waits before it is learned anyway."""
+    encode_window: int = Field(1024, ge=1)
+    """DREX_ENCODE_WINDOW: interactions the learner takes at once when a backlog is there
+    (at least batch_size). Their reviews are encoded in one pass sorted by length (fewer
+    padded tokens), then learned and persisted micro-batch by micro-batch. A take's first
+    results wait for its whole encoding, and a rebalance waits for the take in progress:
+    on a 2-core CPU 1024 reviews take ~30 s (faust's rebalance timeout is 60 s), so keep
+    window / encoder rate well under that (docs/results.md)."""
+    join_batch_size: int = Field(1000, ge=1)
+    """DREX_JOIN_BATCH_SIZE: source messages the join handles as one step (one broker
+    round trip for its interactions, one table write per touched row)."""
+    join_window: float = Field(30.0, gt=0)
+    """DREX_JOIN_WINDOW: seconds a review waits for its rating (and the reverse)."""
+    producer_linger: float = Field(0.005, ge=0)
+    """DREX_PRODUCER_LINGER: seconds the worker's producer gathers messages (interactions,
+    changelog records) into one request per partition. 0 (faust's default) sends each in
+    a request of its own: a rating stream ran ~25% slower so (docs/results.md)."""
     dedup_retention: float = 3600.0
-    # DREX_DEVICE: torch device of the encoder and the learner: auto, cpu or cuda
+    """DREX_DEDUP_RETENTION: seconds an emitted interaction's event ids are kept to drop
+    resends (join tombstones) and its id to drop re-emissions (learner store)."""
     device: str = "auto"
-    # DREX_VARIANT: DReX variant (drex or drex-paper; drex-mlp needs a fixed catalogue)
-    variant: str = "drex"
-    # DREX_ENCODER: local Hugging Face encoder directory; empty = the bundled MiniLM
+    """DREX_DEVICE: torch device of the encoder and the learner: auto, cpu, cuda or cuda:N."""
+    variant: Literal["drex", "drex-paper"] = "drex"
+    """DREX_VARIANT: DReX variant (drex-mlp needs a fixed catalogue, which a stream has not)."""
+    model_overrides: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias="DREX_SET")
+    """DREX_SET: DReXConfig settings for the learner, KEY=VALUE (a comma-separated list in
+    the variable; one ``--set`` per pair). Each value is parsed as its field's type when
+    the worker starts (``use_text=no`` is False, ``use_text=nope`` is refused); a
+    join-only worker has no learner and does not read them (nor import torch)."""
     encoder: str = ""
-    # DREX_ENCODER_MAX_TOKENS: word-piece tokens kept per review
-    encoder_max_tokens: int = 128
-    # DREX_SEED: seed of the learner's initial parameters
+    """DREX_ENCODER: local Hugging Face encoder directory; empty = the bundled MiniLM."""
+    encoder_max_tokens: int = Field(128, ge=1)
+    """DREX_ENCODER_MAX_TOKENS: word-piece tokens kept per review."""
     seed: int = 0
-    # DREX_CHECKPOINT_EVERY: micro-batches between versioned checkpoint files (0 = never)
-    checkpoint_every: int = 500
-    # DREX_CHECKPOINTS_KEPT: how many checkpoint folders to keep
-    checkpoints_kept: int = 3
-    # DREX_INDEX_SAVE_EVERY: seconds between saves of the FAISS item index (0 = never)
-    index_save_every: float = 60.0
-    # DREX_ROLE: "all" (join and learn), "join" (no learner: no torch import) or "learn"
-    role: str = "all"
-    # DREX_EMBEDDED: the broker is the embedded Tansu: apply streams.compat
+    """DREX_SEED: seed of the learner's initial parameters."""
+    checkpoint_every: int = Field(500, ge=0)
+    """DREX_CHECKPOINT_EVERY: micro-batches between versioned checkpoint folders (0 = never)."""
+    checkpoints_kept: int = Field(3, ge=1)
+    """DREX_CHECKPOINTS_KEPT: how many checkpoint folders to keep."""
+    index_save_every: float = Field(60.0, ge=0)
+    """DREX_INDEX_SAVE_EVERY: seconds between saves of the FAISS item index (0 = never)."""
+    role: Literal["all", "join", "learn"] = "all"
+    """DREX_ROLE: agents to run: all (join and learn), join (no learner: no torch import)
+    or learn."""
     embedded: bool = False
-    # DREX_SESSION_TIMEOUT: consumer group session timeout in seconds (0 = faust's
-    # default, or 10 s on the embedded broker where a join takes half of it)
-    session_timeout: float = 0.0
-    # DREX_FSYNC: fsync the learner store's write-ahead log on every batch. Off, a process
-    # crash loses nothing; a machine crash may lose the last batches (see state.py)
+    """DREX_EMBEDDED: the broker is the embedded Tansu: apply streams.compat."""
+    session_timeout: float = Field(0.0, ge=0)
+    """DREX_SESSION_TIMEOUT: consumer group session timeout in seconds (0 = faust's
+    default, or 10 s on the embedded broker where a join takes half of it)."""
     fsync: bool = False
-    # DREX_TORCH_THREADS: torch intra-op threads (0 = torch's default)
-    torch_threads: int = 0
-    # DREX_METRICS_PORT: Prometheus metrics port (0 = pick a free one, -1 = no server)
-    metrics_port: int = 9101
-    # DREX_METRICS_HOST: address the metrics server binds
+    """DREX_FSYNC: fsync the learner store's write-ahead log on every batch. Off, a
+    process crash loses nothing; a machine crash may lose the last batches (state.py)."""
+    torch_threads: int = Field(0, ge=0)
+    """DREX_TORCH_THREADS: torch intra-op threads (0 = torch's default)."""
+    metrics_port: int = Field(9101, ge=-1, le=65535)
+    """DREX_METRICS_PORT: Prometheus metrics port (0 = pick a free one, -1 = no server)."""
     metrics_host: str = "127.0.0.1"
-    # DREX_LOG_LEVEL: faust/worker log level
+    """DREX_METRICS_HOST: address the metrics server binds."""
     log_level: str = "info"
-    # DREX_SECURITY_PROTOCOL: aiokafka security protocol (PLAINTEXT, SSL, SASL_PLAINTEXT,
-    # SASL_SSL); empty = PLAINTEXT
+    """DREX_LOG_LEVEL: faust/worker log level."""
     security_protocol: str = ""
-    # DREX_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+    """DREX_SECURITY_PROTOCOL: aiokafka security protocol (PLAINTEXT, SSL, SASL_PLAINTEXT,
+    SASL_SSL); empty = PLAINTEXT."""
     sasl_mechanism: str = ""
-    # DREX_SASL_PLAIN_USERNAME
+    """DREX_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."""
     sasl_plain_username: str = ""
-    # DREX_SASL_PLAIN_PASSWORD (kept out of repr and of saved configs)
-    sasl_plain_password: str = field(default="", repr=False)
-    # DREX_SSL_CAFILE: CA bundle to verify the brokers' certificates
+    """DREX_SASL_PLAIN_USERNAME: SASL user name."""
+    sasl_plain_password: str = Field("", repr=False)
+    """DREX_SASL_PLAIN_PASSWORD: SASL password; no flag, kept out of repr and of saved
+    configs."""
     ssl_cafile: str = ""
+    """DREX_SSL_CAFILE: CA bundle to verify the brokers' certificates."""
 
-    def __post_init__(self) -> None:
-        if self.partitions < 1:
-            raise ValueError(f"partitions must be >= 1, got {self.partitions}")
-        if min(self.batch_size, self.join_batch_size, self.encode_window) < 1:
-            raise ValueError(
-                f"batch_size, join_batch_size and encode_window must be >= 1, got "
-                f"{self.batch_size}, {self.join_batch_size} and {self.encode_window}"
-            )
-        if self.batch_within <= 0 or self.join_window <= 0:
-            raise ValueError("batch_within and join_window must be > 0 seconds")
-        if self.producer_linger < 0:
-            raise ValueError(f"producer_linger must be >= 0 seconds, got {self.producer_linger}")
-        if self.role not in ("all", "join", "learn"):
-            raise ValueError(f"role must be all, join or learn, got {self.role!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.variant == "drex-mlp":
-            raise ValueError(
-                "drex-mlp builds initial states from a fixed catalogue's preference "
-                "vectors, which a stream does not have; use drex or drex-paper"
-            )
-
+    @field_validator("device")
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> WorkerSettings:
-        """Defaults, then ``DREX_<FIELD>`` variables, then ``overrides`` (None is ignored)."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"DREX_{f.name.upper()}")
-            if raw is not None:
-                values[f.name] = _parse(f.name, raw, type(f.default))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+    def _known_device(cls, device: str) -> str:
+        if device in ("auto", "cpu", "cuda") or (
+            device.startswith("cuda:") and device[5:].isdigit()
+        ):
+            return device
+        raise ValueError("device must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("variant", mode="before")
+    @classmethod
+    def _streamable_variant(cls, variant: Any) -> Any:
+        if variant == "drex-mlp":
+            raise ValueError(DREX_MLP_REFUSAL)
+        return variant
+
+    @field_validator("model_overrides", mode="before")
+    @classmethod
+    def _pairs(cls, pairs: Any) -> Any:
+        if isinstance(pairs, str):  # DREX_SET: comma-separated
+            pairs = pairs.split(",")
+        if isinstance(pairs, list | tuple):
+            return tuple(p.strip() for p in pairs if isinstance(p, str) and p.strip())
+        return pairs
+
+    @model_validator(mode="after")
+    def _typed_pairs(self) -> Self:
+        # after every field: a join-only worker has no learner, so no pairs to check
+        if self.model_overrides and self.runs_learner:
+            try:
+                self.model_overrides_dict()
+            except ValueError as err:
+                where = f"{self.variable('model_overrides')} / {self.flag('model_overrides')}"
+                raise ValueError(f"model_overrides ({where}): {err}") from None
+        return self
+
+    def model_overrides_dict(self) -> dict[str, Any]:
+        """``model_overrides`` as typed DReXConfig overrides (for ``for_variant``).
+
+        Imports torch (``drex_model.model``) only when there are any.
+        """
+        if not self.model_overrides:
+            return {}
+        from drex_model.model import parse_overrides
+
+        return parse_overrides(self.model_overrides)
 
     def with_(self, **changes: Any) -> WorkerSettings:
-        return replace(self, **changes)
+        """A copy with ``changes``, validated (``model_copy(update=...)`` is not)."""
+        return type(self)(**{**self.model_dump(), **changes})
 
     # --- derived ------------------------------------------------------------------------
-
-    @property
-    def state_path(self) -> Path:
-        return Path(self.state_dir)
-
-    @property
-    def learner_path(self) -> Path:
-        return Path(self.learner_dir) if self.learner_dir else self.state_path / "learner"
+    # state_path and learner_path: StateLocation
 
     @property
     def faust_datadir(self) -> Path:
@@ -203,25 +222,7 @@ class WorkerSettings:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """For config.json next to checkpoints; the password is never written."""
-        out = asdict(self)
+        """For config.json next to checkpoints (JSON types); the password is never written."""
+        out = self.model_dump(mode="json")
         out["sasl_plain_password"] = "***" if self.sasl_plain_password else ""
         return out
-
-
-def _parse(name: str, raw: str, kind: type) -> Any:
-    try:
-        if kind is bool:
-            low = raw.strip().lower()
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            raise ValueError(raw)
-        if kind is int:
-            return int(raw)
-        if kind is float:
-            return float(raw)
-    except ValueError:
-        raise ValueError(f"DREX_{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
-    return raw

@@ -2,9 +2,9 @@
 
     drex worker --broker kafka://HOST:PORT [--state-dir ./state] [--partitions 4]
                 [--batch-size 256] [--join-window 30] [--device auto] [--metrics-port 9101]
-                [--embedded]
+                [--embedded] [--set use_text=false ...]
 
-Every flag has an environment variable (streams/settings.py); flags win. The worker
+Every setting (streams/settings.py) has a flag and an environment variable; flags win. The worker
 creates its topics, serves Prometheus metrics, and runs until SIGTERM or Ctrl-C, when it
 finishes the micro-batch in progress, writes it and leaves the consumer group.
 ``python -m streams.worker`` is the same command (tests start workers that way:
@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from drex_store.location import add_flags, flag_values
 from streams.settings import WorkerSettings
 
 logger = logging.getLogger("drex.worker")
@@ -41,54 +42,24 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The worker's flags; a flag left out keeps the environment's (or default) value."""
-    flag = _flag_adder(p)
-    flag("--broker", "kafka://HOST:PORT")
-    flag("--state-dir", "local state folder")
-    flag("--learner-dir", "the learner's store (share it between workers that take over)")
-    flag("--app-id", "faust app id = consumer group")
-    flag("--partitions", "join partitions", type=int)
-    flag("--batch-size", "interactions per learner micro-batch", type=int)
-    flag("--batch-within", "seconds a partial micro-batch waits", type=float)
-    flag("--encode-window", "interactions whose reviews are encoded as one pass", type=int)
-    flag("--join-window", "seconds a review waits for its rating", type=float)
-    flag("--join-batch-size", "source messages joined as one step", type=int)
-    flag("--dedup-retention", "seconds event ids are kept to drop resends", type=float)
-    flag("--producer-linger", "seconds the producer gathers messages per request", type=float)
-    flag("--device", "torch device", choices=["auto", "cpu", "cuda"])
-    flag("--variant", "DReX variant", choices=["drex", "drex-paper"])
-    flag("--encoder", "local Hugging Face encoder folder (empty: bundled MiniLM)")
-    flag("--role", "agents to run", choices=["all", "join", "learn"])
-    flag("--checkpoint-every", "micro-batches between checkpoint folders", type=int)
-    flag("--metrics-port", "Prometheus port (0: any free, -1: off)", type=int)
-    flag("--torch-threads", "torch threads (0: torch's default)", type=int)
-    flag("--session-timeout", "consumer group session timeout, s", type=float)
-    flag("--log-level", "log level")
-    p.add_argument(
-        "--embedded",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="the broker is the embedded Tansu: apply streams.compat (DREX_EMBEDDED)",
+    """One flag per setting (streams/settings.py), named after its variable:
+    ``--batch-size`` for ``DREX_BATCH_SIZE``. A flag left out keeps the environment's (or
+    the default) value; ``--set KEY=VALUE`` is repeatable."""
+    add_flags(p, WorkerSettings)
+    p.epilog = (
+        "Every flag has a DREX_* variable, and a flag replaces its variable: --set "
+        "pairs replace DREX_SET's (a comma-separated list of KEY=VALUE). "
+        "DREX_SASL_PLAIN_PASSWORD has no flag: a command line is visible to every user "
+        "of the machine."
     )
 
 
-def _flag_adder(p: argparse.ArgumentParser) -> Any:
-    defaults = WorkerSettings()
-
-    def add(name: str, text: str, **kwargs: Any) -> None:
-        field = name[2:].replace("-", "_")
-        env = f"DREX_{field.upper()}"
-        default = getattr(defaults, field)
-        p.add_argument(
-            name, default=argparse.SUPPRESS, help=f"{text} ({env}; default {default!r})", **kwargs
-        )
-
-    return add
-
-
-def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Any:
-    known = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    return WorkerSettings.from_env(env, **known)
+def settings_from_args(
+    args: argparse.Namespace, env: Mapping[str, str] | None = None
+) -> WorkerSettings:
+    """Defaults, then ``env``'s ``DREX_*`` variables (default: ``os.environ``), then the
+    flags given in ``args``."""
+    return WorkerSettings.from_env(env, **flag_values(args, WorkerSettings))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
