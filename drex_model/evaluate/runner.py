@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from drex_model.device import resolve_device
 from drex_model.evaluate.baselines import BASELINES, Recommender
 from drex_model.evaluate.data import (
     LoadReport,
@@ -84,9 +85,7 @@ def evaluate(
     started = time.perf_counter()
     out = Path(opts.output)
     out.mkdir(parents=True, exist_ok=True)
-    device = (
-        opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = resolve_device(opts.device)
     if data is None:
         report = load_interactions(opts.dataset, progress=opts.progress)
     elif isinstance(data, LoadReport):
