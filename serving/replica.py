@@ -1,6 +1,6 @@
 """A serving replica of the learner: what recommendations need, in numpy, kept fresh.
 
-**Source.** The learner's own store (``streams/state.py``), opened as a RocksDB
+**Source.** The learner's own store (``drex_store/learner.py``), opened as a RocksDB
 *secondary* instance: a read-only follower that any number of processes can open beside
 the worker that writes it (same machine or shared volume), and that catches up with the
 writer's log on :meth:`Replica.refresh`. Every micro-batch the worker writes, in one
@@ -14,13 +14,11 @@ starts) loads everything once.
 **What it holds.** Per user and item: the representation, the scalars the rating head
 reads (learnable bias, rating sum and count), the interaction count, the keyword
 profile's top words, the time of the last change; per user the items seen. From the
-dense network only the rating head. The learner's score for a pair is
-
-    relu(W_u u + b + W_i i) . w + b_out + biases + running deviations + global mean
-
-(``DReXLearner.score_matrix``). ``W_u u + b`` and ``W_i i`` are kept per row (recomputed
-for changed rows, and for all rows when the head changed), so scoring a candidate costs D
-multiply-adds: numpy, no torch, on the request path.
+dense network only the rating head. A pair is scored, ranked and explained by
+``drex_model.scoring`` (the learner ranks with the same code): ``W_u u + b`` and ``W_i i``
+and each row's additive constant are kept per row (recomputed for changed rows, and for
+all rows when the head changed), so scoring a candidate costs D multiply-adds: numpy, no
+torch, on the request path.
 
 **Retrieval, then ranking.** The candidates are the user's nearest items in a FAISS
 index of item representations (exact inner product, :class:`serving.index.ItemIndex`;
@@ -38,7 +36,6 @@ own index).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -52,10 +49,18 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from drex_model.checkpoint import dense_metadata, row_from_bytes
+from drex_model.formats import (
+    EntityRow,
+    dense_arrays,
+    dense_metadata,
+    representation_from_bytes,
+    row_from_bytes,
+    shown_profile,
+)
+from drex_model.scoring import Head, exposure_prior, shared_keywords, top_keywords
+from drex_store.learner import LearnerStore
 from serving import metrics
 from serving.index import ItemIndex, IVFItemIndex, RWLock
-from streams.state import LearnerStore, representation_from_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -69,49 +74,9 @@ class NotReady(RuntimeError):
     """The replica has no model yet (no store, or the learner has written nothing)."""
 
 
-@dataclass
-class Head:
-    """The rating head and the global terms of the score, from the dense blob."""
-
-    w_user: npt.NDArray[np.float32]  # (D, D) first layer, user half
-    w_item: npt.NDArray[np.float32]  # (D, D) first layer, item half
-    b_hidden: npt.NDArray[np.float32]  # (D,)
-    w_out: npt.NDArray[np.float32]  # (D,)
-    b_out: float
-    deviation_weight: npt.NDArray[np.float32]  # (2,)
-    bias_terms: bool
-    running_bias: bool
-    shrinkage: float
-    rating_levels: int
-    exposure_weight: float
-    step: int
-
-    @classmethod
-    def from_dense(cls, blob: bytes) -> Head:
-        from safetensors.numpy import load
-
-        config = dense_metadata(blob)["config"]
-        t = load(blob)
-        hidden = t["model/head.hidden.weight"]  # (D, 2D)
-        d = hidden.shape[0]
-        return cls(
-            w_user=np.ascontiguousarray(hidden[:, :d].T),
-            w_item=np.ascontiguousarray(hidden[:, d:].T),
-            b_hidden=t["model/head.hidden.bias"],
-            w_out=t["model/head.out.weight"].reshape(-1),
-            b_out=float(t["model/head.out.bias"].reshape(-1)[0]),
-            deviation_weight=t["model/deviation_weight"],
-            bias_terms=bool(config["bias_terms"]),
-            running_bias=bool(config["running_bias"]),
-            shrinkage=float(config["shrinkage"]),
-            rating_levels=int(config["rating_levels"]),
-            exposure_weight=max(float(config["exposure_weight"]), 0.0),
-            step=int(dense_metadata(blob)["step"]),
-        )
-
-    @property
-    def dim(self) -> int:
-        return int(self.w_out.shape[0])
+def head_of(dense: bytes) -> Head:
+    """The scoring head of a dense blob (the learner's network and config)."""
+    return Head.from_parameters(dense_arrays(dense), dense_metadata(dense)["config"])
 
 
 class _Side:
@@ -307,7 +272,7 @@ class Replica:
         return self._store
 
     def _load_all(self, store: LearnerStore, dense: bytes) -> None:
-        head = Head.from_dense(dense)
+        head = head_of(dense)
         read = {side: _read_side(store, side, None) for side in SIDES}
         users, items = _Side(head.dim), _Side(head.dim)
         for side, table in (("users", users), ("items", items)):
@@ -325,7 +290,7 @@ class Replica:
             "users": _read_side(store, "users", sorted(change.users)),
             "items": _read_side(store, "items", sorted(change.items)),
         }
-        head = Head.from_dense(dense) if dense is not None else None
+        head = head_of(dense) if dense is not None else None
         assert self.index is not None
         with self._lock.write():
             if head is not None:
@@ -359,21 +324,18 @@ class Replica:
         head = self.head
         assert head is not None
         u, i = self.users, self.items
-        n = u.rating_count[: len(u)].sum()
-        self.mean = (
-            float(u.rating_sum[: len(u)].sum() / n) if n > 0 else (1.0 + head.rating_levels) / 2
+        self.mean = head.mean(
+            float(u.rating_sum[: len(u)].sum()), float(u.rating_count[: len(u)].sum())
         )
-        for table, w in ((u, head.deviation_weight[0]), (i, head.deviation_weight[1])):
+        for side, table in (("users", u), ("items", i)):
             size = len(table)
-            const = np.zeros(size)
-            if head.bias_terms:
-                const += table.bias[:size]
-            if head.running_bias:
-                count = table.rating_count[:size]
-                dev = (table.rating_sum[:size] - count * self.mean) / (count + head.shrinkage)
-                const += float(w) * dev
-            table.const[:size] = const
-        u.const[: len(u)] += self.mean + head.b_out
+            table.const[:size] = head.constants(
+                side,
+                self.mean,
+                table.bias[:size],
+                table.rating_sum[:size],
+                table.rating_count[:size],
+            )
 
     def _update_candidates(self) -> None:
         """The popularity order and the average user's top items: candidate lists, so a
@@ -391,10 +353,8 @@ class Replica:
         rows = np.flatnonzero(i.has_vector[: len(i)])
         users = np.flatnonzero(u.has_vector[: len(u)])
         mean_user = u.hidden[users].mean(axis=0) if len(users) else head.b_hidden
-        prior = np.maximum(mean_user + i.hidden[rows], 0.0) @ head.w_out + i.const[rows]
-        weight = self.exposure_weight
-        if weight:
-            prior = prior + weight * np.log1p(i.rating_count[rows])
+        prior = head.score(mean_user, 0.0, i.hidden[rows], i.const[rows])
+        prior = prior + exposure_prior(i.rating_count[rows], self.exposure_weight)
         average_top = rows[np.argsort(-prior, kind="stable")[: self.prior_candidates]]
         self.popular, self.average_top = popular, average_top
 
@@ -435,7 +395,7 @@ class Replica:
                 ]
             )
             rating, rank = self._score(u, pool, head)
-            user_top = _ranks(self.users.top.get(user_id, ()))
+            user_top = self.users.top.get(user_id, [])
             items: list[Ranked] = []
             taken: set[int] = set()
             for j in np.argsort(-rank, kind="stable").tolist():
@@ -446,7 +406,7 @@ class Replica:
                 item = self.items.ids[row]
                 if item in seen:
                     continue
-                explanation = _shared_keywords(user_top, self.items.top.get(item, ()))
+                explanation = shared_keywords(user_top, self.items.top.get(item, []))
                 items.append(Ranked(item, float(rating[j]), float(rank[j]), explanation))
                 if len(items) == k:
                     break
@@ -523,17 +483,17 @@ class Replica:
         self, u: int, rows: npt.NDArray[np.int64], head: Head
     ) -> tuple[FloatArray, FloatArray]:
         """(clipped predicted rating, ranking score) of user row ``u`` with item ``rows``."""
-        hidden = np.maximum(self.users.hidden[u] + self.items.hidden[rows], 0.0)
-        raw = hidden @ head.w_out + self.users.const[u] + self.items.const[rows]
-        rank = raw.astype(np.float64)
-        weight = self.exposure_weight
-        if weight:
-            rank = rank + weight * np.log1p(self.items.rating_count[rows])
-        return self._clip(raw), rank
+        raw = head.score(
+            self.users.hidden[u],
+            float(self.users.const[u]),
+            self.items.hidden[rows],
+            self.items.const[rows],
+        )
+        rank = raw + exposure_prior(self.items.rating_count[rows], self.exposure_weight)
+        return head.clip(raw), rank
 
     def _clip(self, values: npt.ArrayLike) -> FloatArray:
-        head = self._require()
-        return np.clip(np.asarray(values, dtype=np.float64), 1.0, float(head.rating_levels))
+        return self._require().clip(values)
 
     def _known(self, table: _Side, entity_id: str, what: str) -> int:
         r = table.index.get(entity_id)
@@ -542,34 +502,14 @@ class Replica:
         return r
 
     def _explain(self, user_id: str, item_id: str) -> list[str]:
-        return _shared_keywords(
-            _ranks(self.users.top.get(user_id, ())), self.items.top.get(item_id, ())
-        )
-
-
-EXPLAIN_TOP: Final = 10  # profile words an explanation draws from (drex_model.explain)
-
-
-def _ranks(top: Sequence[tuple[str, float]]) -> dict[str, int]:
-    """Word -> rank in a profile's top :data:`EXPLAIN_TOP`."""
-    return {w: r for r, (w, _) in enumerate(top[:EXPLAIN_TOP])}
-
-
-def _shared_keywords(
-    user_ranks: dict[str, int], item_top: Sequence[tuple[str, float]]
-) -> list[str]:
-    """Keywords in both top-10 profiles, by summed rank, then alphabetically."""
-    shared = [
-        (user_ranks[w] + r, w) for r, (w, _) in enumerate(item_top[:EXPLAIN_TOP]) if w in user_ranks
-    ]
-    return [w for _, w in sorted(shared)]
+        return shared_keywords(self.users.top.get(user_id, []), self.items.top.get(item_id, []))
 
 
 @dataclass
 class _Read:
     """What was read from the store for one side, before it is applied."""
 
-    rows: dict[str, Any] = field(default_factory=dict)  # id -> EntityRow
+    rows: dict[str, EntityRow] = field(default_factory=dict)
     vectors: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
     updated: dict[str, float] = field(default_factory=dict)
     top: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
@@ -579,15 +519,13 @@ def _read_side(store: LearnerStore, side: str, ids: Iterable[str] | None) -> _Re
     """Rows, representations and keyword tops of ``ids`` (None: all) of one side."""
     out = _Read()
     for entity, raw in store.rows(side, ids):
-        row, _ = row_from_bytes(raw)
-        out.rows[entity] = row
+        out.rows[entity] = row_from_bytes(raw)
     for entity, raw in store.representations(side, ids):
         at, vector = representation_from_bytes(raw)
         out.vectors[entity] = vector
         out.updated[entity] = at
-    for entity, raw in store.keywords(side, ids):
-        profile = json.loads(raw)
-        out.top[entity] = sorted(profile.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_KEYWORDS]
+    for entity, learned, pending in store.keyword_records(side, ids):
+        out.top[entity] = top_keywords(shown_profile(learned, pending), TOP_KEYWORDS)
     return out
 
 
@@ -646,7 +584,4 @@ def _map_labels(
 
 def _project(table: _Side, rows: npt.NDArray[np.int64], head: Head, side: str) -> None:
     """The head's first layer applied to rows' representations (users carry its bias)."""
-    if side == "users":
-        table.hidden[rows] = table.vectors[rows] @ head.w_user + head.b_hidden
-    else:
-        table.hidden[rows] = table.vectors[rows] @ head.w_item
+    table.hidden[rows] = head.project(side, table.vectors[rows])

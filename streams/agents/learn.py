@@ -9,7 +9,7 @@ bounded by one process. The scaling path is the encoder, which dominates the cos
 interaction: run the learner's worker on a GPU (``DREX_DEVICE=cuda``) and give it the
 ``learn`` role, with ``join`` workers (no torch imported) around it.
 
-**Taking over.** The learner lives in its store (streams/state.py), opened when this
+**Taking over.** The learner lives in its store (drex_store/learner.py), opened when this
 worker is assigned ``interactions`` and closed when the partition is revoked (after the
 batch in progress is written). Workers that may take over from each other must share the
 store's folder (``DREX_LEARNER_DIR`` on a shared volume); RocksDB's lock keeps a second
@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import numpy as np
 import orjson
 
 from streams import metrics
@@ -118,7 +119,6 @@ class LearnerSession:
         self.learner: Any = None
         self.store: Any = None
         self.info: Any = None
-        self._carry: dict[str, set[str]] = {"users": set(), "items": set()}
         self.last_checkpoint = time.time()
         self._encoder: Any = None
         self._sweep_at = SWEEP_AT
@@ -136,15 +136,15 @@ class LearnerSession:
 
         from drex_model.learner import DReXLearner
         from drex_model.model import DReXConfig
+        from drex_model.device import resolve_device
         from drex_model.text import TextEncoder
-        from streams.state import LearnerStore
+        from drex_store.learner import LearnerStore
+        from streams.state import restore
 
         s = self.settings
         if s.torch_threads > 0:
             torch.set_num_threads(s.torch_threads)
-        device = s.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(s.device)
         started = time.monotonic()
         store = LearnerStore.open(s.learner_path, fsync=s.fsync, wait=STORE_WAIT_SECONDS)
         try:
@@ -153,16 +153,17 @@ class LearnerSession:
                     s.encoder or None, max_tokens=s.encoder_max_tokens, device=device
                 )
                 self._encoder.warm_up()
-            config = DReXConfig.for_variant(s.variant, encoder_dim=self._encoder.hidden_size)
+            config = DReXConfig.for_variant(
+                s.variant, encoder_dim=self._encoder.hidden_size, **s.model_overrides_dict()
+            )
             learner = DReXLearner(config, encoder=self._encoder, seed=s.seed, device=device)
-            info = store.restore(learner)
+            info = restore(store, learner, self._encoder.identity)
             items = list(learner.items.ids)
             self.feeder.rebuild(config.dim, items, learner.embeddings("items", items))
         except BaseException:
             store.close()
             raise
         self.learner, self.store, self.info = learner, store, info
-        self._carry = {"users": set(), "items": set()}
         self._sweep_at = SWEEP_AT
         metrics.OWNS_LEARNER.set(1)
         self._update_gauges()
@@ -218,7 +219,7 @@ class LearnerSession:
             return
         started = time.perf_counter()
         before = len(self.learner.cache)
-        self.store.renumber_reviews(self.learner.sweep_reviews())
+        self.learner.sweep_reviews()
         kept = len(self.learner.cache)
         self._sweep_at = max(SWEEP_AT, 2 * kept)
         self._update_gauges()
@@ -244,8 +245,7 @@ class LearnerSession:
             raise
 
     def _process(self, batch: Sequence[tuple[int, InteractionEvent]]) -> BatchResult:
-        from drex_model.checkpoint import dense_state_bytes, export_rows
-        from streams.state import BatchWrite, StoreInfo, text_key
+        from streams.state import batch_write, next_info
 
         learner, store, info = self.learner, self.store, self.info
         result = BatchResult()
@@ -267,72 +267,46 @@ class LearnerSession:
         last_offset = max((o for o, _ in batch), default=info.offset)
         step_before = learner.step
         started = time.perf_counter()
+        changed: dict[str, set[str]] = {"users": set(), "items": set()}
         if keep:
-            interactions = [e.to_interaction() for e in keep]
-            scores = learner.learn_many(interactions)
+            scores = learner.learn_many([e.to_interaction() for e in keep])
             result.errors = [
                 float(s) - float(e.rating)
                 for s, e in zip(scores, keep, strict=True)
                 if e.rating is not None
             ]
-            for e in keep:
-                if e.text and learner.config.use_text:
-                    index = learner.cache.lookup(e.text)
-                    if index is not None:
-                        store.review_keys[index] = text_key(e.text)
+            # this batch's entities, and those whose learnable rows a step moved
+            changed = {side: set(ids_) for side, ids_ in learner.changed.items()}
         result.learn_seconds = time.perf_counter() - started
         stepped = learner.step != step_before
-        changed = {
-            "users": {e.user_id for e in keep},
-            "items": {e.item_id for e in keep},
-        }
-        for side in ("users", "items"):
-            if stepped:  # the step moved the learnable rows of earlier batches' entities too
-                changed[side] |= self._carry[side]
-                self._carry[side] = {e.user_id if side == "users" else e.item_id for e in keep}
-            else:
-                self._carry[side] |= changed[side]
         # Interactions already in the store come again after a crash, which may have hit
         # between the store's write and the embedding tables' changelog: their entities'
         # current representations are written again (overwrite-only, so harmless).
         changed["users"] |= {e.user_id for e in replayed if e.user_id in learner.users.index}
         changed["items"] |= {e.item_id for e in replayed if e.item_id in learner.items.index}
         ordered = {side: sorted(ids_) for side, ids_ in changed.items()}
-        views = {side: learner.snapshot(side, ordered[side]) for side in ordered}
-        vectors = {side: view[0] for side, view in views.items()}
         started = time.perf_counter()
-        new_info = StoreInfo(
-            offset=max(info.offset, last_offset),
-            applied=info.applied + len(keep),
-            batches=info.batches + 1,
-            step=learner.step,
-            updated_at=time.time(),
-        )
-        store.commit(
+        new_info = next_info(info, last_offset, len(keep), learner.step)
+        first = info.batches == 0
+        write = batch_write(
+            store,
             learner,
-            BatchWrite(
-                info=new_info,
-                rows={side: export_rows(learner, side, ordered[side]) for side in ordered},
-                keywords={
-                    side: dict(zip(ordered[side], views[side][1], strict=True)) for side in ordered
-                },
-                applied_ids=kept_ids,
-                dense=dense_state_bytes(learner) if stepped or info.batches == 0 else None,
-                representations={
-                    side: dict(zip(ordered[side], vectors[side], strict=True)) for side in ordered
-                },
-            ),
+            new_info,
+            ordered,
+            kept_ids,
+            dense=stepped or first,
+            encoder=self._encoder.identity if first else None,
         )
+        store.commit(write)
         result.persist_seconds = time.perf_counter() - started
         self.info = new_info
         result.applied = len(keep)
-        self.feeder.upsert(ordered["items"], vectors["items"])
-        result.users = {
-            k: v.tobytes() for k, v in zip(ordered["users"], vectors["users"], strict=True)
-        }
-        result.items = {
-            k: v.tobytes() for k, v in zip(ordered["items"], vectors["items"], strict=True)
-        }
+        vectors = {side: write.representations[side] for side in ordered}
+        items = [vectors["items"][k] for k in ordered["items"]]
+        dim = learner.config.dim
+        self.feeder.upsert(ordered["items"], np.stack(items) if items else np.zeros((0, dim)))
+        result.users = {k: v.tobytes() for k, v in vectors["users"].items()}
+        result.items = {k: v.tobytes() for k, v in vectors["items"].items()}
         every = self.settings.checkpoint_every
         if every > 0 and new_info.batches % every == 0:
             self.checkpoint()

@@ -111,8 +111,8 @@ def test_recommendations_exclude_seen_items_and_explain(stream: Stream, replica:
     stream.feed(150)
     replica.refresh()
     learner = stream.session.learner
-    user = max(learner.users.ids, key=lambda u: len(learner._seen.get(u, ())))
-    seen = learner._seen[user]
+    user = max(learner.users.ids, key=lambda u: len(learner.seen_items(u)))
+    seen = learner.seen_items(user)
     recs = replica.recommend(user, k=10)
     assert recs.kind == "personal" and recs.reason is None
     assert len(recs.items) == min(10, len(replica.items) - len(seen))

@@ -27,7 +27,7 @@ from streams.events import (
     validate_review,
 )
 from streams.plan import EventPlan
-from streams.state import LearnerStore
+from drex_store.learner import LearnerStore
 from tests.conftest import shared_dataset
 from tests.integration.harness import (
     APP_ID,

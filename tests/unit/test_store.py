@@ -1,0 +1,118 @@
+"""drex_store: one key-value interface, two backends that behave alike; the learner
+store's layout; the torch-free import boundary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drex_model.formats import VECTORS, EntityRow
+from drex_store.kv import KeyValueStore, MemoryStore, RocksStore, StoreLocked, WriteBatch
+from drex_store.learner import BatchWrite, LearnerStore, StoreInfo
+
+
+@pytest.fixture(params=["memory", "rocksdb"])
+def kv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyValueStore]:
+    store: KeyValueStore = (
+        MemoryStore() if request.param == "memory" else RocksStore.open(tmp_path / "db")
+    )
+    yield store
+    store.close()
+
+
+def test_both_backends_get_scan_and_write_batches_alike(kv: KeyValueStore) -> None:
+    batch = WriteBatch()
+    for key in (b"b:2", b"a:1", b"b:1", b"c:1", b"b:3"):
+        batch.put(key, key.upper())
+    batch.delete(b"b:3")
+    batch.put(b"a:1", b"again")  # the last operation on a key wins
+    kv.write(batch)
+    assert kv.get(b"a:1") == b"again" and kv.get(b"b:3") is None and kv.get(b"zz") is None
+    assert list(kv.scan(b"b:")) == [(b"b:1", b"B:1"), (b"b:2", b"B:2")]
+    assert [k for k, _ in kv.scan(b"")] == [b"a:1", b"b:1", b"b:2", b"c:1"]
+    gone = WriteBatch()
+    gone.delete(b"b:1")
+    gone.delete(b"never")
+    kv.write(gone)
+    assert [k for k, _ in kv.scan(b"b")] == [b"b:2"]
+
+
+def test_a_held_rocksdb_store_is_refused_after_the_wait(tmp_path: Path) -> None:
+    held = RocksStore.open(tmp_path / "db")
+    try:
+        with pytest.raises(StoreLocked, match="held by another process"):
+            RocksStore.open(tmp_path / "db", wait=0.3)
+    finally:
+        held.close()
+
+
+def row(key: str, review: str | None) -> EntityRow:
+    vectors = np.arange(len(VECTORS) * 4, dtype=np.float32).reshape(len(VECTORS), 4)
+    return EntityRow(key, vectors, has_pending=review is not None, pending_key=review, count=2)
+
+
+def test_the_learner_store_keeps_a_batch_whole_and_sweeps_what_nothing_needs() -> None:
+    store = LearnerStore.in_memory()
+    assert store.info() == StoreInfo() and store.dense() is None and store.encoder() is None
+    write = BatchWrite(
+        info=StoreInfo(offset=7, applied=2, batches=1, step=0, updated_at=1.0),
+        rows={"users": [row("ann", "r1")], "items": [row("amp", "r1"), row("cab", None)]},
+        keywords={"users": {"ann": ({"tone": 1.0}, {"warm": 0.5})}},
+        applied_ids=["x1", "x2"],
+        dense=None,
+        representations={"items": {"amp": np.ones(4, dtype=np.float32)}},
+        reviews={"r1": b"blob", "old": b"unused"},
+        encoder={"name": "tiny", "hidden_size": 4},
+    )
+    store.commit(write)
+    assert store.info().offset == 7 and store.encoder() == {"name": "tiny", "hidden_size": 4}
+    assert store.applied(["x1", "x3"]) == {"x1"}
+    assert store.counts("items") == {"amp": 2, "cab": 2}
+    assert store.missing_reviews(["r1", "r2"]) == {"r2"}
+    # stored as learned, shown with the pending words
+    assert list(store.keyword_records("users")) == [("ann", {"tone": 1.0}, {"warm": 0.5})]
+    assert store.keyword_profiles("users") == {"ann": {"tone": 1.0, "warm": 0.5}}
+    assert store.changes(0) == [
+        {"batch": 1, "users": ["ann"], "items": ["amp", "cab"], "dense": False}
+    ]
+    assert store.gc(applied_older_than=0.0) == (1, 0)  # "old" is referenced by no row
+    assert store.review("r1") == b"blob" and store.review("old") is None
+
+
+def test_serving_imports_no_torch_and_nothing_from_streams() -> None:
+    code = (
+        "import sys, serving.server, serving.cli, serving.replica, drex_store.learner;"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'streams'))];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_learner_restored_from_its_store_predicts_alike_and_checks_the_encoder() -> None:
+    from drex_model.checkpoint import CheckpointError
+    from drex_model.learner import DReXLearner
+    from drex_model.model import DReXConfig
+    from drex_model.types import Interaction
+    from streams.state import batch_write, next_info, restore
+
+    config = DReXConfig.for_variant("drex", use_text=False, dim=8, dropout=0.0, step_size=4)
+    source = DReXLearner(config, seed=0)
+    data = [Interaction(f"u{n % 5}", f"i{n % 3}", float(1 + n % 5), None, n) for n in range(30)]
+    source.learn_many(data)
+    store = LearnerStore.in_memory()
+    changed = {"users": sorted(source.users.ids), "items": sorted(source.items.ids)}
+    info = next_info(StoreInfo(), offset=29, applied=30, step=source.step)
+    identity = {"name": "tiny", "hidden_size": 4}
+    store.commit(batch_write(store, source, info, changed, [], dense=True, encoder=identity))
+    copy = DReXLearner(config, seed=1)
+    assert restore(store, copy, identity).applied == 30
+    users, items = ["u0", "u4", "new"], ["i0", "i2", "new"]
+    np.testing.assert_allclose(copy.score_matrix(users, items), source.score_matrix(users, items))
+    with pytest.raises(CheckpointError, match="another text encoder"):
+        restore(store, DReXLearner(config, seed=1), {**identity, "name": "other"})
