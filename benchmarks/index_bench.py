@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from serving.index import ItemIndex
+from drex_store.index import ItemIndex
 
 Array = npt.NDArray[np.float32]
 

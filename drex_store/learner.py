@@ -25,6 +25,9 @@ Keys (``id`` = user or item id, UTF-8)::
                     own key; unreferenced ones are swept by gc
     a:<id>          an applied interaction id -> "offset wall-time"; purged after the
                     dedup retention
+    m:index         JSON {"batch": b}: the learner batch the published item index reflects
+    x:index         the published item index (drex_store.index.ItemIndex.to_bytes): the
+                    stream's FAISS index, which servers load instead of building one
 
 **Delivery semantics.** ``interactions`` is read at least once (faust commits offsets
 after the batch body, and a crash replays from the last commit). The learner applies each
@@ -71,6 +74,8 @@ STORE_FORMAT: Final = 1
 INFO: Final = b"m:info"
 DENSE: Final = b"m:dense"
 ENCODER: Final = b"m:encoder"
+INDEX_INFO: Final = b"m:index"
+INDEX: Final = b"x:index"
 _PREFIX: Final = {"users": b"u:", "items": b"i:"}
 _KEYWORDS: Final = {"users": b"ku:", "items": b"ki:"}
 _REPRESENTATION: Final = {"users": b"eu:", "items": b"ei:"}
@@ -180,6 +185,16 @@ class LearnerStore:
         raw = self.kv.get(ENCODER)
         return None if raw is None else dict(json.loads(raw))
 
+    def index_batch(self) -> int | None:
+        """The learner batch the published item index reflects (None: none published)."""
+        raw = self.kv.get(INDEX_INFO)
+        return None if raw is None else int(json.loads(raw)["batch"])
+
+    def index_snapshot(self) -> tuple[int, bytes] | None:
+        """(batch, serialised item index) as last published, or None."""
+        batch, blob = self.index_batch(), self.kv.get(INDEX)
+        return None if batch is None or blob is None else (batch, blob)
+
     def applied(self, ids: Iterable[str]) -> set[str]:
         """Which of ``ids`` are already applied."""
         return {i for i in ids if self.kv.get(_APPLIED + i.encode()) is not None}
@@ -280,6 +295,13 @@ class LearnerStore:
         if batch.encoder is not None:
             wb.put(ENCODER, json.dumps(dict(batch.encoder), sort_keys=True).encode())
         wb.put(INFO, batch.info.to_json())
+        self.kv.write(wb)
+
+    def put_index(self, batch: int, blob: bytes) -> None:
+        """Publish the item index as of learner batch ``batch`` (one atomic write)."""
+        wb = WriteBatch()
+        wb.put(INDEX, blob)
+        wb.put(INDEX_INFO, json.dumps({"batch": batch}).encode())
         self.kv.write(wb)
 
     def gc(self, applied_older_than: float) -> tuple[int, int]:

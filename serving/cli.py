@@ -29,7 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise SystemExit(f"drex serve: {err}") from None
     # one OpenMP thread per FAISS search: on few cores the default makes a query ~15x
-    # slower (serving/index.py); must be set before faiss is loaded
+    # slower (drex_store/index.py); must be set before faiss is loaded
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from aiohttp import web
 

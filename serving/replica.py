@@ -20,9 +20,10 @@ and each row's additive constant are kept per row (recomputed for changed rows, 
 all rows when the head changed), so scoring a candidate costs D multiply-adds: numpy, no
 torch, on the request path.
 
-**Retrieval, then ranking.** The candidates are the user's nearest items in a FAISS
-index of item representations (exact inner product, :class:`serving.index.ItemIndex`;
-inverted lists, :class:`serving.index.IVFItemIndex`, from 20,000 items on), the head's
+**Retrieval, then ranking.** The candidates are the user's nearest items in the stream's
+FAISS index of item representations (exact inner product, or inverted lists from 20,000
+items on: ``streams/agents/index.py``), which the worker publishes in the store and the
+replica loads, then keeps fresh with the changed items' vectors until the next one; the head's
 top items for the average user (recomputed at every refresh: item quality dominates the
 head, so these are good for most users) and the most-rated items; the DReX head re-ranks
 them exactly. The head is not an inner product, so retrieval approximates ranking every
@@ -58,14 +59,13 @@ from drex_model.formats import (
     shown_profile,
 )
 from drex_model.scoring import Head, exposure_prior, shared_keywords, top_keywords
+from drex_store.index import ItemIndex, RWLock
 from drex_store.learner import LearnerStore
 from serving import metrics
-from serving.index import ItemIndex, IVFItemIndex, RWLock
 
 logger = logging.getLogger(__name__)
 
 SIDES: Final = ("users", "items")
-IVF_MIN_ITEMS: Final = 20_000  # from this catalogue size on, retrieval uses inverted lists
 TOP_KEYWORDS: Final = 20  # keyword profile words kept per entity (explanations use 10)
 FloatArray = npt.NDArray[np.float64]
 
@@ -197,6 +197,7 @@ class Replica:
         self.items = _Side(0)
         self.index: ItemIndex | None = None
         self.label_rows = np.zeros(0, dtype=np.int64)  # FAISS label -> item row, -1: none
+        self.index_batch = -1  # the learner batch of the worker's index this one started as
         self.batches = -1  # the learner's batch this replica has applied (-1: none)
         self.applied = 0
         self.learner_updated_at = 0.0
@@ -249,7 +250,8 @@ class Replica:
             changes = store.changes(self.batches) if behind else None
             if changes is None:  # first load, behind the oldest change record kept, or
                 # a store that went back (replaced or restored from elsewhere)
-                self._load_all(store, dense)
+                if not self._load_all(store, dense):
+                    return False
             else:
                 change = _Change()
                 for record in changes:
@@ -271,19 +273,25 @@ class Replica:
             self._store = LearnerStore.open_secondary(self.learner_dir, self.secondary_dir)
         return self._store
 
-    def _load_all(self, store: LearnerStore, dense: bytes) -> None:
+    def _load_all(self, store: LearnerStore, dense: bytes) -> bool:
+        """Everything, once; False while the worker has published no item index yet."""
+        snapshot = store.index_snapshot()
+        if snapshot is None:
+            return False
         head = head_of(dense)
         read = {side: _read_side(store, side, None) for side in SIDES}
         users, items = _Side(head.dim), _Side(head.dim)
         for side, table in (("users", users), ("items", items)):
             _write_side(table, read[side], head, side)
-        index, label_rows = _build_index(items, head.dim)
+        index, label_rows = _stream_index(snapshot[1], items, list(read["items"].vectors))
         with self._lock.write():
             self.head, self.users, self.items, self.index = head, users, items, index
             self.label_rows = label_rows
+            self.index_batch = snapshot[0]
             self._update_globals()
             self._update_candidates()  # a first load: no list to fall back on yet
         logger.info("replica loaded: %d users, %d items", len(users), len(items))
+        return True
 
     def _apply(self, store: LearnerStore, change: _Change, dense: bytes | None) -> None:
         read = {
@@ -303,21 +311,32 @@ class Replica:
                     _project(table, np.arange(len(table)), head, side)
             self._update_globals()
         self._update_candidates()
+        published = store.index_batch()
+        if published is not None and published > self.index_batch:
+            self._take_index(store)
+            return
         ids = [i for i in read["items"].vectors if i in self.items.index]
         if ids:
             self.index.upsert(ids, np.stack([read["items"].vectors[i] for i in ids]))
             # after the upsert: a query in between may meet a label not mapped yet, and
             # skips it (recommend)
             self.label_rows = _map_labels(self.label_rows, self.index, self.items, ids)
-        grown = (
-            len(self.index) >= 2 * self.index.trained_on
-            if isinstance(self.index, IVFItemIndex)
-            else len(self.index) >= IVF_MIN_ITEMS
-        )
-        if grown:  # (re)train the inverted lists on today's catalogue
-            index, label_rows = _build_index(self.items, self.head.dim)
-            with self._lock.write():
-                self.index, self.label_rows = index, label_rows
+
+    def _take_index(self, store: LearnerStore) -> None:
+        """Answer from the worker's newly published index: load it, bring the items
+        changed after its batch up to this replica's state, and swap it in."""
+        snapshot = store.index_snapshot()
+        if snapshot is None:
+            return
+        batch, blob = snapshot
+        records = store.changes(batch)
+        if records is None:  # too old to know what changed since: bring every item
+            changed = list(self.items.ids)
+        else:
+            changed = sorted({i for record in records for i in record["items"]})
+        index, label_rows = _stream_index(blob, self.items, changed)
+        with self._lock.write():
+            self.index, self.label_rows, self.index_batch = index, label_rows, batch
 
     def _update_globals(self) -> None:
         """The global mean and every row's constant (vectorised; under the write lock)."""
@@ -552,17 +571,18 @@ def _write_side(table: _Side, read: _Read, head: Head, side: str) -> None:
             table.seen[k] = frozenset(read.rows[k].seen)
 
 
-def _build_index(items: _Side, dim: int) -> tuple[ItemIndex, npt.NDArray[np.int64]]:
-    """The index of every item with a vector, and its label -> row map: exact for small
-    catalogues; inverted lists trained on the catalogue from :data:`IVF_MIN_ITEMS` items
-    on (serving/index.py)."""
-    rows = np.flatnonzero(items.has_vector[: len(items)])
-    vectors = items.vectors[rows]
-    index = IVFItemIndex(dim, vectors) if len(rows) >= IVF_MIN_ITEMS else ItemIndex(dim)
-    ids = [items.ids[r] for r in rows]
-    if ids:
-        index.upsert(ids, vectors)
-    return index, _map_labels(np.zeros(0, dtype=np.int64), index, items, ids)
+def _stream_index(
+    blob: bytes, items: _Side, changed: Sequence[str]
+) -> tuple[ItemIndex, npt.NDArray[np.int64]]:
+    """The worker's published index with ``changed`` items' vectors brought up to this
+    replica's, and its label -> row map."""
+    index = ItemIndex.from_bytes(blob)
+    rows = [items.index[i] for i in changed if i in items.index]
+    rows = [r for r in rows if items.has_vector[r]]
+    if rows:
+        index.upsert([items.ids[r] for r in rows], items.vectors[rows])
+    known = [i for i in index.ids() if i in items.index]
+    return index, _map_labels(np.zeros(0, dtype=np.int64), index, items, known)
 
 
 def _map_labels(

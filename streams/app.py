@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from streams.agents import index as index_agent
 from streams.agents import join as join_agent
 from streams.agents import learn as learn_agent
 from streams.agents.index import IndexFeeder
@@ -128,10 +127,9 @@ def create_app(settings: WorkerSettings) -> DrexApp:
     if settings.embedded:
         apply_tansu_compat(app)
     _register_lag(app)
-    feeder = IndexFeeder(settings.index_path)
+    feeder = IndexFeeder(settings.index_save_every)
     join = join_agent.register(app, settings) if settings.runs_join else None
     learn = None
     if settings.runs_learner:
         learn = learn_agent.register(app, settings, feeder)
-        index_agent.register(app, settings, feeder)
     return DrexApp(app, settings, join, learn, feeder)

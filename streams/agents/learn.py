@@ -134,9 +134,9 @@ class LearnerSession:
             return
         import torch
 
+        from drex_model.device import resolve_device
         from drex_model.learner import DReXLearner
         from drex_model.model import DReXConfig
-        from drex_model.device import resolve_device
         from drex_model.text import TextEncoder
         from drex_store.learner import LearnerStore
         from streams.state import restore
@@ -160,6 +160,7 @@ class LearnerSession:
             info = restore(store, learner, self._encoder.identity)
             items = list(learner.items.ids)
             self.feeder.rebuild(config.dim, items, learner.embeddings("items", items))
+            self.feeder.publish(store, info.batches, force=True)
         except BaseException:
             store.close()
             raise
@@ -181,10 +182,10 @@ class LearnerSession:
         if not self.held:
             return
         try:
-            if save_index:  # serving gets the latest items even between timed saves
-                self.feeder.save()
+            if save_index:  # servers get the latest items even between timed publications
+                self.feeder.publish(self.store, self.info.batches, force=True)
         except Exception:
-            logger.exception("saving the item index failed")
+            logger.exception("publishing the item index failed")
         self.store.close()
         self.learner = self.store = self.info = None
         self.feeder.drop()
@@ -305,6 +306,10 @@ class LearnerSession:
         items = [vectors["items"][k] for k in ordered["items"]]
         dim = learner.config.dim
         self.feeder.upsert(ordered["items"], np.stack(items) if items else np.zeros((0, dim)))
+        if self.feeder.needs_training():  # train the inverted lists on today's catalogue
+            every = list(learner.items.ids)
+            self.feeder.rebuild(dim, every, learner.embeddings("items", every))
+        self.feeder.publish(store, new_info.batches)
         result.users = {k: v.tobytes() for k, v in vectors["users"].items()}
         result.items = {k: v.tobytes() for k, v in vectors["items"].items()}
         every = self.settings.checkpoint_every

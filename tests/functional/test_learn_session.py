@@ -30,7 +30,7 @@ def _session(tmp: Path, encoder: Path, name: str) -> LearnerSession:
         checkpoint_every=0,
         batch_size=BATCH,
     )
-    return LearnerSession(settings, IndexFeeder(tmp / name / "index"))
+    return LearnerSession(settings, IndexFeeder(publish_every=0.0))
 
 
 def _take(session: LearnerSession, events: list[InteractionEvent], start: int, ahead: bool) -> None:

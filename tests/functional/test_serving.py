@@ -39,7 +39,7 @@ class Stream:
             torch_threads=1,
             checkpoint_every=0,
         )
-        self.session = LearnerSession(self.settings, IndexFeeder(tmp / "state" / "index"))
+        self.session = LearnerSession(self.settings, IndexFeeder(publish_every=0.0))
         self.events = sample_events(tmp / "sample.jsonl", users=60, groups=7)
         self.offset = 0
 
@@ -236,3 +236,33 @@ async def test_http_api(stream: Stream, replica: Replica) -> None:
         assert line in text
         assert 'drex_recommendations_total{kind="fallback"}' in text
         assert "drex_serving_ready 1.0" in text
+
+
+def test_the_replica_answers_from_the_index_the_stream_publishes(
+    stream: Stream, replica: Replica, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One FAISS index: the worker's. The replica loads each published snapshot (here
+    inverted lists the worker trained once the catalogue passed the threshold), brings
+    the items changed after it up to date, and never trains or builds one itself."""
+    import drex_store.index
+    from streams.agents import index as index_agent
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the replica trained an index")
+
+    stream.feed(60)
+    assert replica.refresh() and replica.index_batch == 1
+    assert type(replica.index) is drex_store.index.ItemIndex
+    monkeypatch.setattr(index_agent, "IVF_MIN_ITEMS", len(stream.session.learner.items) + 1)
+    stream.feed(60)  # new items: the worker trains inverted lists and publishes them
+    assert isinstance(stream.session.feeder.index, drex_store.index.IVFItemIndex)
+    monkeypatch.setattr(drex_store.index.IVFItemIndex, "__init__", no_training)
+    assert replica.refresh()
+    assert isinstance(replica.index, drex_store.index.IVFItemIndex)
+    assert replica.index_batch == 2
+    assert set(replica.index.ids()) == set(stream.session.learner.items.ids)
+    indexed = replica.index.ids()
+    rows = replica.label_rows[replica.index.labels(indexed)]
+    assert rows.tolist() == [replica.items.index[i] for i in indexed]
+    user = next(iter(replica.users.index))
+    assert replica.recommend(user, k=5).kind == "personal"

@@ -17,7 +17,7 @@ import pytest
 from drex_model.checkpoint import load_checkpoint
 from drex_model.evaluate.data import load_interactions
 from drex_model.types import Interaction
-from serving.index import ItemIndex
+from drex_store.index import ItemIndex
 from streams.broker import EmbeddedBroker
 from streams.events import (
     DEAD_LETTERS_TOPIC,
@@ -91,9 +91,16 @@ def check_learner(
 
 
 def check_outputs(state_dir: Path, plan: EventPlan, encoder: Path) -> None:
-    """The item index and the checkpoint folders a serving process would read."""
-    index = ItemIndex.load(state_dir / "index")
-    assert set(index.ids()) == set(plan.truth.per_item)
+    """The item index the worker published for servers (on stopping: every item) and
+    the checkpoint folders."""
+    store = LearnerStore.open(state_dir / "learner", read_only=True)
+    try:
+        published = store.index_snapshot()
+        info = store.info()
+    finally:
+        store.close()
+    assert published is not None and published[0] == info.batches
+    assert set(ItemIndex.from_bytes(published[1]).ids()) == set(plan.truth.per_item)
     checkpoints = sorted((state_dir / "checkpoints").glob("step-*"))
     assert 1 <= len(checkpoints) <= 3
     learner = load_checkpoint(checkpoints[-1])

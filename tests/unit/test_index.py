@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.index import ItemIndex, IVFItemIndex
+from drex_store.index import ItemIndex, IVFItemIndex
 
 
 def unit(dim: int, axis: int, scale: float = 1.0) -> np.ndarray:

@@ -28,6 +28,7 @@ takes ~1 ms, so the index stays on the CPU.
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -333,6 +334,53 @@ class ItemIndex:
         os.replace(tmp_ids, out / IDS_FILE)
         return out
 
+    def to_bytes(self) -> bytes:
+        """The whole index as one value (u32 header length, JSON header, the FAISS index
+        as ``faiss.serialize_index`` writes it): what the worker publishes in the learner
+        store for servers. :meth:`from_bytes` reads it; nothing is unpickled."""
+        with self._lock.read():
+            meta = {
+                "format": _FORMAT,
+                "kind": "ivf" if isinstance(self, IVFItemIndex) else "flat",
+                "dim": self.dim,
+                "metric": self.metric,
+                "next_label": self._next_label,
+                "refreshed_at": self.refreshed_at,
+                "version": self.version,
+                "trained_on": getattr(self, "trained_on", 0),
+                "ids": list(self._labels.items()),
+            }
+            blob = faiss.serialize_index(self._index).tobytes()
+        head = orjson.dumps(meta)
+        return struct.pack("<I", len(head)) + head + blob
+
+    @staticmethod
+    def from_bytes(data: bytes) -> ItemIndex:
+        """Read :meth:`to_bytes`'s value (an :class:`IVFItemIndex` when it was one)."""
+        (n,) = struct.unpack_from("<I", data)
+        meta = orjson.loads(data[4 : 4 + n])
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"item index of unknown format {meta.get('format')!r}")
+        stored = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8, offset=4 + n))
+        index: ItemIndex
+        if meta["kind"] == "ivf":
+            index = IVFItemIndex.__new__(IVFItemIndex)
+            ItemIndex.__init__(index, int(meta["dim"]), meta["metric"])
+            index.trained_on = int(meta["trained_on"])
+        else:
+            index = ItemIndex(int(meta["dim"]), meta["metric"])
+        labels = {str(item): int(label) for item, label in meta["ids"]}
+        if stored.d != index.dim or stored.ntotal != len(labels):
+            raise ValueError("the item index's header and FAISS data disagree")
+        index._index = stored
+        index._labels = labels
+        index._items = {label: item for item, label in labels.items()}
+        index._rows = ItemIndex._rows_of(stored) if meta["kind"] == "flat" else {}
+        index._next_label = int(meta["next_label"])
+        index.refreshed_at = float(meta["refreshed_at"])
+        index.version = int(meta["version"])
+        return index
+
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ItemIndex:
         """Read what :meth:`save` wrote; ``ValueError`` if the two files disagree."""
@@ -368,7 +416,7 @@ class IVFItemIndex(ItemIndex):
     that of one list, not of the index), which may move it to another list. Centroids
     are trained once, on the vectors given at construction; as embeddings drift they
     fit less well, so the owner rebuilds the index when the catalogue has grown a lot
-    (serving/replica.py rebuilds it at twice the trained size).
+    (the worker's index agent, streams/agents/index.py, at twice the trained size).
 
     Built in memory by its owner: :meth:`save` refuses (the worker's saved index is the
     exact one).
