@@ -91,7 +91,7 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
         main(["evaluate", "--dataset", str(tmp_path / "none.json"), "--output", str(tmp_path)])
     with pytest.raises(SystemExit, match="--set: expected KEY=VALUE"):
         main(["evaluate", "--dataset", "sample", "--output", str(tmp_path), "--set", "dimm=3"])
-    with pytest.raises(SystemExit, match="use_text='nope'.*valid boolean"):
+    with pytest.raises(SystemExit, match=r"use_text='nope'.*valid boolean"):
         main(
             ["evaluate", "--dataset", "sample", "--output", str(tmp_path), "--set", "use_text=nope"]
         )

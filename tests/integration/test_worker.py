@@ -18,6 +18,7 @@ from drex_model.checkpoint import load_checkpoint
 from drex_model.evaluate.data import load_interactions
 from drex_model.types import Interaction
 from drex_store.index import ItemIndex
+from drex_store.learner import LearnerStore
 from streams.broker import EmbeddedBroker
 from streams.events import (
     DEAD_LETTERS_TOPIC,
@@ -27,7 +28,6 @@ from streams.events import (
     validate_review,
 )
 from streams.plan import EventPlan
-from drex_store.learner import LearnerStore
 from tests.conftest import shared_dataset
 from tests.integration.harness import (
     APP_ID,
