@@ -576,7 +576,7 @@ class DReXLearner:
         known_rows = rows[known]
         parts = [
             self._represent(table, r, self._current(side, table, r)).float().cpu().numpy()
-            for r in known_rows.split(chunk)
+            for r in torch.split(known_rows, chunk)
             if len(r)
         ]
         if parts:

@@ -101,8 +101,8 @@ class Head:
         ``W_i i`` for items."""
         v = np.asarray(vectors, dtype=np.float32)
         if side == "users":
-            return v @ self.w_user + self.b_hidden  # type: ignore[no-any-return]
-        return v @ self.w_item  # type: ignore[no-any-return]
+            return v @ self.w_user + self.b_hidden
+        return v @ self.w_item
 
     def constants(
         self,
@@ -137,7 +137,7 @@ class Head:
         """Unclipped ratings ``(I,)`` of one user with each item."""
         hidden = np.maximum(user_hidden + item_hidden, 0.0)  # (I, D)
         out = (hidden @ self.w_out).astype(np.float64)
-        return out + user_const + np.asarray(item_const, dtype=np.float64)  # type: ignore[no-any-return]
+        return out + user_const + np.asarray(item_const, dtype=np.float64)
 
     def score_matrix(
         self,
@@ -154,7 +154,7 @@ class Head:
         for s in range(0, len(user_hidden), step):
             hidden = np.maximum(user_hidden[s : s + step, None, :] + item_hidden[None], 0.0)
             out[s : s + step] = hidden @ self.w_out  # (u, I)
-        return out + u_const[:, None] + i_const[None, :]  # type: ignore[no-any-return]
+        return out + u_const[:, None] + i_const[None, :]
 
     def clip(self, ratings: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Ratings on the scale 1..S (ranking uses the unclipped values: clips tie)."""
@@ -171,7 +171,7 @@ def exposure_prior(item_rating_count: npt.ArrayLike, weight: float) -> npt.NDArr
     count = np.asarray(item_rating_count, dtype=np.float64)
     if not weight:
         return np.zeros(count.shape)
-    return weight * np.log1p(count)  # type: ignore[no-any-return]
+    return weight * np.log1p(count)
 
 
 def shared_keywords(

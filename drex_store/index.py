@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import faiss
 import numpy as np
@@ -361,7 +361,7 @@ class ItemIndex:
         meta = orjson.loads(data[4 : 4 + n])
         if meta.get("format") != _FORMAT:
             raise ValueError(f"item index of unknown format {meta.get('format')!r}")
-        stored = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8, offset=4 + n))
+        stored: Any = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8, offset=4 + n))
         index: ItemIndex
         if meta["kind"] == "ivf":
             index = IVFItemIndex.__new__(IVFItemIndex)

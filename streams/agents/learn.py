@@ -307,8 +307,8 @@ class LearnerSession:
         dim = learner.config.dim
         self.feeder.upsert(ordered["items"], np.stack(items) if items else np.zeros((0, dim)))
         if self.feeder.needs_training():  # train the inverted lists on today's catalogue
-            every = list(learner.items.ids)
-            self.feeder.rebuild(dim, every, learner.embeddings("items", every))
+            catalogue = list(learner.items.ids)
+            self.feeder.rebuild(dim, catalogue, learner.embeddings("items", catalogue))
         self.feeder.publish(store, new_info.batches)
         result.users = {k: v.tobytes() for k, v in vectors["users"].items()}
         result.items = {k: v.tobytes() for k, v in vectors["items"].items()}
