@@ -42,31 +42,26 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 from drex_model.formats import (
-    EntityRow,
     dense_arrays,
     dense_metadata,
-    representation_from_bytes,
-    row_from_bytes,
-    shown_profile,
 )
-from drex_model.scoring import Head, exposure_prior, shared_keywords, top_keywords
+from drex_model.scoring import Head, exposure_prior, shared_keywords
 from drex_store.index import ItemIndex, RWLock
 from drex_store.learner import LearnerStore
 from serving import metrics
+from serving.tables import SideTable, map_labels, project, read_side, stream_index, write_side
 
 logger = logging.getLogger(__name__)
 
 SIDES: Final = ("users", "items")
-TOP_KEYWORDS: Final = 20  # keyword profile words kept per entity (explanations use 10)
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -77,56 +72,6 @@ class NotReady(RuntimeError):
 def head_of(dense: bytes) -> Head:
     """The scoring head of a dense blob (the learner's network and config)."""
     return Head.from_parameters(dense_arrays(dense), dense_metadata(dense)["config"])
-
-
-class _Side:
-    """One side's rows in growable arrays; ids map to rows, rows are never reused."""
-
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-        self.ids: list[str] = []
-        self.index: dict[str, int] = {}
-        self.vectors = np.zeros((0, dim), dtype=np.float32)
-        self.hidden = np.zeros((0, dim), dtype=np.float32)  # W u (+ b) per row
-        self.has_vector = np.zeros(0, dtype=bool)
-        self.bias = np.zeros(0)
-        self.rating_sum = np.zeros(0)
-        self.rating_count = np.zeros(0)
-        self.count = np.zeros(0, dtype=np.int64)
-        self.updated = np.zeros(0)
-        self.const = np.zeros(0)  # per-row constant of the score (biases, deviation)
-        self.top: dict[str, list[tuple[str, float]]] = {}
-        self.seen: dict[str, frozenset[str]] = {}
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def rows(self, ids: Sequence[str]) -> npt.NDArray[np.int64]:
-        """Rows of ``ids``, adding the unknown ones."""
-        new = [k for k in dict.fromkeys(ids) if k not in self.index]
-        if new:
-            start = len(self.ids)
-            for n, k in enumerate(new):
-                self.index[k] = start + n
-            self.ids.extend(new)
-            self._grow(len(self.ids))
-        return np.fromiter((self.index[k] for k in ids), dtype=np.int64, count=len(ids))
-
-    def _grow(self, size: int) -> None:
-        capacity = len(self.bias)
-        if size <= capacity:
-            return
-        capacity = max(size, 2 * capacity, 64)
-
-        def grown(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
-            out = np.zeros((capacity, *a.shape[1:]), dtype=a.dtype)
-            out[: len(a)] = a
-            return out
-
-        for name in ("vectors", "hidden", "has_vector", "bias", "rating_sum", "rating_count"):
-            setattr(self, name, grown(getattr(self, name)))
-        for name in ("count", "updated", "const"):
-            setattr(self, name, grown(getattr(self, name)))
 
 
 @dataclass
@@ -193,8 +138,8 @@ class Replica:
         self._lock = RWLock()
         self._refreshing = threading.Lock()
         self.head: Head | None = None
-        self.users = _Side(0)
-        self.items = _Side(0)
+        self.users = SideTable(0)
+        self.items = SideTable(0)
         self.index: ItemIndex | None = None
         self.label_rows = np.zeros(0, dtype=np.int64)  # FAISS label -> item row, -1: none
         self.index_batch = -1  # the learner batch of the worker's index this one started as
@@ -279,11 +224,11 @@ class Replica:
         if snapshot is None:
             return False
         head = head_of(dense)
-        read = {side: _read_side(store, side, None) for side in SIDES}
-        users, items = _Side(head.dim), _Side(head.dim)
+        read = {side: read_side(store, side, None) for side in SIDES}
+        users, items = SideTable(head.dim), SideTable(head.dim)
         for side, table in (("users", users), ("items", items)):
-            _write_side(table, read[side], head, side)
-        index, label_rows = _stream_index(snapshot[1], items, list(read["items"].vectors))
+            write_side(table, read[side], head, side)
+        index, label_rows = stream_index(snapshot[1], items, list(read["items"].vectors))
         with self._lock.write():
             self.head, self.users, self.items, self.index = head, users, items, index
             self.label_rows = label_rows
@@ -295,8 +240,8 @@ class Replica:
 
     def _apply(self, store: LearnerStore, change: _Change, dense: bytes | None) -> None:
         read = {
-            "users": _read_side(store, "users", sorted(change.users)),
-            "items": _read_side(store, "items", sorted(change.items)),
+            "users": read_side(store, "users", sorted(change.users)),
+            "items": read_side(store, "items", sorted(change.items)),
         }
         head = head_of(dense) if dense is not None else None
         assert self.index is not None
@@ -304,11 +249,11 @@ class Replica:
             if head is not None:
                 self.head = head
             assert self.head is not None
-            _write_side(self.users, read["users"], self.head, "users")
-            _write_side(self.items, read["items"], self.head, "items")
+            write_side(self.users, read["users"], self.head, "users")
+            write_side(self.items, read["items"], self.head, "items")
             if head is not None:  # the first layer changed: every row's projection too
                 for side, table in (("users", self.users), ("items", self.items)):
-                    _project(table, np.arange(len(table)), head, side)
+                    project(table, np.arange(len(table)), head, side)
             self._update_globals()
         self._update_candidates()
         published = store.index_batch()
@@ -320,7 +265,7 @@ class Replica:
             self.index.upsert(ids, np.stack([read["items"].vectors[i] for i in ids]))
             # after the upsert: a query in between may meet a label not mapped yet, and
             # skips it (recommend)
-            self.label_rows = _map_labels(self.label_rows, self.index, self.items, ids)
+            self.label_rows = map_labels(self.label_rows, self.index, self.items, ids)
 
     def _take_index(self, store: LearnerStore) -> None:
         """Answer from the worker's newly published index: load it, bring the items
@@ -334,7 +279,7 @@ class Replica:
             changed = list(self.items.ids)
         else:
             changed = sorted({i for record in records for i in record["items"]})
-        index, label_rows = _stream_index(blob, self.items, changed)
+        index, label_rows = stream_index(blob, self.items, changed)
         with self._lock.write():
             self.index, self.label_rows, self.index_batch = index, label_rows, batch
 
@@ -514,7 +459,7 @@ class Replica:
     def _clip(self, values: npt.ArrayLike) -> FloatArray:
         return self._require().clip(values)
 
-    def _known(self, table: _Side, entity_id: str, what: str) -> int:
+    def _known(self, table: SideTable, entity_id: str, what: str) -> int:
         r = table.index.get(entity_id)
         if r is None or not table.has_vector[r]:
             raise KeyError(f"unknown {what}: {entity_id!r}")
@@ -522,86 +467,3 @@ class Replica:
 
     def _explain(self, user_id: str, item_id: str) -> list[str]:
         return shared_keywords(self.users.top.get(user_id, []), self.items.top.get(item_id, []))
-
-
-@dataclass
-class _Read:
-    """What was read from the store for one side, before it is applied."""
-
-    rows: dict[str, EntityRow] = field(default_factory=dict)
-    vectors: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
-    updated: dict[str, float] = field(default_factory=dict)
-    top: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
-
-
-def _read_side(store: LearnerStore, side: str, ids: Iterable[str] | None) -> _Read:
-    """Rows, representations and keyword tops of ``ids`` (None: all) of one side."""
-    out = _Read()
-    for entity, raw in store.rows(side, ids):
-        out.rows[entity] = row_from_bytes(raw)
-    for entity, raw in store.representations(side, ids):
-        at, vector = representation_from_bytes(raw)
-        out.vectors[entity] = vector
-        out.updated[entity] = at
-    for entity, learned, pending in store.keyword_records(side, ids):
-        out.top[entity] = top_keywords(shown_profile(learned, pending), TOP_KEYWORDS)
-    return out
-
-
-def _write_side(table: _Side, read: _Read, head: Head, side: str) -> None:
-    ids = list(read.rows)
-    if not ids:
-        return
-    rows = table.rows(ids)
-    table.bias[rows] = [read.rows[k].bias for k in ids]
-    table.rating_sum[rows] = [read.rows[k].rating_sum for k in ids]
-    table.rating_count[rows] = [read.rows[k].rating_count for k in ids]
-    table.count[rows] = [read.rows[k].count for k in ids]
-    with_vector = [(r, k) for r, k in zip(rows.tolist(), ids, strict=True) if k in read.vectors]
-    if with_vector:
-        vr = np.asarray([r for r, _ in with_vector], dtype=np.int64)
-        table.vectors[vr] = np.stack([read.vectors[k] for _, k in with_vector])
-        table.has_vector[vr] = True
-        table.updated[vr] = [read.updated[k] for _, k in with_vector]
-        _project(table, vr, head, side)
-    for k in ids:
-        if k in read.top:
-            table.top[k] = read.top[k]
-        if side == "users":
-            table.seen[k] = frozenset(read.rows[k].seen)
-
-
-def _stream_index(
-    blob: bytes, items: _Side, changed: Sequence[str]
-) -> tuple[ItemIndex, npt.NDArray[np.int64]]:
-    """The worker's published index with ``changed`` items' vectors brought up to this
-    replica's, and its label -> row map."""
-    index = ItemIndex.from_bytes(blob)
-    rows = [items.index[i] for i in changed if i in items.index]
-    rows = [r for r in rows if items.has_vector[r]]
-    if rows:
-        index.upsert([items.ids[r] for r in rows], items.vectors[rows])
-    known = [i for i in index.ids() if i in items.index]
-    return index, _map_labels(np.zeros(0, dtype=np.int64), index, items, known)
-
-
-def _map_labels(
-    label_rows: npt.NDArray[np.int64], index: ItemIndex, items: _Side, ids: Sequence[str]
-) -> npt.NDArray[np.int64]:
-    """``label_rows`` with the FAISS labels of ``ids`` pointing at their item rows: in
-    place, or a grown copy (a reader holding the old array still reads valid rows)."""
-    if not ids:
-        return label_rows
-    labels = index.labels(ids)
-    size = int(labels.max()) + 1
-    if size > len(label_rows):
-        grown = np.full(max(size, 2 * len(label_rows)), -1, dtype=np.int64)
-        grown[: len(label_rows)] = label_rows
-        label_rows = grown
-    label_rows[labels] = items.rows(ids)
-    return label_rows
-
-
-def _project(table: _Side, rows: npt.NDArray[np.int64], head: Head, side: str) -> None:
-    """The head's first layer applied to rows' representations (users carry its bias)."""
-    table.hidden[rows] = head.project(side, table.vectors[rows])

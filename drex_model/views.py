@@ -1,0 +1,240 @@
+"""What the learner answers without learning: predictions, rankings and views of its
+state, as a base class of :class:`drex_model.learner.DReXLearner`.
+
+Nothing here changes state. A prediction for an id the learner has not seen is made
+from the expected initial state (zero representation, zero bias, no ratings) and does
+not register the id; a view of an unknown id raises ``KeyError``. Pairs are scored,
+ranked and explained by :mod:`drex_model.scoring`, the same code the server runs.
+
+Notation: B ids, U users, I items, D embedding size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from drex_model.entities import EntityTable
+from drex_model.explain import KeywordProfiles, explain
+from drex_model.formats import shown_profile
+from drex_model.model import DReX, DReXConfig
+from drex_model.scoring import HEAD_PARAMETERS, Head, exposure_prior
+
+SIDES = ("users", "items")
+
+
+class Snapshot(NamedTuple):
+    """What a reader of the learner's state needs of some entities, as of now."""
+
+    vectors: np.ndarray  # (B, D) float32 representations (memory + pending + static)
+    learned: list[dict[str, float]]  # keyword profile as learned
+    pending: list[dict[str, float]]  # words of the pending review under the current model
+
+
+class LearnerViews:
+    """Predictions and views over the state the learner keeps (see the module doc)."""
+
+    config: DReXConfig
+    model: DReX
+    device: torch.device
+    exposure_weight: float  # of ranking_scores; drex evaluate may choose it
+    users: EntityTable
+    items: EntityTable
+    user_keywords: KeywordProfiles
+    item_keywords: KeywordProfiles
+    _seen: dict[str, set[str]]
+
+    # The learner computes these (drex_model/learner.py).
+
+    def _current(
+        self,
+        side: str,
+        table: EntityTable,
+        rows: torch.Tensor,
+        keywords: KeywordProfiles | None = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _represent(self, table: EntityTable, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _mean(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def table(self, side: str) -> EntityTable:
+        """The users' or the items' :class:`EntityTable` (``side``: "users" or "items")."""
+        if side not in SIDES:
+            raise ValueError(f"side must be 'users' or 'items', not {side!r}")
+        return self.users if side == "users" else self.items
+
+    def keywords(self, side: str) -> KeywordProfiles:
+        """The keyword profiles of a side, as learned (pending reviews not included)."""
+        return self.user_keywords if side == "users" else self.item_keywords
+
+    # Predictions answer from the current state and change none of it: an unknown id is
+    # scored from the expected initial state (zero representation, zero bias, no ratings)
+    # and is not registered. The score itself is drex_model.scoring's, as in serving.
+
+    def predict_many(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
+        """Predicted ratings (clipped to 1..S) of the pairs ``(users[n], items[n])``."""
+        head = self.scoring_head()
+        mean = float(self._mean())
+        uniq_u, at_u = _unique(users)
+        uniq_i, at_i = _unique(items)
+        hu, cu, _ = self._projected(head, "users", uniq_u, mean)
+        hi, ci, _ = self._projected(head, "items", uniq_i, mean)
+        return head.clip(head.score(hu[at_u], cu[at_u], hi[at_i], ci[at_i]))
+
+    def predict_one(self, user: str, item: str) -> float:
+        return float(self.predict_many([user], [item])[0])
+
+    def score_matrix(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
+        """Unclipped predicted ratings ``(U, I)`` of every pair (clipping would tie)."""
+        return self._score_matrix(users, items)[0]
+
+    def ranking_scores(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
+        """Scores ``(U, I)`` that order recommendations: the unclipped predicted rating
+        plus :func:`drex_model.scoring.exposure_prior` with ``exposure_weight``."""
+        raw, item_ratings = self._score_matrix(users, items)
+        return raw + exposure_prior(item_ratings, self.exposure_weight)[None, :]
+
+    def rank(
+        self, user: str, items: Sequence[str] | None = None, k: int = 10, exclude_seen: bool = True
+    ) -> list[tuple[str, float, list[str]]]:
+        """Top-k (item, predicted rating, keyword explanation) for ``user``."""
+        candidates = list(items) if items is not None else list(self.items.ids)
+        if exclude_seen:
+            seen = self._seen.get(user, set())
+            candidates = [i for i in candidates if i not in seen]
+        if not candidates:
+            return []
+        raw, item_ratings = self._score_matrix([user], candidates)
+        ranking = raw[0] + exposure_prior(item_ratings, self.exposure_weight)
+        order = np.argsort(-ranking, kind="stable")[:k]
+        lo, hi = 1.0, float(self.config.rating_levels)
+        return [
+            (
+                candidates[j],
+                float(np.clip(raw[0, j], lo, hi)),
+                explain(self.user_keywords, self.item_keywords, user, candidates[j]),
+            )
+            for j in order.tolist()
+        ]
+
+    def scoring_head(self) -> Head:
+        """The rating head and global terms as :class:`drex_model.scoring.Head` (numpy)."""
+        state = self.model.state_dict()
+        params = {name: state[name].detach().float().cpu().numpy() for name in HEAD_PARAMETERS}
+        return Head.from_parameters(params, self.config.to_dict())
+
+    def _score_matrix(
+        self, users: Sequence[str], items: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        head = self.scoring_head()
+        mean = float(self._mean())
+        hu, cu, _ = self._projected(head, "users", users, mean)
+        hi, ci, item_ratings = self._projected(head, "items", items, mean)
+        return head.score_matrix(hu, cu, hi, ci), item_ratings
+
+    def _projected(
+        self, head: Head, side: str, ids: Sequence[str], mean: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(first-layer projection ``(B, D)``, score constant ``(B,)``, rating count)."""
+        vectors, bias, rating_sum, rating_count = self._terms(side, ids)
+        const = head.constants(side, mean, bias, rating_sum, rating_count)
+        return head.project(side, vectors), const, rating_count
+
+    @torch.inference_mode()
+    def _terms(
+        self, side: str, ids: Sequence[str], chunk: int = 512
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Representation ``(B, D)`` float32, bias, rating sum and count of ``ids`` as a
+        prediction sees them now (zeros for unknown ids); registers nothing."""
+        self.model.eval()
+        table = self.table(side)
+        rows, known = table.find(ids)
+        vectors = np.zeros((len(ids), self.config.dim), dtype=np.float32)
+        known_rows = rows[known]
+        parts = [
+            self._represent(table, r, self._current(side, table, r)).float().cpu().numpy()
+            for r in torch.split(known_rows, chunk)
+            if len(r)
+        ]
+        if parts:
+            vectors[known.cpu().numpy()] = np.concatenate(parts)
+        k = known.to(table.rating_sum.dtype)
+        bias = table.bias[rows].squeeze(-1) * k
+        return (
+            vectors,
+            bias.double().cpu().numpy(),
+            (table.rating_sum[rows] * k).double().cpu().numpy(),
+            (table.rating_count[rows] * k).double().cpu().numpy(),
+        )
+
+    # The views below read the state as a prediction would and change none of it.
+
+    def embeddings(self, side: str, ids: Sequence[str]) -> np.ndarray:
+        """Representations ``(B, D)`` float32 of known ``ids`` as a prediction sees them
+        now: memory with the pending message folded in, plus the static embedding.
+        Unknown ids raise ``KeyError``."""
+        return self._view(side, ids, with_keywords=False).vectors
+
+    def keyword_profiles(self, side: str, ids: Sequence[str]) -> list[dict[str, float]]:
+        """Keyword profile of each known id as shown to people: the learned profile plus
+        the pending review's words under the current model (a profile grows when a
+        pending message is folded in, at the entity's next interaction; this way an
+        entity with a single review has one already). Unknown ids raise ``KeyError``."""
+        view = self._view(side, ids, with_keywords=True)
+        return [shown_profile(a, b) for a, b in zip(view.learned, view.pending, strict=True)]
+
+    def snapshot(self, side: str, ids: Sequence[str]) -> Snapshot:
+        """Representations, learned profiles and pending words of known ``ids`` in one
+        pass (what the worker stores after a micro-batch)."""
+        return self._view(side, ids, with_keywords=True)
+
+    def load_keywords(self, side: str, profiles: Mapping[str, Mapping[str, float]]) -> None:
+        """Add learned profiles (as :meth:`snapshot` gave them) to a side's profiles."""
+        stored = self.keywords(side)
+        for key, profile in profiles.items():
+            stored.add(key, dict(profile))
+
+    @torch.inference_mode()
+    def _view(self, side: str, ids: Sequence[str], with_keywords: bool) -> Snapshot:
+        table = self.table(side)
+        if not ids:
+            return Snapshot(np.zeros((0, self.config.dim), dtype=np.float32), [], [])
+        unique = list(dict.fromkeys(ids))  # a pending review counts once per entity
+        missing = [k for k in unique if k not in table.index]
+        if missing:
+            raise KeyError(f"unknown ids: {missing[:5]}")
+        rows = torch.tensor([table.index[k] for k in unique], dtype=torch.long)
+        rows = rows.to(self.device)
+        self.model.eval()
+        pending = KeywordProfiles() if with_keywords else None
+        h = self._current(side, table, rows, pending)  # (U, D); collects the pending words
+        vectors = self._represent(table, rows, h).float().cpu().numpy()
+        learned: list[dict[str, float]] = []
+        words: list[dict[str, float]] = []
+        if pending is not None:
+            stored = self.keywords(side)
+            learned = [stored.profile(key) for key in unique]
+            words = [pending.profile(key) for key in unique]
+        if len(unique) == len(ids):
+            return Snapshot(vectors, learned, words)
+        at = {key: n for n, key in enumerate(unique)}
+        order = [at[key] for key in ids]
+        return Snapshot(
+            vectors[order],
+            [dict(learned[n]) for n in order] if learned else [],
+            [dict(words[n]) for n in order] if words else [],
+        )
+
+
+def _unique(ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct ids in first-seen order, and each input's position among them."""
+    at: dict[str, int] = {}
+    pos = np.fromiter((at.setdefault(k, len(at)) for k in ids), dtype=np.int64, count=len(ids))
+    return list(at), pos

@@ -1,0 +1,162 @@
+"""The replica's tables: one side's rows in numpy, and how store values reach them.
+
+:class:`SideTable` holds what the rating head and the explanations read per user or
+item (representation, its first-layer projection, bias, rating sums, the score's
+constant, keyword tops, seen items) in growable arrays; :func:`read_side` reads a side's
+changed values from the learner store and :func:`write_side` applies them;
+:func:`stream_index` turns the worker's published item index into this replica's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from drex_model.formats import (
+    EntityRow,
+    representation_from_bytes,
+    row_from_bytes,
+    shown_profile,
+)
+from drex_model.scoring import Head, top_keywords
+from drex_store.index import ItemIndex
+from drex_store.learner import LearnerStore
+
+TOP_KEYWORDS: Final = 20  # keyword profile words kept per entity (explanations use 10)
+
+
+class SideTable:
+    """One side's rows in growable arrays; ids map to rows, rows are never reused."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self.vectors = np.zeros((0, dim), dtype=np.float32)
+        self.hidden = np.zeros((0, dim), dtype=np.float32)  # W u (+ b) per row
+        self.has_vector = np.zeros(0, dtype=bool)
+        self.bias = np.zeros(0)
+        self.rating_sum = np.zeros(0)
+        self.rating_count = np.zeros(0)
+        self.count = np.zeros(0, dtype=np.int64)
+        self.updated = np.zeros(0)
+        self.const = np.zeros(0)  # per-row constant of the score (biases, deviation)
+        self.top: dict[str, list[tuple[str, float]]] = {}
+        self.seen: dict[str, frozenset[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, ids: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Rows of ``ids``, adding the unknown ones."""
+        new = [k for k in dict.fromkeys(ids) if k not in self.index]
+        if new:
+            start = len(self.ids)
+            for n, k in enumerate(new):
+                self.index[k] = start + n
+            self.ids.extend(new)
+            self._grow(len(self.ids))
+        return np.fromiter((self.index[k] for k in ids), dtype=np.int64, count=len(ids))
+
+    def _grow(self, size: int) -> None:
+        capacity = len(self.bias)
+        if size <= capacity:
+            return
+        capacity = max(size, 2 * capacity, 64)
+
+        def grown(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            out = np.zeros((capacity, *a.shape[1:]), dtype=a.dtype)
+            out[: len(a)] = a
+            return out
+
+        for name in ("vectors", "hidden", "has_vector", "bias", "rating_sum", "rating_count"):
+            setattr(self, name, grown(getattr(self, name)))
+        for name in ("count", "updated", "const"):
+            setattr(self, name, grown(getattr(self, name)))
+
+
+@dataclass
+class SideRead:
+    """What was read from the store for one side, before it is applied."""
+
+    rows: dict[str, EntityRow] = field(default_factory=dict)
+    vectors: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+    updated: dict[str, float] = field(default_factory=dict)
+    top: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+
+
+def read_side(store: LearnerStore, side: str, ids: Iterable[str] | None) -> SideRead:
+    """Rows, representations and keyword tops of ``ids`` (None: all) of one side."""
+    out = SideRead()
+    for entity, raw in store.rows(side, ids):
+        out.rows[entity] = row_from_bytes(raw)
+    for entity, raw in store.representations(side, ids):
+        at, vector = representation_from_bytes(raw)
+        out.vectors[entity] = vector
+        out.updated[entity] = at
+    for entity, learned, pending in store.keyword_records(side, ids):
+        out.top[entity] = top_keywords(shown_profile(learned, pending), TOP_KEYWORDS)
+    return out
+
+
+def write_side(table: SideTable, read: SideRead, head: Head, side: str) -> None:
+    ids = list(read.rows)
+    if not ids:
+        return
+    rows = table.rows(ids)
+    table.bias[rows] = [read.rows[k].bias for k in ids]
+    table.rating_sum[rows] = [read.rows[k].rating_sum for k in ids]
+    table.rating_count[rows] = [read.rows[k].rating_count for k in ids]
+    table.count[rows] = [read.rows[k].count for k in ids]
+    with_vector = [(r, k) for r, k in zip(rows.tolist(), ids, strict=True) if k in read.vectors]
+    if with_vector:
+        vr = np.asarray([r for r, _ in with_vector], dtype=np.int64)
+        table.vectors[vr] = np.stack([read.vectors[k] for _, k in with_vector])
+        table.has_vector[vr] = True
+        table.updated[vr] = [read.updated[k] for _, k in with_vector]
+        project(table, vr, head, side)
+    for k in ids:
+        if k in read.top:
+            table.top[k] = read.top[k]
+        if side == "users":
+            table.seen[k] = frozenset(read.rows[k].seen)
+
+
+def stream_index(
+    blob: bytes, items: SideTable, changed: Sequence[str]
+) -> tuple[ItemIndex, npt.NDArray[np.int64]]:
+    """The worker's published index with ``changed`` items' vectors brought up to this
+    replica's, and its label -> row map."""
+    index = ItemIndex.from_bytes(blob)
+    rows = [items.index[i] for i in changed if i in items.index]
+    rows = [r for r in rows if items.has_vector[r]]
+    if rows:
+        index.upsert([items.ids[r] for r in rows], items.vectors[rows])
+    known = [i for i in index.ids() if i in items.index]
+    return index, map_labels(np.zeros(0, dtype=np.int64), index, items, known)
+
+
+def map_labels(
+    label_rows: npt.NDArray[np.int64], index: ItemIndex, items: SideTable, ids: Sequence[str]
+) -> npt.NDArray[np.int64]:
+    """``label_rows`` with the FAISS labels of ``ids`` pointing at their item rows: in
+    place, or a grown copy (a reader holding the old array still reads valid rows)."""
+    if not ids:
+        return label_rows
+    labels = index.labels(ids)
+    size = int(labels.max()) + 1
+    if size > len(label_rows):
+        grown = np.full(max(size, 2 * len(label_rows)), -1, dtype=np.int64)
+        grown[: len(label_rows)] = label_rows
+        label_rows = grown
+    label_rows[labels] = items.rows(ids)
+    return label_rows
+
+
+def project(table: SideTable, rows: npt.NDArray[np.int64], head: Head, side: str) -> None:
+    """The head's first layer applied to rows' representations (users carry its bias)."""
+    table.hidden[rows] = head.project(side, table.vectors[rows])
