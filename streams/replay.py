@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -312,17 +311,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The replay's flags (shared with ``python -m streams.replay``)."""
     from drex_model.evaluate.runner import DEFAULT_BASELINES
     from drex_model.model import VARIANTS
+    from streams.settings import WorkerSettings
 
+    try:  # the broker the worker's settings name (DREX_BROKER, DREX_EMBEDDED, defaults)
+        worker = WorkerSettings.from_env()
+    except ValueError:  # a bad DREX_* variable is the worker's to report, not --help's
+        worker = WorkerSettings()
     src = p.add_argument_group("source")
-    src.add_argument(
-        "--broker",
-        default=os.environ.get("DREX_BROKER", "kafka://127.0.0.1:9092"),
-        help="kafka://HOST:PORT (DREX_BROKER)",
-    )
+    src.add_argument("--broker", default=worker.broker, help="kafka://HOST:PORT (DREX_BROKER)")
     src.add_argument(
         "--embedded",
         action="store_true",
-        default=os.environ.get("DREX_EMBEDDED", "").lower() in {"1", "true", "yes", "on"},
+        default=worker.embedded,
         help="the broker is the embedded Tansu: read end offsets its way (DREX_EMBEDDED)",
     )
     src.add_argument("--reviews-topic", default=REVIEWS_TOPIC)

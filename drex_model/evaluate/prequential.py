@@ -331,8 +331,8 @@ def prequential(
     and output (epochs, patience and early stopping do not apply). Writes results.json,
     results.md and prequential.png; returns what results.json holds.
     """
-    import torch
 
+    from drex_model.device import resolve_device
     from drex_model.evaluate.runner import aggregate_runs, machine_info, review_cache, say
     from drex_model.learner import DReXLearner
     from drex_model.model import DReXConfig
@@ -341,9 +341,7 @@ def prequential(
     started = time.perf_counter()
     out = Path(opts.output)
     out.mkdir(parents=True, exist_ok=True)
-    device = (
-        opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = resolve_device(opts.device)
     report = data if isinstance(data, LoadReport) else LoadReport(list(data), len(data), {}, 0)
     say(opts, f"{opts.dataset}: {report.summary()}")
     bad = [v for v in opts.variants if v not in PREQUENTIAL_VARIANTS]
