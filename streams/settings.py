@@ -81,7 +81,8 @@ class WorkerSettings(StateLocation):
     checkpoints_kept: int = Field(3, ge=1)
     """DREX_CHECKPOINTS_KEPT: how many checkpoint folders to keep."""
     index_save_every: float = Field(60.0, ge=0)
-    """DREX_INDEX_SAVE_EVERY: seconds between saves of the FAISS item index (0 = never)."""
+    """DREX_INDEX_SAVE_EVERY: seconds between publications of the item FAISS index in the
+    learner store, for servers (also at take-over and release; 0: after every batch)."""
     role: Literal["all", "join", "learn"] = "all"
     """DREX_ROLE: agents to run: all (join and learn), join (no learner: no torch import)
     or learn."""
@@ -175,10 +176,6 @@ class WorkerSettings(StateLocation):
     @property
     def checkpoint_path(self) -> Path:
         return self.state_path / "checkpoints"
-
-    @property
-    def index_path(self) -> Path:
-        return self.state_path / "index"
 
     @property
     def runs_learner(self) -> bool:
