@@ -11,7 +11,7 @@ Notation: B ids, U users, I items, D embedding size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -47,22 +47,11 @@ class LearnerViews:
     item_keywords: KeywordProfiles
     _seen: dict[str, set[str]]
 
-    # The learner computes these (drex_model/learner.py).
-
-    def _current(
-        self,
-        side: str,
-        table: EntityTable,
-        rows: torch.Tensor,
-        keywords: KeywordProfiles | None = None,
-    ) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _represent(self, table: EntityTable, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _mean(self) -> torch.Tensor:
-        raise NotImplementedError
+    # The learner computes these (drex_model/learner.py): the representation of rows
+    # with their pending messages folded in, plus the static embedding, and the mean.
+    _current: Callable[..., torch.Tensor]
+    _represent: Callable[[EntityTable, torch.Tensor, torch.Tensor], torch.Tensor]
+    _mean: Callable[[], torch.Tensor]
 
     def table(self, side: str) -> EntityTable:
         """The users' or the items' :class:`EntityTable` (``side``: "users" or "items")."""

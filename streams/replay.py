@@ -316,7 +316,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     try:  # the broker the worker's settings name (DREX_BROKER, DREX_EMBEDDED, defaults)
         worker = WorkerSettings.from_env()
     except ValueError:  # a bad DREX_* variable is the worker's to report, not --help's
-        worker = WorkerSettings()
+        worker = WorkerSettings.from_env({})
     src = p.add_argument_group("source")
     src.add_argument("--broker", default=worker.broker, help="kafka://HOST:PORT (DREX_BROKER)")
     src.add_argument(
