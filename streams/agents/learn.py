@@ -14,7 +14,8 @@ worker is assigned ``interactions`` and closed when the partition is revoked (af
 batch in progress is written). Workers that may take over from each other must share the
 store's folder (``DREX_LEARNER_DIR`` on a shared volume); RocksDB's lock keeps a second
 process out until the first has let go, and the new owner restores the learner from the
-store and rebuilds the item index. A worker whose store is not shared starts from what
+store (checking its config and text encoder) and rebuilds and publishes the item
+index. A worker whose store is not shared starts from what
 its own folder holds: give the ``learn`` role to one worker at a time in that setup.
 
 **A take** is what the agent reads at once: up to ``encode_window`` interactions (1024)
@@ -39,10 +40,13 @@ serving joins and heartbeats while the CPU works):
    an optimiser step also those whose learnable rows the step moved), and of those in
    records dropped in 1 (a crash may have fallen between the store's write and the
    embedding tables', so a replay writes them again);
-4. write all of it (with the representations, for serving replicas), the applied ids
-   and the offset in one RocksDB WriteBatch;
-5. upsert the changed items into the FAISS index; every ``checkpoint_every`` batches
-   write a versioned checkpoint folder (keeping the last few) and sweep the store.
+4. write all of it (with the representations, for serving replicas, and the reviews
+   pending messages need that the store lacks), the applied ids and the offset in one
+   atomic write (``streams.state.batch_write``, ``LearnerStore.commit``);
+5. upsert the changed items into the stream's FAISS index, and publish the index in the
+   store when ``index_save_every`` has passed (streams/agents/index.py); every
+   ``checkpoint_every`` batches write a versioned checkpoint folder (keeping the last
+   few) and sweep the store.
 
 Back on the event loop the changed representations are mirrored, as float32 bytes, into
 the ``user-embeddings`` and ``item-embeddings`` tables, whose changelog topics let any
