@@ -54,7 +54,7 @@ def build_store(state: Path, items: int, users: int, seed: int) -> None:
     taste = rng.normal(0, 0.5, users)
     rating = np.clip(np.round(3.8 + quality[item_of] + taste[user_of]), 1, 5)
     settings = WorkerSettings(state_dir=str(state), device="cpu", checkpoint_every=0)
-    session = LearnerSession(settings, IndexFeeder(publish_every=0.0))
+    session = LearnerSession(settings, IndexFeeder())
     batch = 4096
     with tqdm(total=n, desc="learner store", unit="interaction") as bar:
         for s in range(0, n, batch):
@@ -74,7 +74,7 @@ def build_store(state: Path, items: int, users: int, seed: int) -> None:
             ]
             session.process(events)
             bar.update(len(events))
-    session.release(save_index=False)
+    session.release()  # publishes the item index the servers load
 
 
 def recall(learner_dir: Path, k: int, users: int) -> float:
