@@ -126,6 +126,7 @@ class LearnerSession:
         self.last_checkpoint = time.time()
         self._encoder: Any = None
         self._sweep_at = SWEEP_AT
+        self._save_encoder = False
         metrics.bind_gauge(metrics.CHECKPOINT_AGE, lambda: time.time() - self.last_checkpoint)
 
     @property
@@ -169,6 +170,7 @@ class LearnerSession:
             store.close()
             raise
         self.learner, self.store, self.info = learner, store, info
+        self._save_encoder = store.encoder() is None  # with the next batch's write
         self._sweep_at = SWEEP_AT
         metrics.OWNS_LEARNER.set(1)
         self._update_gauges()
@@ -300,9 +302,10 @@ class LearnerSession:
             ordered,
             kept_ids,
             dense=stepped or first,
-            encoder=self._encoder.identity if first else None,
+            encoder=self._encoder.identity if self._save_encoder else None,
         )
         store.commit(write)
+        self._save_encoder = False
         result.persist_seconds = time.perf_counter() - started
         self.info = new_info
         result.applied = len(keep)

@@ -163,3 +163,31 @@ def test_replayed_records_write_their_entities_again(
         want = session.learner.embeddings("items", ids)
         got = np.stack([np.frombuffer(result.items[k], dtype=np.float32) for k in ids])
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_store_refuses_a_learner_with_another_text_encoder(
+    tmp_path: Path,
+    tiny_encoder_dir: Path,
+    events: list[InteractionEvent],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The encoder's identity is saved with the store's first write and checked at each
+    take-over: another encoder of the same width would read the stored states wrongly."""
+    from drex_model.checkpoint import CheckpointError
+    from drex_model.text import TextEncoder
+    from drex_store.learner import LearnerStore
+
+    first = _session(tmp_path, tiny_encoder_dir, "s")
+    _take(first, events[:BATCH], 0, ahead=False)
+    identity = first._encoder.identity
+    first.release(save_index=False)
+    store = LearnerStore.open(tmp_path / "s" / "learner", read_only=True)
+    assert store.encoder() == identity
+    store.close()
+    again = _session(tmp_path, tiny_encoder_dir, "s")
+    again.acquire()  # the same encoder: restored
+    again.release(save_index=False)
+    other = {**identity, "fingerprint": "something else"}
+    monkeypatch.setattr(TextEncoder, "identity", property(lambda self: other))
+    with pytest.raises(CheckpointError, match="another text encoder"):
+        _session(tmp_path, tiny_encoder_dir, "s").acquire()
