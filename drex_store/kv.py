@@ -1,9 +1,9 @@
 """A small typed key-value interface with a RocksDB backend and a memory one.
 
-Everything the learner keeps goes through :class:`KeyValueStore`: ``get``, ``scan`` (by
-key prefix, in key order), and ``write`` of one :class:`WriteBatch` (puts and deletes
-applied atomically). :class:`RocksStore` is production (rocksdict, raw bytes, no
-pickle): a primary that one process holds, a read-only view, or a *secondary* instance
+Everything the learner keeps goes through :class:`KeyValueStore`: ``get``, ``put``,
+``delete``, ``scan`` (by key prefix, in key order), and ``write`` of one
+:class:`WriteBatch` (puts and deletes applied atomically). :class:`RocksStore` is
+production (rocksdict, raw bytes, no pickle): a primary that one process holds, a read-only view, or a *secondary* instance
 that follows the primary's log on :meth:`RocksStore.catch_up`. :class:`MemoryStore` holds
 the same in a dict, for tests.
 """
@@ -48,6 +48,10 @@ class KeyValueStore(Protocol):
         """Apply ``batch`` atomically: a reader sees all of it or none."""
         ...
 
+    def put(self, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, key: bytes) -> None: ...
+
     def catch_up(self) -> None:
         """(Followers) read what the writer has written since; others do nothing."""
         ...
@@ -55,7 +59,24 @@ class KeyValueStore(Protocol):
     def close(self) -> None: ...
 
 
-class MemoryStore:
+class _SingleWrites:
+    """``put`` and ``delete`` as one-operation batches."""
+
+    def write(self, batch: WriteBatch) -> None:
+        raise NotImplementedError
+
+    def put(self, key: bytes, value: bytes) -> None:
+        batch = WriteBatch()
+        batch.put(key, value)
+        self.write(batch)
+
+    def delete(self, key: bytes) -> None:
+        batch = WriteBatch()
+        batch.delete(key)
+        self.write(batch)
+
+
+class MemoryStore(_SingleWrites):
     """:class:`KeyValueStore` in memory (tests; nothing survives the process)."""
 
     def __init__(self) -> None:
@@ -89,7 +110,7 @@ class MemoryStore:
         pass
 
 
-class RocksStore:
+class RocksStore(_SingleWrites):
     """:class:`KeyValueStore` on RocksDB (rocksdict in raw mode)."""
 
     def __init__(self, db: Any, path: Path, fsync: bool = False) -> None:

@@ -40,6 +40,9 @@ def test_both_backends_get_scan_and_write_batches_alike(kv: KeyValueStore) -> No
     gone.delete(b"never")
     kv.write(gone)
     assert [k for k, _ in kv.scan(b"b")] == [b"b:2"]
+    kv.put(b"b:0", b"zero")
+    kv.delete(b"b:2")
+    assert list(kv.scan(b"b")) == [(b"b:0", b"zero")]
 
 
 def test_a_held_rocksdb_store_is_refused_after_the_wait(tmp_path: Path) -> None:
