@@ -3,9 +3,9 @@
 Everything the learner keeps goes through :class:`KeyValueStore`: ``get``, ``put``,
 ``delete``, ``scan`` (by key prefix, in key order), and ``write`` of one
 :class:`WriteBatch` (puts and deletes applied atomically). :class:`RocksStore` is
-production (rocksdict, raw bytes, no pickle): a primary that one process holds, a read-only view, or a *secondary* instance
-that follows the primary's log on :meth:`RocksStore.catch_up`. :class:`MemoryStore` holds
-the same in a dict, for tests.
+production (rocksdict, raw bytes, no pickle): a primary that one process holds, a
+read-only view, or a *secondary* instance that follows the primary's log on
+:meth:`RocksStore.catch_up`. :class:`MemoryStore` holds the same in a dict, for tests.
 """
 
 from __future__ import annotations
