@@ -62,6 +62,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from drex_model.evaluate.runner import DEFAULT_BASELINES
     from drex_model.model import VARIANTS
 
     parser = argparse.ArgumentParser(prog="drex", description=__doc__.splitlines()[0])
@@ -81,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", required=True, help="directory for results.{json,md} and plots")
     ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ev.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
-    ev.add_argument("--baselines", nargs="*", default=["global-mean", "bias", "mf", "popularity"])
+    ev.add_argument(
+        "--baselines",
+        nargs="*",
+        default=list(DEFAULT_BASELINES),
+        help=f"baselines run beside drex (default: {' '.join(DEFAULT_BASELINES)})",
+    )
     ev.add_argument("--min-user", type=int, default=5, help="min ratings per user (paper: 20)")
     ev.add_argument("--min-item", type=int, default=5, help="min ratings per item")
     ev.add_argument("--max-epochs", type=int, default=100)

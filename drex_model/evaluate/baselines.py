@@ -8,6 +8,10 @@ offsets, a plain matrix factorisation and raw popularity already achieve:
 - ``UserItemBias`` ("bias"): mu + b_u + b_i, Koren's baseline estimator.
 - ``BiasedMF`` ("mf"): mu + b_u + b_i + p_u . q_i, trained by mini-batch SGD.
 - ``ItemPopularity`` ("popularity"): ranks by training count; not a rating model.
+- ``EASE`` ("ease") and ``ItemKNN`` ("itemknn"): item-item collaborative rankers, tuned
+  on validation (``drex_model/evaluate/collaborative.py``); not rating models.
+
+Rating models rank by their unclipped predictions.
 
 All of them are plain numpy, fit on the rated training interactions only, are seeded,
 and answer for unseen users or items with whatever part of the model is known (the
@@ -22,6 +26,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from drex_model.evaluate.collaborative import EASE, ItemKNN
 from drex_model.types import Interaction
 
 
@@ -109,8 +114,13 @@ class _Baseline:
         return clipped
 
     def score_items(self, user: str, items: Sequence[str]) -> np.ndarray:
-        """Rank by predicted rating, the natural score of a rating model."""
-        return self.predict([user] * len(items), items)
+        """Rank by the unclipped predicted rating: clipped to the scale, every item
+        predicted above it would tie (and pessimistic ties would rank them last)."""
+        if np.isnan(self.mu):
+            raise RuntimeError(f"{self.name}: call fit() before score_items()")
+        users = self._rows([user] * len(items), self.user_index)
+        raw: np.ndarray = self._raw(users, self._rows(items, self.item_index))
+        return raw
 
     def _raw(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Unclipped predictions for row indices (-1 = unseen id)."""
@@ -362,4 +372,6 @@ BASELINES: dict[str, Callable[..., Recommender]] = {
     UserItemBias.name: UserItemBias,
     BiasedMF.name: BiasedMF,
     ItemPopularity.name: ItemPopularity,
+    EASE.name: EASE,
+    ItemKNN.name: ItemKNN,
 }

@@ -40,12 +40,18 @@ from drex_model.evaluate.data import (
     split_interactions,
 )
 from drex_model.evaluate.drex import DReXRecommender, EpochLog
-from drex_model.evaluate.metrics import RELEVANT_RATING, ranking_metrics, rating_metrics
+from drex_model.evaluate.metrics import (
+    RELEVANT_RATING,
+    beyond_accuracy,
+    ranking_metrics,
+    rating_metrics,
+)
 from drex_model.model import VARIANTS, DReXConfig
 from drex_model.text import ReviewCache, TextEncoder
 from drex_model.types import Interaction
 
-DEFAULT_BASELINES = ("global-mean", "bias", "mf", "popularity")
+DEFAULT_BASELINES = ("global-mean", "bias", "mf", "popularity", "ease", "itemknn")
+BEYOND_K = 10  # the list length of coverage, distinct lists and popularity bias
 COLD_MAX_RATINGS = 2  # users with at most this many training ratings count as cold
 
 
@@ -126,6 +132,8 @@ def evaluate(
                 metrics["epochs"] = float(len(model.history))
                 metrics["best_epoch"] = float(model.best_epoch)
                 metrics["exposure_weight"] = model.exposure_weight
+            for key, value in getattr(model, "chosen", {}).items():  # tuned on validation
+                metrics[key] = float(value)
             per_seed.setdefault(name, []).append(metrics)
             say(
                 opts,
@@ -204,25 +212,31 @@ def score(
     users = sorted(u for u, t in tests.items() if max(t.values()) >= RELEVANT_RATING)
     scores = _score_matrix(model, users, items)
     column = {item: j for j, item in enumerate(items)}
-    realistic, paper = [], []
+    realistic, paper, tops = [], [], []
     for row, user in enumerate(users):
         keep = np.array([j for j, i in enumerate(items) if i not in seen.get(user, ())])
         relevant = {i for i, r in tests[user].items() if r >= RELEVANT_RATING}
         realistic.append((scores[row, keep], np.array([items[j] in relevant for j in keep])))
+        best = np.argsort(-scores[row, keep], kind="stable")[:BEYOND_K]
+        tops.append([items[j] for j in keep[best]])
         own = list(tests[user])
         paper.append(
             (scores[row, [column[i] for i in own]], np.array([i in relevant for i in own]))
         )
     out.update(ranking_metrics(realistic, ks))
     out.update({f"paper_{k}": v for k, v in ranking_metrics(paper, ks).items()})
+    counts: dict[str, float] = {}
+    for x in train:
+        counts[x.item] = counts.get(x.item, 0.0) + 1.0
+    out.update(beyond_accuracy(tops, len(items), counts, BEYOND_K))
     return out
 
 
 def _score_matrix(
     model: Recommender | DReXRecommender, users: Sequence[str], items: Sequence[str]
 ) -> np.ndarray:
-    if isinstance(model, DReXRecommender):
-        return model.score_matrix(users, items)
+    if isinstance(model, DReXRecommender) or hasattr(model, "score_matrix"):
+        return np.asarray(model.score_matrix(users, items))
     return (
         np.stack([model.score_items(u, items) for u in users])
         if users
@@ -347,6 +361,12 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines.append("Ranking over all unrated items:")
     lines.append("")
     table([f"{m}@{k}" for m in ("p", "r", "f1", "ndcg") for k in ks])
+    lines.append(
+        f"Beyond accuracy, top-{BEYOND_K} over all unrated items: catalogue coverage, "
+        "distinct lists per user, mean log(1 + training interactions) of the items shown:"
+    )
+    lines.append("")
+    table([f"{m}@{BEYOND_K}" for m in ("coverage", "distinct", "logpop")])
     lines.append("Ranking over each user's test items (the paper's candidate set):")
     lines.append("")
     table([f"paper_{m}@{k}" for m in ("f1", "ndcg") for k in ks])

@@ -50,6 +50,8 @@ def test_evaluate_writes_results_for_every_model(tiny_encoder_dir: Path, tmp_pat
         "bias",
         "mf",
         "popularity",
+        "ease",
+        "itemknn",
     }
     drex = results["models"]["drex"]
     for key in (
@@ -68,6 +70,11 @@ def test_evaluate_writes_results_for_every_model(tiny_encoder_dir: Path, tmp_pat
         assert key in drex, key
     assert 0 < drex["rmse"] < 2 and 0 <= drex["ndcg@10"] <= 1
     assert "mae" not in results["models"]["popularity"]
+    for name in ("drex", "popularity", "ease"):  # every ranking row, beyond accuracy too
+        for key in ("coverage@10", "distinct@10", "logpop@10"):
+            assert key in results["models"][name], (name, key)
+    assert "lam" in results["models"]["ease"] and "shrink" in results["models"]["itemknn"]
+    assert "| coverage@10 |" in (out / "results.md").read_text()
     assert results["protocol"]["seeds"] == [0, 1]
     assert "| bias |" in (out / "results.md").read_text()
     assert (out / "learning_curves.png").stat().st_size > 1000

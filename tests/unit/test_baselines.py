@@ -16,6 +16,7 @@ from drex_model.evaluate.baselines import (
     Recommender,
     UserItemBias,
 )
+from drex_model.evaluate.collaborative import EASE, ItemKNN
 from drex_model.evaluate.data import filter_min_counts, load_interactions, split_interactions
 from drex_model.evaluate.metrics import rating_metrics
 from drex_model.types import Interaction
@@ -128,8 +129,9 @@ def test_every_baseline_meets_the_contract(name: str) -> None:
     assert np.all((predicted >= 1.0) & (predicted <= 5.0))
     scores = model.score_items("u0", ["i0", "i1", "new-item"])
     assert scores.shape == (3,) and np.all(np.isfinite(scores))
-    if model.predicts_ratings:
-        assert np.array_equal(scores, model.predict(["u0"] * 3, ["i0", "i1", "new-item"]))
+    if model.predicts_ratings:  # ranked by the unclipped prediction
+        clipped = np.clip(scores, 1.0, 5.0)
+        assert np.allclose(clipped, model.predict(["u0"] * 3, ["i0", "i1", "new-item"]))
     with pytest.raises(ValueError):
         model.predict(["u0"], [])
 
@@ -171,3 +173,75 @@ def test_bias_and_mf_beat_the_mean_on_musical_instruments() -> None:
     assert bias_rmse < mean_rmse - 0.01
     assert mf_rmse < mean_rmse - 0.01
     assert 0.80 < bias_rmse < 0.90 and 0.80 < mf_rmse < 0.90
+
+
+def baskets(seed: int = 0, n_users: int = 200) -> list[Interaction]:
+    """Two tastes: users take items from group A (a0-a9) or group B (b0-b9), each item
+    rated 5; a few cross over. Item-item models must recommend a user's own group."""
+    rng = np.random.default_rng(seed)
+    data = []
+    for u in range(n_users):
+        group = "a" if u % 2 else "b"
+        for j in rng.choice(10, size=5, replace=False):
+            data.append(Interaction(f"u{u}", f"{group}{j}", 5.0, None, float(len(data))))
+        if rng.random() < 0.1:
+            other = "b" if group == "a" else "a"
+            data.append(Interaction(f"u{u}", f"{other}{rng.integers(10)}", 5.0, None, 0.0))
+    return data
+
+
+@pytest.mark.parametrize("model_class", [EASE, ItemKNN])
+def test_item_item_models_recommend_the_users_own_taste(model_class: type) -> None:
+    split = split_interactions(baskets(), seed=0)
+    model = model_class()
+    model.fit(split.train, split.valid)
+    assert model.chosen["valid_ndcg@10"] > 0.3
+    items = [f"{g}{j}" for g in "ab" for j in range(10)]
+    for user, group in (("u1", "a"), ("u2", "b")):
+        seen = {x.item for x in split.train if x.user == user}
+        candidates = [i for i in items if i not in seen]
+        scores = model.score_items(user, candidates)
+        best = candidates[int(np.argmax(scores))]
+        assert best.startswith(group), (user, best)
+    assert model.score_matrix(["stranger"], ["a0", "new"]).tolist() == [[0.0, 0.0]]
+
+
+def test_ease_weights_are_the_closed_form_for_the_chosen_lambda() -> None:
+    split = split_interactions(baskets(seed=1), seed=0)
+    model = EASE()
+    model.fit(split.train, split.valid)
+    x = model.x.toarray()
+    p = np.linalg.inv(x.T @ x + model.chosen["lam"] * np.eye(x.shape[1]))
+    want = -p / np.diag(p)[None, :]
+    np.fill_diagonal(want, 0.0)
+    np.testing.assert_allclose(model.weights, want, atol=1e-9)
+    # the chosen lambda is the best on validation among the grid
+    scores = {
+        lam: model._validation_ndcg(model.weights_for(x.T @ x, lam=lam), split.valid)
+        for lam in (1.0, 100.0, 5000.0)
+    }
+    assert model.chosen["valid_ndcg@10"] >= max(scores.values()) - 1e-12
+
+
+def test_itemknn_is_shrunk_cosine_with_k_neighbours_per_item() -> None:
+    model = ItemKNN()
+    gram = np.array([[4.0, 2.0, 0.0], [2.0, 2.0, 1.0], [0.0, 1.0, 1.0]])
+    sim = model.weights_for(gram, shrink=0.0, neighbours=10)
+    assert sim[0, 1] == pytest.approx(2.0 / np.sqrt(8.0)) and sim[0, 0] == 0.0
+    shrunk = model.weights_for(gram, shrink=2.0, neighbours=10)
+    assert shrunk[0, 1] == pytest.approx(2.0 / (np.sqrt(8.0) + 2.0))
+    one = model.weights_for(gram, shrink=0.0, neighbours=1)
+    assert (np.count_nonzero(one, axis=0) <= 1).all()  # each target keeps its strongest
+
+
+def test_rating_models_rank_by_their_unclipped_prediction() -> None:
+    """Items predicted above the scale must not tie at 5 (pessimistic ties would then
+    rank the relevant ones last)."""
+    data = [Interaction(f"u{n}", "great", 5.0, None, n) for n in range(20)]
+    data += [Interaction(f"u{n}", "good", 5.0 if n % 4 else 4.0, None, n) for n in range(20)]
+    data += [Interaction("fan", "bad", 5.0, None, 99.0), Interaction("u0", "bad", 1.0, None, 0.0)]
+    model = UserItemBias(reg_user=0.0, reg_item=0.0)
+    model.fit(data, [])
+    assert model.predict(["fan", "fan"], ["great", "good"]).tolist() == [5.0, 5.0]
+    great, good = model.score_items("fan", ["great", "good"])
+    assert great > good > 5.0
