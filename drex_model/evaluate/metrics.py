@@ -15,7 +15,7 @@ write it, not averaged per user.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 import numpy as np
@@ -106,3 +106,32 @@ def ranking_metrics(
     if not users:
         result.update({f"f1@{k}": float("nan") for k in ks})
     return result
+
+
+def beyond_accuracy(
+    top_lists: Sequence[Sequence[str]], n_items: int, counts: Mapping[str, float], k: int
+) -> dict[str, float]:
+    """What a list of top-``k`` recommendations per user shows beyond hits:
+
+    - ``coverage@k``: the share of the catalogue's ``n_items`` in some user's top-k;
+    - ``distinct@k``: distinct top-k lists (as sets) per user: 1 when every user's list
+      differs, 1/U when everyone gets the same one (as from a popularity ranker);
+    - ``logpop@k``: the mean ``log(1 + training interactions)`` of the recommended
+      items, the popularity bias (higher: more popular items).
+
+    >>> m = beyond_accuracy([["a", "b"], ["b", "a"], ["a", "c"]], 4, {"a": 9, "b": 1}, 2)
+    >>> m["coverage@2"], round(m["distinct@2"], 3), round(m["logpop@2"], 3)
+    (0.75, 0.667, 1.382)
+    """
+    lists = [list(t[:k]) for t in top_lists]
+    if not lists or n_items <= 0:
+        nan = float("nan")
+        return {f"coverage@{k}": nan, f"distinct@{k}": nan, f"logpop@{k}": nan}
+    shown = [item for t in lists for item in t]
+    return {
+        f"coverage@{k}": len(set(shown)) / n_items,
+        f"distinct@{k}": len({frozenset(t) for t in lists}) / len(lists),
+        f"logpop@{k}": float(np.mean([np.log1p(counts.get(i, 0.0)) for i in shown]))
+        if shown
+        else float("nan"),
+    }

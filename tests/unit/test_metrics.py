@@ -181,3 +181,18 @@ def test_thousands_of_users_take_well_under_a_second() -> None:
     elapsed = time.perf_counter() - start
     assert result["users"] > 2900
     assert elapsed < 1.0, f"ranking_metrics took {elapsed:.2f} s for 3000 x 1000"
+
+
+def test_beyond_accuracy_tells_a_popularity_list_from_personal_ones() -> None:
+    from drex_model.evaluate.metrics import beyond_accuracy
+
+    counts = {"hit": 100.0, "b": 3.0, "c": 0.0}
+    same = beyond_accuracy([["hit", "b"]] * 4, n_items=10, counts=counts, k=2)
+    assert same["coverage@2"] == pytest.approx(0.2)
+    assert same["distinct@2"] == pytest.approx(0.25)  # one list for four users
+    assert same["logpop@2"] == pytest.approx((np.log(101.0) + np.log(4.0)) / 2)
+    personal = beyond_accuracy([["hit", "b"], ["c", "d"], ["b", "hit"]], 10, counts, 2)
+    assert personal["distinct@2"] == pytest.approx(2 / 3)  # the same set, reordered, counts once
+    assert personal["coverage@2"] == pytest.approx(0.4)
+    assert personal["logpop@2"] < same["logpop@2"]
+    assert np.isnan(beyond_accuracy([], 10, counts, 2)["coverage@2"])
