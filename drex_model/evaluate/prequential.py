@@ -19,14 +19,19 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import numpy as np
 
 from drex_model.evaluate.data import LoadReport, describe, filter_min_counts
-from drex_model.evaluate.metrics import RELEVANT_RATING, ranking_metrics, rating_metrics
+from drex_model.evaluate.metrics import (
+    RELEVANT_RATING,
+    beyond_accuracy,
+    ranking_metrics,
+    rating_metrics,
+)
 from drex_model.types import Interaction
 
 if TYPE_CHECKING:
@@ -226,6 +231,7 @@ class StreamRun:
     predictions: np.ndarray  # (n,) scored before learning; NaN where not a rating model
     rankings: list[list[tuple[np.ndarray, np.ndarray]]]  # per checkpoint, per user
     seconds: float = 0.0
+    tops: list[list[list[str]]] = field(default_factory=list)  # per checkpoint, per user
 
 
 def run_stream(
@@ -249,25 +255,28 @@ def run_stream(
     cuts = sorted({0, n, *range(0, n, settings.batch_size), *at})
     predictions = np.full(n, np.nan)
     rankings: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    tops: list[list[list[str]]] = []
     with tqdm(total=n, unit="interactions", desc=desc, disable=not progress, leave=False) as bar:
         for a, b in itertools.pairwise(cuts):
             test = at.get(a)
             if test is not None:
                 rows: list[tuple[np.ndarray, np.ndarray]] = []
+                shown: list[list[str]] = []
                 if test.users:
                     scores = model.scores(test.users, test.items)
-                    rows = [
-                        (scores[k, keep], rel)
-                        for k, (keep, rel) in enumerate(
-                            zip(test.candidates, test.relevant, strict=True)
-                        )
-                    ]
+                    for k, (keep, rel) in enumerate(
+                        zip(test.candidates, test.relevant, strict=True)
+                    ):
+                        rows.append((scores[k, keep], rel))
+                        best = keep[np.argsort(-scores[k, keep], kind="stable")[:BEYOND_K]]
+                        shown.append([test.items[j] for j in best])
                 rankings.append(rows)
+                tops.append(shown)
             predictions[a:b] = model.learn(stream[a:b])
             bar.update(b - a)
     if not model.predicts_ratings:
         predictions[:] = np.nan
-    return StreamRun(predictions, rankings, time.perf_counter() - started)
+    return StreamRun(predictions, rankings, time.perf_counter() - started, tops)
 
 
 def summarise(
@@ -312,9 +321,30 @@ def summarise(
             points.append(
                 {"position": float(test.position), **{k: m[k] for k in _CURVE_KEYS if k in m}}
             )
+        out.update(_beyond_accuracy(run, stream, tests))
     out["seconds"] = run.seconds
     return out, {"windows": windows, "checkpoints": points}
 
+
+def _beyond_accuracy(
+    run: StreamRun, stream: Sequence[Interaction], tests: Sequence[Checkpoint]
+) -> dict[str, float]:
+    """Coverage, distinct lists and popularity bias of the top-10s at each checkpoint
+    (popularity as of that point of the stream), averaged over checkpoints."""
+    counts: Counter[str] = Counter()
+    seen = 0
+    per_checkpoint = []
+    for test, shown in zip(tests, run.tops, strict=True):
+        counts.update(x.item for x in stream[seen : test.position])
+        seen = test.position
+        if shown:
+            per_checkpoint.append(beyond_accuracy(shown, len(test.items), counts, BEYOND_K))
+    if not per_checkpoint:
+        return {}
+    return {key: float(np.mean([m[key] for m in per_checkpoint])) for key in per_checkpoint[0]}
+
+
+BEYOND_K: Final = 10
 
 _CURVE_KEYS: Final = ("users", "f1@5", "ndcg@5", "ndcg@10")
 
@@ -474,6 +504,12 @@ def render_prequential(results: dict[str, Any]) -> str:
     table(PREQUENTIAL_COLUMNS)
     lines += ["Ranking at the checkpoints (all users and checkpoints pooled):", ""]
     table([f"{m}@{k}" for m in ("p", "r", "f1", "ndcg") for k in proto["ks"]])
+    lines += [
+        f"Beyond accuracy, top-{BEYOND_K} at the checkpoints (mean over checkpoints): "
+        "catalogue coverage, distinct lists per user, mean log(1 + interactions so far):",
+        "",
+    ]
+    table([f"{m}@{BEYOND_K}" for m in ("coverage", "distinct", "logpop")])
     curves: dict[str, list[dict[str, Any]]] = results["curves"]
     rating_models = [n for n, runs in curves.items() if runs and runs[0]["windows"]]
     if rating_models:

@@ -281,12 +281,16 @@ def test_prequential_writes_results_and_repeats_exactly(
         assert key in models["drex"], key
     assert "mae" not in models["popularity"] and "ndcg@10" in models["popularity"]
     assert models["global-mean"]["ndcg@10"] == 0.0  # constant scores: pessimistic ties
+    for name in ("drex", "popularity"):
+        assert 0.0 < models[name]["coverage@10"] <= 1.0 and models[name]["distinct@10"] > 0.0
+        assert models[name]["logpop@10"] > 0.0
     assert models["bias"]["rmse"] < models["global-mean"]["rmse"]
     windows = saved["curves"]["drex"][0]["windows"]
     assert [w["end"] for w in windows] == [100, 200, 240]
     assert [c["seed"] for c in saved["curves"]["drex"]] == [0, 1]
     assert [p["position"] for p in saved["curves"]["bias"][0]["checkpoints"]] == [100, 200]
     assert "| bias |" in (out / "results.md").read_text()
+    assert "| coverage@10 |" in (out / "results.md").read_text()
     assert (out / "prequential.png").stat().st_size > 1000
     # same seed, same stream: the same numbers
     second = run("b", (0,))
