@@ -18,10 +18,17 @@ import numpy as np
 import torch
 
 from drex_model.entities import EntityTable
-from drex_model.explain import KeywordProfiles, explain
+from drex_model.explain import KeywordProfiles
 from drex_model.formats import shown_profile
 from drex_model.model import DReX, DReXConfig
-from drex_model.scoring import HEAD_PARAMETERS, Head, exposure_prior
+from drex_model.scoring import (
+    EXPLAIN_TOP,
+    HEAD_PARAMETERS,
+    Head,
+    exposure_prior,
+    shared_keywords,
+    top_keywords,
+)
 
 SIDES = ("users", "items")
 
@@ -93,7 +100,11 @@ class LearnerViews:
     def rank(
         self, user: str, items: Sequence[str] | None = None, k: int = 10, exclude_seen: bool = True
     ) -> list[tuple[str, float, list[str]]]:
-        """Top-k (item, predicted rating, keyword explanation) for ``user``."""
+        """Top-k (item, predicted rating, keyword explanation) for ``user``: the list a
+        server of this state answers (``tests/functional/test_serving.py`` pins it).
+
+        Explanations draw on the profiles as shown (:meth:`keyword_profiles`: the
+        pending review's words included), as the server's do."""
         candidates = list(items) if items is not None else list(self.items.ids)
         if exclude_seen:
             seen = self._seen.get(user, set())
@@ -102,16 +113,25 @@ class LearnerViews:
             return []
         raw, item_ratings = self._score_matrix([user], candidates)
         ranking = raw[0] + exposure_prior(item_ratings, self.exposure_weight)
-        order = np.argsort(-ranking, kind="stable")[:k]
+        order = np.argsort(-ranking, kind="stable")[:k].tolist()
         lo, hi = 1.0, float(self.config.rating_levels)
+        user_top = top_keywords(self._shown_profiles("users", [user])[0], EXPLAIN_TOP)
+        profiles = self._shown_profiles("items", [candidates[j] for j in order])
         return [
             (
                 candidates[j],
                 float(np.clip(raw[0, j], lo, hi)),
-                explain(self.user_keywords, self.item_keywords, user, candidates[j]),
+                shared_keywords(user_top, top_keywords(profile, EXPLAIN_TOP)),
             )
-            for j in order.tolist()
+            for j, profile in zip(order, profiles, strict=True)
         ]
+
+    def _shown_profiles(self, side: str, ids: Sequence[str]) -> list[dict[str, float]]:
+        """:meth:`keyword_profiles` of ``ids``, empty for an id the learner does not know."""
+        table = self.table(side)
+        known = [k for k in ids if k in table.index]
+        found = dict(zip(known, self.keyword_profiles(side, known), strict=True))
+        return [found.get(k, {}) for k in ids]
 
     def scoring_head(self) -> Head:
         """The rating head and global terms as :class:`drex_model.scoring.Head` (numpy)."""

@@ -266,3 +266,22 @@ def test_the_replica_answers_from_the_index_the_stream_publishes(
     assert rows.tolist() == [replica.items.index[i] for i in indexed]
     user = next(iter(replica.users.index))
     assert replica.recommend(user, k=5).kind == "personal"
+
+
+def test_the_server_recommends_what_the_learner_ranks(stream: Stream, replica: Replica) -> None:
+    """Serve what was evaluated: for the same state (two micro-batches, no optimiser step
+    yet, so every stored representation is the learner's current one) the server's top-k
+    is ``DReXLearner.rank``'s: the same items in the same order, the same predicted
+    ratings and explanations. The catalogue is small enough for the candidates (FAISS
+    neighbours, the average user's top, the most rated) to hold every item."""
+    stream.feed(60)
+    stream.feed(60)
+    assert replica.refresh()
+    learner = stream.session.learner
+    assert len(replica.items) <= replica.candidates
+    for user in list(learner.users.ids)[:20]:
+        want = learner.rank(user, k=10)
+        got = replica.recommend(user, k=10).items
+        assert [r.item_id for r in got] == [item for item, _, _ in want], user
+        assert [r.predicted_rating for r in got] == pytest.approx([r for _, r, _ in want], abs=1e-4)
+        assert [r.explanation for r in got] == [words for _, _, words in want], user
