@@ -44,6 +44,9 @@ EASE_LAMBDAS: Final = (
 KNN_SHRINKS: Final = (0.0, 10.0, 50.0, 200.0, 500.0, 1000.0)
 KNN_NEIGHBOURS: Final = (10, 50, 100, 400, 1000)
 TUNING_K: Final = 10
+# Both hold dense items x items matrices (float64, a few at a time while tuning): 20,000
+# items take ~3.2 GB each, about what a 24 GB machine can afford.
+MAX_ITEMS: Final = 20_000
 
 FloatMatrix = npt.NDArray[np.float64]
 
@@ -73,6 +76,7 @@ class _ItemItem:
         rows = [self.user_index[x.user] for x in train]
         cols = [self.item_index[x.item] for x in train]
         shape = (len(self.user_index), len(self.item_index))
+        check_catalogue(self.name, shape[1])
         x = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=shape)
         x.data[:] = 1.0  # repeats count once
         self.x = x
@@ -172,3 +176,14 @@ class ItemKNN(_ItemItem):
             cut = np.partition(sim, -k, axis=0)[-k]
             sim = np.where(sim >= cut[None, :], sim, 0.0)
         return sim
+
+
+def check_catalogue(name: str, n_items: int) -> None:
+    """Refuse, before any work, a catalogue too large for the dense item-item matrices."""
+    if n_items > MAX_ITEMS:
+        gb = 8 * n_items**2 / 1e9
+        raise ValueError(
+            f"{name} needs a dense {n_items:,} x {n_items:,} item matrix ({gb:.1f} GB each, "
+            f"several while tuning); it runs up to {MAX_ITEMS:,} items: leave it out of "
+            "--baselines for this dataset"
+        )

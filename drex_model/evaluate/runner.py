@@ -32,6 +32,7 @@ import torch
 
 from drex_model.device import resolve_device
 from drex_model.evaluate.baselines import BASELINES, Recommender
+from drex_model.evaluate.collaborative import check_catalogue
 from drex_model.evaluate.data import (
     LoadReport,
     describe,
@@ -113,6 +114,9 @@ def evaluate(
         f"{stats['interactions']} interactions",
     )
 
+    for name in opts.baselines:  # a catalogue too large for a baseline: say so now
+        if name in ("ease", "itemknn"):
+            check_catalogue(name, int(stats["items"]))
     cache = review_cache(opts, data, device) if opts.variants else None
     per_seed: dict[str, list[dict[str, float]]] = {}
     curves: dict[str, list[list[EpochLog]]] = {}

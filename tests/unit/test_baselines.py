@@ -245,3 +245,11 @@ def test_rating_models_rank_by_their_unclipped_prediction() -> None:
     assert model.predict(["fan", "fan"], ["great", "good"]).tolist() == [5.0, 5.0]
     great, good = model.score_items("fan", ["great", "good"])
     assert great > good > 5.0
+
+
+def test_a_catalogue_too_large_for_the_item_matrix_is_refused_clearly() -> None:
+    from drex_model.evaluate.collaborative import MAX_ITEMS, check_catalogue
+
+    check_catalogue("ease", MAX_ITEMS)
+    with pytest.raises(ValueError, match="leave it out of --baselines"):
+        check_catalogue("ease", MAX_ITEMS + 1)
