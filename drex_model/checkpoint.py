@@ -270,10 +270,10 @@ def import_rows(learner: DReXLearner, side: str, rows: Sequence[EntityRow]) -> N
 
 def _cached_review(cache: ReviewCache, row: EntityRow) -> int:
     """The cache's review id of ``row``'s pending review (-1: none), adding it."""
-    if row.pending_key is None and row.pending_review is None:
+    if row.pending_key is None:
+        if row.pending_review is not None:
+            raise ValueError(f"{row.id!r}: a pending review needs its content key")
         return -1
-    if row.pending_key is None:  # a row built by hand: key the review by its object
-        return cache.put(f"row:{id(row.pending_review)}", row.pending_review)
     if row.pending_review is None:
         found = cache.index_of(row.pending_key)
         if found is None:

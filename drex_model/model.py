@@ -182,18 +182,6 @@ class RatingHead(nn.Module):
         h = torch.relu(self.hidden(self.drop(torch.cat([u, i], dim=-1))))  # (B, D)
         return self.out(h).squeeze(-1)  # (B,)
 
-    def score_all(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        """Scores of every (user, item) pair, ``(U, I)``, without materialising [u; i].
-
-        The first layer is linear, so W [u; i] = W_u u + W_i i: project each side once.
-        """
-        d = u.shape[-1]
-        hu = u @ self.hidden.weight[:, :d].T + self.hidden.bias  # (U, D)
-        hi = i @ self.hidden.weight[:, d:].T  # (I, D)
-        w = self.out.weight.squeeze(0)  # (D,)
-        rows = [torch.relu(hu[s : s + 256, None, :] + hi[None]) @ w for s in range(0, len(hu), 256)]
-        return torch.cat(rows) + self.out.bias  # (U, I)
-
 
 class PreferenceInit(nn.Module):
     """DReX-MLP: initial states from preference vectors, one hidden layer of size 2D."""

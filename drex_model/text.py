@@ -87,9 +87,6 @@ class EncodedReview:
     word_of_token: torch.Tensor  # (T,) int64: index into ``words`` of each token
 
 
-_key = text_key  # reviews are cached under the store's content key
-
-
 class TextEncoder:
     """A frozen Hugging Face BERT-family encoder that turns reviews into token embeddings.
 
@@ -251,7 +248,7 @@ class ReviewCache:
         return len(self.reviews)
 
     def lookup(self, text: str) -> int | None:
-        return self._ids.get(_key(text))
+        return self._ids.get(text_key(text))
 
     def key(self, review_id: int) -> str:
         """The content key of a cached review (:func:`drex_model.formats.text_key` of its
@@ -273,7 +270,7 @@ class ReviewCache:
 
     def add(self, encoder: TextEncoder, texts: Sequence[str], progress: bool = False) -> list[int]:
         """Review ids for ``texts``, encoding (in one batched pass) only the unseen ones."""
-        keys = [_key(t) for t in texts]
+        keys = [text_key(t) for t in texts]  # the store's content key
         new: dict[str, str] = {}
         for k, t in zip(keys, texts, strict=True):
             if k not in self._ids and k not in new:
@@ -296,10 +293,9 @@ class ReviewCache:
         kept = sorted(set(keep))
         remap = torch.full((len(self.reviews),), -1, dtype=torch.long)
         remap[kept] = torch.arange(len(kept))
-        key_of = {i: k for k, i in self._ids.items()}
         self.reviews = [self.reviews[i] for i in kept]
-        self._ids = {key_of[i]: n for n, i in enumerate(kept) if i in key_of}
-        self._keys = [key_of[i] for i in kept]
+        self._keys = [self._keys[i] for i in kept]
+        self._ids = {key: n for n, key in enumerate(self._keys)}
         return remap
 
     def batch(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

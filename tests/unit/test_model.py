@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from drex_model.model import VARIANTS, DReX, DReXConfig, Fusion, RatingHead, ReviewEncoder
+from drex_model.scoring import Head
 
 B, T, H, D = 4, 7, 12, 8
 
@@ -39,12 +41,31 @@ def test_fusion_zeroes_a_missing_modality() -> None:
 
 
 def test_score_all_matches_pairwise_head() -> None:
+    """The numpy scorer's every-pair matrix (drex_model.scoring, which ranking and
+    serving use) is the torch head applied pair by pair."""
     torch.manual_seed(0)
     head = RatingHead(D).eval()
+    params = {f"head.{k}": v.numpy() for k, v in head.state_dict().items()}
+    params["deviation_weight"] = np.ones(2, dtype=np.float32)
+    config = {
+        "bias_terms": False,
+        "running_bias": False,
+        "shrinkage": 5.0,
+        "rating_levels": 5,
+        "exposure_weight": 0.0,
+    }
+    scorer = Head.from_parameters(params, config)
     u, i = torch.randn(5, D), torch.randn(3, D)
-    full = head.score_all(u, i)
-    pairs = head(u.repeat_interleave(3, 0), i.repeat(5, 1)).view(5, 3)
-    assert torch.allclose(full, pairs, atol=1e-5)
+    zeros_u, zeros_i = np.zeros(5), np.zeros(3)
+    full = scorer.score_matrix(
+        scorer.project("users", u.numpy()),
+        scorer.constants("users", 0.0, zeros_u, zeros_u, zeros_u),
+        scorer.project("items", i.numpy()),
+        scorer.constants("items", 0.0, zeros_i, zeros_i, zeros_i),
+    )
+    with torch.no_grad():
+        pairs = head(u.repeat_interleave(3, 0), i.repeat(5, 1)).view(5, 3)
+    assert torch.allclose(torch.from_numpy(full).float(), pairs, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
