@@ -215,7 +215,7 @@ class LearnerViews:
         table = self.table(side)
         if not ids:
             return Snapshot(np.zeros((0, self.config.dim), dtype=np.float32), [], [])
-        unique = list(dict.fromkeys(ids))  # a pending review counts once per entity
+        unique, order = _unique(ids)  # a pending review counts once per entity
         missing = [k for k in unique if k not in table.index]
         if missing:
             raise KeyError(f"unknown ids: {missing[:5]}")
@@ -233,12 +233,10 @@ class LearnerViews:
             words = [pending.profile(key) for key in unique]
         if len(unique) == len(ids):
             return Snapshot(vectors, learned, words)
-        at = {key: n for n, key in enumerate(unique)}
-        order = [at[key] for key in ids]
         return Snapshot(
             vectors[order],
-            [dict(learned[n]) for n in order] if learned else [],
-            [dict(words[n]) for n in order] if words else [],
+            [dict(learned[n]) for n in order.tolist()] if learned else [],
+            [dict(words[n]) for n in order.tolist()] if words else [],
         )
 
 
