@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -188,6 +188,7 @@ def export_rows(learner: DReXLearner, side: str, ids: Sequence[str]) -> list[Ent
             ],
             dim=1,
         )  # (B, 6)
+        content = table.content[rows].float().cpu().numpy()  # (B, H)
     vec = vectors.float().cpu().numpy()
     sc = scalars.double().cpu().numpy()
     has_memory = table.has_memory[rows].cpu().tolist()
@@ -212,10 +213,38 @@ def export_rows(learner: DReXLearner, side: str, ids: Sequence[str]) -> list[Ent
                 count=int(counts[n]),
                 rating_sum=float(sc[n, 3]),
                 rating_count=float(sc[n, 4]),
-                seen=sorted(learner.seen_items(key)) if side == "users" else [],
+                seen=learner.seen_in_order(key) if side == "users" else [],
+                content=np.ascontiguousarray(content[n]),
             )
         )
     return out
+
+
+def export_cooccurrence(
+    learner: DReXLearner, items: Iterable[str] | None = None
+) -> dict[str, tuple[float, dict[str, float]]]:
+    """The co-occurrence state of ``items`` (None: all) by item id: (users who picked
+    it, {item id: users who picked both})."""
+    co, table = learner.cooccurrence, learner.items
+    rows = co.users if items is None else [table.index[i] for i in items if i in table.index]
+    out = {}
+    for row in rows:
+        users, pairs = co.row(row)
+        out[table.ids[row]] = (users, {table.ids[j]: c for j, c in pairs.items()})
+    return out
+
+
+def import_cooccurrence(
+    learner: DReXLearner, records: Mapping[str, tuple[float, Mapping[str, float]]]
+) -> None:
+    """Take :func:`export_cooccurrence`'s records back (registering unknown items)."""
+    every = sorted({*records, *(j for _, pairs in records.values() for j in pairs)})
+    learner.register("items", every)
+    index = learner.items.index
+    learner.cooccurrence.load(
+        (index[i], users, {index[j]: c for j, c in pairs.items()})
+        for i, (users, pairs) in records.items()
+    )
 
 
 def import_rows(learner: DReXLearner, side: str, rows: Sequence[EntityRow]) -> None:
@@ -251,6 +280,13 @@ def import_rows(learner: DReXLearner, side: str, rows: Sequence[EntityRow]) -> N
         table.count[idx] = col([r.count for r in rows], torch.long)
         table.rating_sum[idx] = col([r.rating_sum for r in rows], table.rating_sum.dtype)
         table.rating_count[idx] = col([r.rating_count for r in rows], table.rating_count.dtype)
+        width = table.content.shape[1]
+        if width:
+            content = np.zeros((len(rows), width), dtype=np.float32)
+            for n, r in enumerate(rows):
+                if r.content.shape == (width,):
+                    content[n] = r.content
+            table.content[idx] = torch.from_numpy(content).to(device)
         opt = learner.sparse_optimizer.state
         for name, (m, v) in (("init", (3, 4)), ("static", (5, 6))):
             slot = opt.get(getattr(table, name))
@@ -357,12 +393,14 @@ def save_checkpoint(
         ).reshape(-1, 2)
         tensors[f"{side}/count"] = torch.tensor([r.count for r in rows], dtype=torch.long)
         tensors[f"{side}/review"] = torch.tensor(reviews, dtype=torch.long)
+        tensors[f"{side}/content"] = table.content[: len(table)].float().cpu().contiguous()
         keywords = learner.keywords(side)
         listing[side] = {
             "ids": list(table.ids),
             "seen": {r.id: r.seen for r in rows if r.seen},
             "keywords": {k: keywords.profile(k) for k in keywords.entities()},
         }
+    listing["cooccurrence"] = export_cooccurrence(learner)
     from safetensors.torch import save_file
 
     save_file(tensors, str(out / ENTITIES_FILE), metadata={"format": str(FORMAT_VERSION)})
@@ -414,6 +452,7 @@ def load_checkpoint(
         counts = tensors[f"{side}/count"].tolist()
         reviews = tensors[f"{side}/review"].tolist()
         seen = listing[side]["seen"]
+        content = tensors.get(f"{side}/content", torch.zeros(len(ids), 0)).numpy()
         rows = [
             EntityRow(
                 id=key,
@@ -430,11 +469,15 @@ def load_checkpoint(
                 pending_key=review_keys[reviews[n]] if reviews[n] >= 0 else None,
                 pending_review=saved_reviews[reviews[n]] if reviews[n] >= 0 else None,
                 seen=list(seen.get(key, [])),
+                content=content[n],
             )
             for n, key in enumerate(ids)
         ]
         import_rows(learner, side, rows)
         learner.load_keywords(side, listing[side]["keywords"])
+    import_cooccurrence(
+        learner, {i: (u, p) for i, (u, p) in listing.get("cooccurrence", {}).items()}
+    )
     return learner
 
 

@@ -43,7 +43,8 @@ class EntityTable(nn.Module):
     """Per-entity state of one side (users or items), growing as new ids arrive.
 
     Learnable (sparse gradients): initial representation, bias, static embedding.
-    Not learnable: memory, whether it is set, the pending message, interaction count.
+    Not learnable: memory, whether it is set, the pending message, interaction count,
+    rating sums and review content (:mod:`drex_model.affinity`).
     """
 
     memory: torch.Tensor  # (N, D) representation after the folded interactions
@@ -54,6 +55,7 @@ class EntityTable(nn.Module):
     count: torch.Tensor  # (N,) interactions applied, all passes
     rating_sum: torch.Tensor  # (N,) ratings folded this pass
     rating_count: torch.Tensor  # (N,)
+    content: torch.Tensor  # (N, H) sum of unit review vectors this pass (H = 0 without text)
 
     def __init__(self, config: DReXConfig, generator: torch.Generator, capacity: int = 64) -> None:
         super().__init__()
@@ -73,6 +75,8 @@ class EntityTable(nn.Module):
         self.register_buffer("count", torch.zeros(0, dtype=torch.long))
         self.register_buffer("rating_sum", torch.zeros(0))  # ratings of this pass
         self.register_buffer("rating_count", torch.zeros(0))
+        h = config.encoder_dim if config.use_text else 0
+        self.register_buffer("content", torch.zeros(0, h))
         self._grow(capacity)
 
     def __len__(self) -> int:
@@ -103,6 +107,7 @@ class EntityTable(nn.Module):
             ("count", 0),
             ("rating_sum", 0.0),
             ("rating_count", 0.0),
+            ("content", 0.0),
         ):
             buf = getattr(self, name)
             tail = torch.full((extra, *buf.shape[1:]), fill, dtype=buf.dtype, device=buf.device)
@@ -141,6 +146,7 @@ class EntityTable(nn.Module):
         self.pending_rating.fill_(math.nan)
         self.rating_sum.zero_()
         self.rating_count.zero_()
+        self.content.zero_()
 
 
 def carry_sparse_state(

@@ -79,7 +79,9 @@ class EntityRow:
     count: int = 0
     rating_sum: float = 0.0
     rating_count: float = 0.0
-    seen: list[str] = field(default_factory=list)  # users: items interacted with
+    seen: list[str] = field(default_factory=list)  # users: items, first interaction first
+    # sum of unit review vectors (H,) (drex_model.affinity); empty without text
+    content: FloatArray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
 
 
 def row_to_bytes(row: EntityRow) -> bytes:
@@ -97,16 +99,26 @@ def row_to_bytes(row: EntityRow) -> bytes:
         "rcount": row.rating_count,
         "seen": row.seen,
         "dim": int(row.vectors.shape[1]),
+        "content": int(row.content.shape[0]),
     }
     head = json.dumps(header, separators=(",", ":")).encode()
-    return _HEADER.pack(len(head)) + head + row.vectors.astype("<f4").tobytes()
+    return (
+        _HEADER.pack(len(head))
+        + head
+        + row.vectors.astype("<f4").tobytes()
+        + row.content.astype("<f4").tobytes()
+    )
 
 
 def row_from_bytes(data: bytes) -> EntityRow:
     """Inverse of :func:`row_to_bytes` (``pending_review`` is left None)."""
     header, start = _read_header(data, "entity row")
     dim = int(header["dim"])
-    vectors = np.frombuffer(data, dtype="<f4", offset=start).reshape(len(VECTORS), dim)
+    n = len(VECTORS) * dim
+    vectors = np.frombuffer(data, dtype="<f4", offset=start, count=n).reshape(len(VECTORS), dim)
+    content = np.frombuffer(
+        data, dtype="<f4", offset=start + 4 * n, count=int(header.get("content", 0))
+    )
     bias, m_bias, v_bias = header["bias"]
     return EntityRow(
         id=header["id"],
@@ -122,7 +134,25 @@ def row_from_bytes(data: bytes) -> EntityRow:
         rating_sum=header["rsum"],
         rating_count=header["rcount"],
         seen=list(header["seen"]),
+        content=content.astype(np.float32),
     )
+
+
+# --- co-occurrence rows -------------------------------------------------------------------
+
+
+def cooccurrence_to_bytes(users: float, pairs: Mapping[str, float]) -> bytes:
+    """One item's co-occurrence state (drex_model.affinity.CoOccurrence): the users who
+    picked it and, by item id, how many of them picked the other item too. JSON."""
+    return orjson.dumps({"v": FORMAT_VERSION, "users": users, "pairs": dict(pairs)})
+
+
+def cooccurrence_from_bytes(data: bytes) -> tuple[float, dict[str, float]]:
+    """Inverse of :func:`cooccurrence_to_bytes`."""
+    value = orjson.loads(data)
+    if not isinstance(value, dict) or value.get("v") != FORMAT_VERSION:
+        raise FormatError("a co-occurrence row of another format version")
+    return float(value["users"]), {str(k): float(c) for k, c in value["pairs"].items()}
 
 
 # --- encoded reviews ----------------------------------------------------------------------

@@ -20,7 +20,8 @@ streaming worker, which all call :meth:`DReXLearner.learn_many`):
    clip -> step -> zero_grad (Adam for the dense network, SparseAdam for per-entity
    parameters), in :meth:`DReXLearner._step`.
 6. The new memories are stored (detached) and (u, i)'s own review and rating become the
-   pending message of both u and i.
+   pending message of both u and i; the rating sums, the item co-occurrence counts and
+   the review content sums (:mod:`drex_model.affinity`) take (u, i) in.
 
 The paper folds an interaction in and then predicts that same interaction's rating from
 the updated embeddings, so its loss can read the label from its input (the
@@ -40,9 +41,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from drex_model.affinity import CoOccurrence, review_vector
 from drex_model.entities import EntityTable, LookedUp, carry_sparse_state, t_batches
 from drex_model.explain import KeywordProfiles, word_weights
 from drex_model.model import DReX, DReXConfig, PreferenceInit
+from drex_model.scoring import Blend
 from drex_model.text import ReviewCache, TextEncoder
 from drex_model.types import Interaction
 from drex_model.views import SIDES, LearnerViews
@@ -92,14 +95,16 @@ class DReXLearner(LearnerViews):
         self.user_keywords = KeywordProfiles()
         self.item_keywords = KeywordProfiles()
         self.track_keywords = True
-        self.exposure_weight = max(config.exposure_weight, 0.0)  # see ranking_scores
+        self.blend = Blend.from_config(config.to_dict())  # see ranking_scores
+        self.cooccurrence = CoOccurrence(config.cooccurrence_window)
         self.step = 0
         self._accumulated = 0  # rated interactions in the gradient not yet stepped
         self._loss: torch.Tensor | None = None  # their loss, not yet back-propagated
         self.pref_nets: nn.ModuleDict | None = None
         self._prefs: dict[str, torch.Tensor] = {}
         self._ratings: dict[tuple[str, str], float] = {}  # drex-mlp's preference vectors
-        self._seen: dict[str, set[str]] = {}  # user -> items it interacted with
+        # user -> items it interacted with, first interaction first (an ordered set)
+        self._seen: dict[str, dict[str, None]] = {}
         # ids whose state the last learn_many changed, and those with gradient since the
         # last optimiser step (the step moves their learnable rows)
         self.changed: dict[str, set[str]] = {side: set() for side in SIDES}
@@ -131,8 +136,13 @@ class DReXLearner(LearnerViews):
         """The items ``user`` interacted with (a copy)."""
         return set(self._seen.get(user, ()))
 
+    def seen_in_order(self, user: str) -> list[str]:
+        """The items ``user`` interacted with, first interaction first."""
+        return list(self._seen.get(user, ()))
+
     def set_seen_items(self, user: str, items: Iterable[str]) -> None:
-        self._seen[user] = set(items)
+        """Set ``user``'s items (in the order of their first interaction)."""
+        self._seen[user] = dict.fromkeys(items)
 
     def discard_partial_step(self) -> None:
         """Forget the gradient gathered towards the next optimiser step (a restored
@@ -158,9 +168,12 @@ class DReXLearner(LearnerViews):
         return rows
 
     def reset_memory(self) -> None:
-        """Start a new pass over the data: every representation back to its initial one."""
+        """Start a new pass over the data: every representation back to its initial one,
+        and the state gathered over the pass (rating sums, co-occurrence, content) empty."""
         self.users.reset_memory()
         self.items.reset_memory()
+        self.cooccurrence.reset()
+        self._seen.clear()
 
     def sweep_reviews(self) -> torch.Tensor:
         """Forget the cached reviews that no pending message refers to (they are never
@@ -402,11 +415,30 @@ class DReXLearner(LearnerViews):
                 table.count[rows] += 1
                 table.rating_sum[rows] += rating_or_0
                 table.rating_count[rows] += rated_f
-        for x in batch:
-            self._seen.setdefault(x.user, set()).add(x.item)
+            self._add_content(urows, irows, review_ids)
+        for x, item_row in zip(batch, irows.tolist(), strict=True):
+            seen = self._seen.setdefault(x.user, {})
+            if x.item not in seen:
+                index = self.items.index
+                self.cooccurrence.add([index[j] for j in seen], item_row)
+                seen[x.item] = None
             if x.rating is not None and self.pref_nets is not None:
                 self._ratings[(x.user, x.item)] = x.rating
         return pred.detach()
+
+    def _add_content(
+        self, urows: torch.Tensor, irows: torch.Tensor, review_ids: torch.Tensor
+    ) -> None:
+        """Add each review's unit vector to its user's and its item's content sum."""
+        with_text = (review_ids >= 0).nonzero().squeeze(-1)
+        if not self.config.use_text or len(with_text) == 0:
+            return
+        vectors = np.stack(
+            [review_vector(self.cache.reviews[j].tokens) for j in review_ids[with_text].tolist()]
+        )
+        v = torch.from_numpy(vectors).to(self.device)
+        self.users.content.index_add_(0, urows[with_text], v)
+        self.items.content.index_add_(0, irows[with_text], v)
 
     def _add_loss(
         self,
@@ -500,6 +532,11 @@ class DReXLearner(LearnerViews):
             "users": self.users.state_dict(),
             "items": self.items.state_dict(),
             "prefs": dict(self._prefs),
+            "cooccurrence": (
+                dict(self.cooccurrence.users),
+                {i: dict(row) for i, row in self.cooccurrence.pairs.items()},
+            ),
+            "seen": {u: dict(items) for u, items in self._seen.items()},
         }
         if self.pref_nets is not None:
             state["pref_nets"] = self.pref_nets.state_dict()
@@ -512,5 +549,11 @@ class DReXLearner(LearnerViews):
         self.users.load_state_dict(state["users"])
         self.items.load_state_dict(state["items"])
         self._prefs = dict(state.get("prefs", {}))
+        if "cooccurrence" in state:
+            users, pairs = state["cooccurrence"]
+            self.cooccurrence.reset()
+            self.cooccurrence.load((i, n, pairs.get(i, {})) for i, n in users.items())
+        if "seen" in state:
+            self._seen = {u: dict(items) for u, items in state["seen"].items()}
         if self.pref_nets is not None and "pref_nets" in state:
             self.pref_nets.load_state_dict(state["pref_nets"])

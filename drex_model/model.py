@@ -44,9 +44,16 @@ class DReXConfig:
     static_embeddings: bool = False  # learnable per-entity vector added to the GRU state
     running_bias: bool = False  # add shrunk mean rating deviations of user and item (state)
     shrinkage: float = 5.0  # pseudo-count k of those means: sum(r - mean) / (n + k)
-    # ranking: predicted rating + exposure_weight * log(1 + item ratings); -1 = choose on
-    # the validation split (drex evaluate), 0 = by rating alone (the paper)
-    exposure_weight: float = 0.0
+    # Ranking (drex_model.scoring.Blend; drex evaluate chooses these on validation):
+    # rating_weight * predicted rating + exposure_weight * log(1 + item ratings)
+    # + cooccurrence_weight * item co-occurrence + content_weight * review-content cosine.
+    # The paper ranks by rating alone (weights 1, 0, 0, 0).
+    rating_weight: float = 1.0
+    exposure_weight: float = 0.0  # -1: choose on validation, as 0 elsewhere (older configs)
+    cooccurrence_weight: float = 0.0
+    cooccurrence_shrinkage: float = 50.0  # k of co(i, j) / (sqrt(n_i n_j) + k)
+    cooccurrence_window: int = 200  # a user's recent distinct items a new one pairs with
+    content_weight: float = 0.0
     residual_l2: float = 0.0  # L2 on the MLP's output: a correction over the bias terms
     bias_l2: float = 1e-2  # L2 on the bias terms and static embeddings (per example)
     dropout: float = 0.0  # dropout on the head's input
@@ -69,7 +76,12 @@ class DReXConfig:
                 dropout=0.1,
                 lr=3e-3,
                 bias_l2=0.05,
-                exposure_weight=-1.0,
+                # a personal ranking (issue 16, docs/results.md): drex evaluate chooses
+                # these on validation; the worker and the server use these values
+                rating_weight=0.1,
+                exposure_weight=0.1,
+                cooccurrence_weight=1.0,
+                content_weight=1.0,
             )
         else:
             raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")

@@ -13,7 +13,17 @@ embedding) and the per-entity scalars the learner keeps:
                  + bias_u + bias_i                          (bias_terms)
                  + c_u dev_u + c_i dev_i                    (running_bias)
     dev = (sum of ratings - n * mean) / (n + shrinkage)     shrunk mean deviation
-    rank(u, i)   = rating(u, i) + exposure_weight * log(1 + ratings of i)
+    rank(u, i)   = rating_weight * rating(u, i)               (:class:`Blend`)
+                 + exposure_weight * log(1 + ratings of i)
+                 + cooccurrence_weight * cooc(u, i) / max_i' cooc(u, i')
+                 + content_weight * cos(content_u, content_i)
+    cooc(u, i)   = sum over u's items j of co(i, j) / (sqrt(n_i n_j) + shrinkage)
+
+``co(i, j)`` counts the users who picked both items, ``n_i`` those who picked i
+(:class:`drex_model.affinity.CoOccurrence`: item-based collaborative filtering as running
+counts); ``content`` sums the unit mean-pooled encoder vectors of an entity's reviews
+(:func:`drex_model.affinity.review_vector`). The co-occurrence term is divided by the
+user's largest so that its scale does not grow with the user's history.
 
 The first layer is linear, so ``W_u u + b`` and ``W_i i`` are computed once per row
 (:meth:`Head.project`) and every additive term folds into one constant per row
@@ -61,7 +71,7 @@ class Head:
     running_bias: bool
     shrinkage: float
     rating_levels: int
-    exposure_weight: float  # the config's; >= 0
+    blend: Blend  # the ranking's weights (the config's)
 
     @classmethod
     def from_parameters(
@@ -82,7 +92,7 @@ class Head:
             running_bias=bool(config["running_bias"]),
             shrinkage=float(config["shrinkage"]),
             rating_levels=int(config["rating_levels"]),
-            exposure_weight=max(float(config["exposure_weight"]), 0.0),
+            blend=Blend.from_config(config),
         )
 
     @property
@@ -159,6 +169,88 @@ class Head:
     def clip(self, ratings: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Ratings on the scale 1..S (ranking uses the unclipped values: clips tie)."""
         return np.clip(np.asarray(ratings, dtype=np.float64), 1.0, float(self.rating_levels))
+
+
+@dataclass(frozen=True)
+class Blend:
+    """The weights of the ranking's terms (see the module docstring); ``DReXConfig``'s
+    ``rating_weight``, ``exposure_weight``, ``cooccurrence_weight``,
+    ``cooccurrence_shrinkage`` and ``content_weight``. ``drex evaluate`` chooses them
+    on the validation split; the worker and the server take the config's."""
+
+    rating: float = 1.0
+    exposure: float = 0.0
+    cooccurrence: float = 0.0
+    shrinkage: float = 50.0
+    content: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Blend:
+        return cls(
+            rating=float(config.get("rating_weight", 1.0)),
+            exposure=max(float(config.get("exposure_weight", 0.0)), 0.0),  # -1: unset
+            cooccurrence=float(config.get("cooccurrence_weight", 0.0)),
+            shrinkage=float(config.get("cooccurrence_shrinkage", 50.0)),
+            content=float(config.get("content_weight", 0.0)),
+        )
+
+    def rank(
+        self,
+        rating: npt.ArrayLike,  # (U, I) or (I,) unclipped predicted ratings
+        item_rating_count: npt.ArrayLike,  # (I,)
+        cooccurrence: npt.ArrayLike | None = None,  # like rating: cooccurrence_term rows
+        content: npt.ArrayLike | None = None,  # like rating: content_term
+    ) -> npt.NDArray[np.float64]:
+        """The ranking scores: every term weighted and summed (absent terms are 0)."""
+        out = self.rating * np.asarray(rating, dtype=np.float64)
+        out = out + exposure_prior(item_rating_count, self.exposure)
+        if self.cooccurrence and cooccurrence is not None:
+            out = out + self.cooccurrence * np.asarray(cooccurrence, dtype=np.float64)
+        if self.content and content is not None:
+            out = out + self.content * np.asarray(content, dtype=np.float64)
+        return out
+
+
+def cooccurrence_term(
+    history: Sequence[tuple[float, Mapping[int, float]]],
+    item_users: npt.ArrayLike,
+    shrinkage: float,
+) -> npt.NDArray[np.float64]:
+    """One user's co-occurrence scores over every item row ``(I,)``, divided by their
+    largest (so in [0, 1]).
+
+    ``history``: for each item the user picked, (users who picked it, its co-occurrence
+    counts by item row); ``item_users`` ``(I,)``: users who picked each item row.
+
+    >>> cooccurrence_term([(2.0, {1: 2.0, 2: 1.0})], [2.0, 2.0, 1.0], 0.0).round(3).tolist()
+    [0.0, 1.0, 0.707]
+    """
+    n = np.asarray(item_users, dtype=np.float64)
+    out = np.zeros(len(n))
+    for users_j, row in history:
+        if not row or users_j <= 0:
+            continue
+        idx = np.fromiter(row.keys(), dtype=np.int64, count=len(row))
+        co = np.fromiter(row.values(), dtype=np.float64, count=len(row))
+        keep = idx < len(n)
+        idx, co = idx[keep], co[keep]
+        np.add.at(out, idx, co / (np.sqrt(users_j * n[idx]) + shrinkage))
+    top = out.max(initial=0.0)
+    return out / top if top > 0 else out
+
+
+def content_term(
+    user_content: npt.ArrayLike, item_content: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
+    """Cosine ``(U, I)`` of users' and items' content sums ``(U, H)``, ``(I, H)`` (0 for an
+    entity without a review)."""
+    return _unit(user_content) @ _unit(item_content).T
+
+
+def _unit(rows: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    r = np.asarray(rows, dtype=np.float64)
+    norm = np.linalg.norm(r, axis=-1, keepdims=True)
+    return r / np.where(norm > 0, norm, 1.0)
 
 
 def exposure_prior(item_rating_count: npt.ArrayLike, weight: float) -> npt.NDArray[np.float64]:

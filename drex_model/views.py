@@ -11,12 +11,14 @@ Notation: B ids, U users, I items, D embedding size.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from drex_model.affinity import CoOccurrence
 from drex_model.entities import EntityTable
 from drex_model.explain import KeywordProfiles
 from drex_model.formats import shown_profile
@@ -24,8 +26,10 @@ from drex_model.model import DReX, DReXConfig
 from drex_model.scoring import (
     EXPLAIN_TOP,
     HEAD_PARAMETERS,
+    Blend,
     Head,
-    exposure_prior,
+    content_term,
+    cooccurrence_term,
     shared_keywords,
     top_keywords,
 )
@@ -47,12 +51,13 @@ class LearnerViews:
     config: DReXConfig
     model: DReX
     device: torch.device
-    exposure_weight: float  # of ranking_scores; drex evaluate may choose it
+    blend: Blend  # the ranking's weights; drex evaluate may choose them
+    cooccurrence: CoOccurrence
     users: EntityTable
     items: EntityTable
     user_keywords: KeywordProfiles
     item_keywords: KeywordProfiles
-    _seen: dict[str, set[str]]
+    _seen: dict[str, dict[str, None]]
 
     # The learner computes these (drex_model/learner.py): the representation of rows
     # with their pending messages folded in, plus the static embedding, and the mean.
@@ -92,10 +97,55 @@ class LearnerViews:
         return self._score_matrix(users, items)[0]
 
     def ranking_scores(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
-        """Scores ``(U, I)`` that order recommendations: the unclipped predicted rating
-        plus :func:`drex_model.scoring.exposure_prior` with ``exposure_weight``."""
+        """Scores ``(U, I)`` that order recommendations: :class:`drex_model.scoring.Blend`
+        of the unclipped predicted rating, the item's rating count, the co-occurrence
+        with the user's items and the content cosine, weighted by ``blend``."""
+        return self.blend.rank(*self.ranking_terms(users, items))
+
+    def ranking_terms(
+        self, users: Sequence[str], items: Sequence[str], shrinkage: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The terms :meth:`Blend.rank` weighs: unclipped ratings ``(U, I)``, the items'
+        rating counts ``(I,)``, co-occurrence ``(U, I)`` and content cosine ``(U, I)``
+        (None where the blend does not use them, unless ``shrinkage`` asks for the
+        co-occurrence with that shrinkage: drex evaluate compares blends)."""
         raw, item_ratings = self._score_matrix(users, items)
-        return raw + exposure_prior(item_ratings, self.exposure_weight)[None, :]
+        cooc = content = None
+        if self.blend.cooccurrence or shrinkage is not None:
+            k = self.blend.shrinkage if shrinkage is None else shrinkage
+            cooc = self._cooccurrence(users, items, k)
+        if (self.blend.content or shrinkage is not None) and self.config.use_text:
+            content = content_term(self._content("users", users), self._content("items", items))
+        return raw, item_ratings, cooc, content
+
+    def _cooccurrence(
+        self, users: Sequence[str], items: Sequence[str], shrinkage: float
+    ) -> np.ndarray:
+        """:func:`drex_model.scoring.cooccurrence_term` ``(U, I)`` (0 for unknown ids)."""
+        co = self.cooccurrence
+        n = len(self.items)
+        item_users = np.zeros(n)
+        if co.users:
+            known = np.fromiter(co.users.keys(), dtype=np.int64, count=len(co.users))
+            item_users[known] = np.fromiter(
+                co.users.values(), dtype=np.float64, count=len(co.users)
+            )
+        rows, known_items = self.items.find(items)
+        cols = np.flatnonzero(known_items.cpu().numpy())
+        item_rows = rows.cpu().numpy()[cols]
+        out = np.zeros((len(users), len(items)))
+        for u, user in enumerate(users):
+            history = [co.row(self.items.index[j]) for j in self._seen.get(user, ())]
+            if history:
+                out[u, cols] = cooccurrence_term(history, item_users, shrinkage)[item_rows]
+        return out
+
+    def _content(self, side: str, ids: Sequence[str]) -> np.ndarray:
+        """Content sums ``(B, H)`` of ``ids`` (zeros for unknown ids)."""
+        table = self.table(side)
+        rows, known = table.find(ids)
+        content = table.content[rows] * known[:, None].to(table.content.dtype)
+        return content.double().cpu().numpy()
 
     def rank(
         self, user: str, items: Sequence[str] | None = None, k: int = 10, exclude_seen: bool = True
@@ -107,12 +157,12 @@ class LearnerViews:
         pending review's words included), as the server's do."""
         candidates = list(items) if items is not None else list(self.items.ids)
         if exclude_seen:
-            seen = self._seen.get(user, set())
+            seen = self._seen.get(user, {})
             candidates = [i for i in candidates if i not in seen]
         if not candidates:
             return []
-        raw, item_ratings = self._score_matrix([user], candidates)
-        ranking = raw[0] + exposure_prior(item_ratings, self.exposure_weight)
+        terms = self.ranking_terms([user], candidates)
+        raw, ranking = terms[0], self.blend.rank(*terms)[0]
         order = np.argsort(-ranking, kind="stable")[:k].tolist()
         lo, hi = 1.0, float(self.config.rating_levels)
         user_top = top_keywords(self._shown_profiles("users", [user])[0], EXPLAIN_TOP)
@@ -137,7 +187,9 @@ class LearnerViews:
         """The rating head and global terms as :class:`drex_model.scoring.Head` (numpy)."""
         state = self.model.state_dict()
         params = {name: state[name].detach().float().cpu().numpy() for name in HEAD_PARAMETERS}
-        return Head.from_parameters(params, self.config.to_dict())
+        return dataclasses.replace(
+            Head.from_parameters(params, self.config.to_dict()), blend=self.blend
+        )
 
     def _score_matrix(
         self, users: Sequence[str], items: Sequence[str]

@@ -17,8 +17,11 @@ Keys (``id`` = user or item id, UTF-8)::
     ku:<id> ki:<id> keyword record (formats.keywords_to_bytes): learned + pending words
     eu:<id> ei:<id> representation as the learner computed it after the entity's last
                     change (formats.representation_to_bytes; serving reads these)
+    o:<id>          an item's co-occurrence row (formats.cooccurrence_to_bytes): users
+                    who picked it, and by item id how many of them picked that one too
     c:<batch>       change record of micro-batch <batch> (12 digits): JSON {"users",
-                    "items": ids written, "dense": bool}; the last CHANGES_KEPT are kept,
+                    "items": ids written, "cooccurrence": item ids whose co-occurrence
+                    row was written, "dense": bool}; the last CHANGES_KEPT are kept,
                     so a serving replica reads only what changed since its last batch
     r:<key>         an encoded review (formats.review_to_bytes) that some row's pending
                     message needs; key = formats.text_key of its text, the review cache's
@@ -58,6 +61,8 @@ import numpy.typing as npt
 
 from drex_model.formats import (
     EntityRow,
+    cooccurrence_from_bytes,
+    cooccurrence_to_bytes,
     dense_metadata,
     keywords_from_bytes,
     keywords_to_bytes,
@@ -82,6 +87,7 @@ _REPRESENTATION: Final = {"users": b"eu:", "items": b"ei:"}
 _REVIEW: Final = b"r:"
 _APPLIED: Final = b"a:"
 _CHANGE: Final = b"c:"
+_COOCCURRENCE: Final = b"o:"
 CHANGES_KEPT: Final = 1000
 
 
@@ -132,6 +138,8 @@ class BatchWrite:
     )
     reviews: Mapping[str, bytes] = field(default_factory=dict)  # key -> new review blobs
     encoder: Mapping[str, Any] | None = None  # the encoder's identity, on the first write
+    # item id -> (users who picked it, {item id: users who picked both}), changed rows
+    cooccurrence: Mapping[str, tuple[float, Mapping[str, float]]] = field(default_factory=dict)
 
 
 class LearnerStore:
@@ -244,6 +252,15 @@ class LearnerStore:
         """(id, row bytes) of ``ids`` (None: all) of a side; unknown ids are left out."""
         return self._entries(_PREFIX[side], ids)
 
+    def cooccurrence(
+        self, ids: Iterable[str] | None = None
+    ) -> Iterator[tuple[str, float, dict[str, float]]]:
+        """(item id, users who picked it, {item id: users who picked both}) of ``ids``
+        (None: every item with a row)."""
+        for item, raw in self._entries(_COOCCURRENCE, ids):
+            users, pairs = cooccurrence_from_bytes(raw)
+            yield item, users, pairs
+
     def representations(self, side: str, ids: Iterable[str] | None) -> Iterator[tuple[str, bytes]]:
         """(id, formats.representation_to_bytes value) of ``ids`` (None: all)."""
         return self._entries(_REPRESENTATION[side], ids)
@@ -281,10 +298,13 @@ class LearnerStore:
                 wb.put(
                     _REPRESENTATION[side] + entity.encode(), representation_to_bytes(vector, now)
                 )
+        for item, (users, pairs) in batch.cooccurrence.items():
+            wb.put(_COOCCURRENCE + item.encode(), cooccurrence_to_bytes(users, pairs))
         change = {side: [row.id for row in rows] for side, rows in batch.rows.items()}
         record = {
             "users": change.get("users", []),
             "items": change.get("items", []),
+            "cooccurrence": list(batch.cooccurrence),
             "dense": batch.dense is not None,
         }
         wb.put(_change_key(batch.info.batches), json.dumps(record).encode())

@@ -37,11 +37,13 @@ own index).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -49,11 +51,18 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from drex_model.affinity import CoOccurrence
 from drex_model.formats import (
     dense_arrays,
     dense_metadata,
 )
-from drex_model.scoring import Head, exposure_prior, shared_keywords
+from drex_model.scoring import (
+    Head,
+    content_term,
+    cooccurrence_term,
+    exposure_prior,
+    shared_keywords,
+)
 from drex_store.index import ItemIndex, RWLock
 from drex_store.learner import LearnerStore
 from serving import metrics
@@ -106,6 +115,7 @@ class Profile:
 class _Change:
     users: set[str] = field(default_factory=set)
     items: set[str] = field(default_factory=set)
+    cooccurrence: set[str] = field(default_factory=set)
     dense: bool = False
 
 
@@ -140,6 +150,7 @@ class Replica:
         self.head: Head | None = None
         self.users = SideTable(0)
         self.items = SideTable(0)
+        self.cooccurrence = CoOccurrence()  # by this replica's item rows
         self.index: ItemIndex | None = None
         self.label_rows = np.zeros(0, dtype=np.int64)  # FAISS label -> item row, -1: none
         self.index_batch = -1  # the learner batch of the worker's index this one started as
@@ -202,6 +213,7 @@ class Replica:
                 for record in changes:
                     change.users.update(record["users"])
                     change.items.update(record["items"])
+                    change.cooccurrence.update(record.get("cooccurrence", []))
                     change.dense = change.dense or bool(record["dense"])
                 self._apply(store, change, dense if change.dense else None)
             self.batches = info.batches
@@ -229,8 +241,11 @@ class Replica:
         for side, table in (("users", users), ("items", items)):
             write_side(table, read[side], head, side)
         index, label_rows = stream_index(snapshot[1], items, list(read["items"].vectors))
+        cooccurrence = CoOccurrence()
+        _read_cooccurrence(store, None, items, cooccurrence)
         with self._lock.write():
             self.head, self.users, self.items, self.index = head, users, items, index
+            self.cooccurrence = cooccurrence
             self.label_rows = label_rows
             self.index_batch = snapshot[0]
             self._update_globals()
@@ -251,6 +266,7 @@ class Replica:
             assert self.head is not None
             write_side(self.users, read["users"], self.head, "users")
             write_side(self.items, read["items"], self.head, "items")
+            _read_cooccurrence(store, sorted(change.cooccurrence), self.items, self.cooccurrence)
             if head is not None:  # the first layer changed: every row's projection too
                 for side, table in (("users", self.users), ("items", self.items)):
                     project(table, np.arange(len(table)), head, side)
@@ -333,11 +349,12 @@ class Replica:
     def exposure_weight(self) -> float:
         if self.exposure_override is not None:
             return self.exposure_override
-        return self.head.exposure_weight if self.head is not None else 0.0
+        return self.head.blend.exposure if self.head is not None else 0.0
 
     def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> Recommendations:
-        """Top-``k`` items for a user: FAISS candidates plus popular items, re-ranked by the
-        DReX head. An unknown user gets the most-rated items, flagged as a fallback."""
+        """Top-``k`` items for a user: FAISS candidates, items often picked with the
+        user's, and popular items, re-ranked by the learner's blend. An unknown user
+        gets the most-rated items, flagged as a fallback."""
         head = self._require()
         assert self.index is not None
         with self._lock.read():
@@ -349,16 +366,24 @@ class Replica:
             labels = self.index.search_labels(self.users.vectors[u], want)
             label_rows = self.label_rows
             neighbours = label_rows[labels[labels < len(label_rows)]]
-            # item rows: neighbours, the average user's top, the most rated (repeats and
-            # seen items are skipped after scoring: cheaper than filtering ~350 first)
+            cooc = self._cooccurrence(user_id, head)
+            picked_with = np.zeros(0, dtype=np.int64)
+            if cooc is not None:  # the items most often picked with the user's
+                nonzero = np.flatnonzero(cooc)
+                picked_with = nonzero[np.argsort(-cooc[nonzero], kind="stable")[:want]]
+            # item rows: neighbours, co-occurring items, the average user's top, the most
+            # rated (repeats and seen items are skipped after scoring: cheaper than
+            # filtering ~350 first)
             pool = np.concatenate(
                 [
                     neighbours[neighbours >= 0],
+                    picked_with,
                     self.average_top,
                     self.popular[: self.popular_candidates + k],
                 ]
             )
-            rating, rank = self._score(u, pool, head)
+            pool = pool[self.items.has_vector[pool]]
+            rating, rank = self._score(u, pool, head, user_id, cooc)
             user_top = self.users.top.get(user_id, [])
             items: list[Ranked] = []
             taken: set[int] = set()
@@ -398,7 +423,7 @@ class Replica:
         with self._lock.read():
             u = self._known(self.users, user_id, "user")
             i = self._known(self.items, item_id, "item")
-            rating, rank = self._score(u, np.asarray([i]), head)
+            rating, rank = self._score(u, np.asarray([i]), head, user_id)
             return Ranked(
                 item_id, float(rating[0]), float(rank[0]), self._explain(user_id, item_id)
             )
@@ -440,21 +465,53 @@ class Replica:
         with self._lock.read():
             u = self._known(self.users, user_id, "user")
             rows = np.flatnonzero(self.items.has_vector[: len(self.items)])
-            _, rank = self._score(u, rows, head)
+            _, rank = self._score(u, rows, head, user_id)
             return [self.items.ids[r] for r in rows], rank
 
     def _score(
-        self, u: int, rows: npt.NDArray[np.int64], head: Head
+        self,
+        u: int,
+        rows: npt.NDArray[np.int64],
+        head: Head,
+        user_id: str,
+        cooc: FloatArray | None = None,
     ) -> tuple[FloatArray, FloatArray]:
-        """(clipped predicted rating, ranking score) of user row ``u`` with item ``rows``."""
+        """(clipped predicted rating, ranking score) of user row ``u`` with item ``rows``:
+        the learner's :class:`drex_model.scoring.Blend`. ``cooc``: the user's
+        co-occurrence term over every item row, when the caller has it already."""
         raw = head.score(
             self.users.hidden[u],
             float(self.users.const[u]),
             self.items.hidden[rows],
             self.items.const[rows],
         )
-        rank = raw + exposure_prior(self.items.rating_count[rows], self.exposure_weight)
+        blend = dataclasses.replace(head.blend, exposure=self.exposure_weight)
+        if cooc is None:
+            cooc = self._cooccurrence(user_id, head)
+        content = None
+        if blend.content and self.users.content.shape[1]:
+            user = self.users.content[u : u + 1]
+            content = content_term(user, self.items.content[rows])[0]
+        rank = blend.rank(
+            raw,
+            self.items.rating_count[rows],
+            None if cooc is None else cooc[rows],
+            content,
+        )
         return head.clip(raw), rank
+
+    def _cooccurrence(self, user_id: str, head: Head) -> FloatArray | None:
+        """The user's co-occurrence term over every item row (None when the blend does
+        not use it); under the read lock."""
+        if not head.blend.cooccurrence:
+            return None
+        co, index = self.cooccurrence, self.items.index
+        history = [co.row(index[i]) for i in self.users.seen.get(user_id, ()) if i in index]
+        item_users = np.zeros(len(self.items))
+        if co.users:
+            rows = np.fromiter(co.users.keys(), dtype=np.int64, count=len(co.users))
+            item_users[rows] = np.fromiter(co.users.values(), dtype=np.float64, count=len(co.users))
+        return cooccurrence_term(history, item_users, head.blend.shrinkage)
 
     def _clip(self, values: npt.ArrayLike) -> FloatArray:
         return self._require().clip(values)
@@ -467,3 +524,17 @@ class Replica:
 
     def _explain(self, user_id: str, item_id: str) -> list[str]:
         return shared_keywords(self.users.top.get(user_id, []), self.items.top.get(item_id, []))
+
+
+def _read_cooccurrence(
+    store: LearnerStore, ids: Sequence[str] | None, items: SideTable, into: CoOccurrence
+) -> None:
+    """Co-occurrence rows of item ``ids`` (None: all) from the store, by ``items`` rows."""
+    records = list(store.cooccurrence(ids))
+    if not records:
+        return
+    every = sorted({i for i, _, _ in records} | {j for _, _, pairs in records for j in pairs})
+    rows = dict(zip(every, items.rows(every).tolist(), strict=True))
+    into.load(
+        (rows[i], users, {rows[j]: c for j, c in pairs.items()}) for i, users, pairs in records
+    )

@@ -2,8 +2,9 @@
 
 :class:`SideTable` holds what the rating head and the explanations read per user or
 item (representation, its first-layer projection, bias, rating sums, the score's
-constant, keyword tops, seen items) in growable arrays; :func:`read_side` reads a side's
-changed values from the learner store and :func:`write_side` applies them;
+constant, review content, keyword tops, seen items) in growable arrays;
+:func:`read_side` reads a side's changed values from the learner store and
+:func:`write_side` applies them;
 :func:`stream_index` turns the worker's published item index into this replica's.
 """
 
@@ -45,6 +46,7 @@ class SideTable:
         self.count = np.zeros(0, dtype=np.int64)
         self.updated = np.zeros(0)
         self.const = np.zeros(0)  # per-row constant of the score (biases, deviation)
+        self.content = np.zeros((0, 0), dtype=np.float32)  # (N, H) review content sums
         self.top: dict[str, list[tuple[str, float]]] = {}
         self.seen: dict[str, frozenset[str]] = {}
 
@@ -75,7 +77,7 @@ class SideTable:
 
         for name in ("vectors", "hidden", "has_vector", "bias", "rating_sum", "rating_count"):
             setattr(self, name, grown(getattr(self, name)))
-        for name in ("count", "updated", "const"):
+        for name in ("count", "updated", "const", "content"):
             setattr(self, name, grown(getattr(self, name)))
 
 
@@ -119,6 +121,13 @@ def write_side(table: SideTable, read: SideRead, head: Head, side: str) -> None:
         table.has_vector[vr] = True
         table.updated[vr] = [read.updated[k] for _, k in with_vector]
         project(table, vr, head, side)
+    width = max((read.rows[k].content.shape[0] for k in ids), default=0)
+    if width and table.content.shape[1] != width:  # the first rows with review content
+        table.content = np.zeros((len(table.bias), width), dtype=np.float32)
+    if width:
+        for r, k in zip(rows.tolist(), ids, strict=True):
+            if read.rows[k].content.shape[0] == width:
+                table.content[r] = read.rows[k].content
     for k in ids:
         if k in read.top:
             table.top[k] = read.top[k]

@@ -16,7 +16,9 @@ from drex_model.checkpoint import (
     CheckpointError,
     dense_state_bytes,
     encoded_review,
+    export_cooccurrence,
     export_rows,
+    import_cooccurrence,
     import_rows,
     load_dense_state,
     review_arrays,
@@ -62,6 +64,10 @@ def restore(store: LearnerStore, learner: DReXLearner, encoder: Mapping[str, Any
                 chunk = []
         import_rows(learner, side, chunk)
         learner.load_keywords(side, {k: a for k, a, _ in store.keyword_records(side)})
+    import_cooccurrence(
+        learner, {item: (users, pairs) for item, users, pairs in store.cooccurrence()}
+    )
+    learner.cooccurrence.take_changed()  # as stored: nothing to write back
     return info
 
 
@@ -75,8 +81,9 @@ def batch_write(
     encoder: Mapping[str, Any] | None = None,
 ) -> BatchWrite:
     """Everything a micro-batch changed, read off ``learner``: the ``changed`` ids' rows,
-    keyword records and representations, the reviews their pending messages need that
-    the store lacks, and the dense state when ``dense``."""
+    keyword records and representations, the co-occurrence rows changed since the last
+    write, the reviews their pending messages need that the store lacks, and the dense
+    state when ``dense``."""
     rows = {side: export_rows(learner, side, ids) for side, ids in changed.items()}
     views = {side: learner.snapshot(side, ids) for side, ids in changed.items()}
     needed = {
@@ -106,6 +113,9 @@ def batch_write(
         },
         reviews=reviews,
         encoder=encoder,
+        cooccurrence=export_cooccurrence(
+            learner, [learner.items.ids[r] for r in sorted(learner.cooccurrence.take_changed())]
+        ),
     )
 
 

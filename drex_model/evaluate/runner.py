@@ -135,7 +135,10 @@ def evaluate(
             if isinstance(model, DReXRecommender):
                 metrics["epochs"] = float(len(model.history))
                 metrics["best_epoch"] = float(model.best_epoch)
-                metrics["exposure_weight"] = model.exposure_weight
+                metrics["exposure_weight"] = model.blend.exposure
+                metrics["rating_weight"] = model.blend.rating
+                metrics["content_weight"] = model.blend.content
+                metrics["cooccurrence_shrinkage"] = model.blend.shrinkage
             for key, value in getattr(model, "chosen", {}).items():  # tuned on validation
                 metrics[key] = float(value)
             per_seed.setdefault(name, []).append(metrics)

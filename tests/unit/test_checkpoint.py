@@ -158,6 +158,10 @@ def test_loading_never_unpickles(
         again.predict_many(users, items), source.predict_many(users, items), atol=1e-5
     )
     assert json.loads((folder / "config.json").read_text())["extra"] == {"offset": 41}
+    # the ranking's state (co-occurrence, review content, items in order) came along
+    u, i = list(source.users.ids), list(source.items.ids)
+    assert again.blend.cooccurrence and again.blend.content
+    np.testing.assert_allclose(again.ranking_scores(u, i), source.ranking_scores(u, i), atol=1e-5)
     for user in source.users.ids:
         assert again.user_keywords.profile(user) == pytest.approx(
             source.user_keywords.profile(user)

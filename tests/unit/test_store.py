@@ -81,7 +81,13 @@ def test_the_learner_store_keeps_a_batch_whole_and_sweeps_what_nothing_needs() -
     assert list(store.keyword_records("users")) == [("ann", {"tone": 1.0}, {"warm": 0.5})]
     assert store.keyword_profiles("users") == {"ann": {"tone": 1.0, "warm": 0.5}}
     assert store.changes(0) == [
-        {"batch": 1, "users": ["ann"], "items": ["amp", "cab"], "dense": False}
+        {
+            "batch": 1,
+            "users": ["ann"],
+            "items": ["amp", "cab"],
+            "cooccurrence": [],
+            "dense": False,
+        }
     ]
     assert store.gc(applied_older_than=0.0) == (1, 0)  # "old" is referenced by no row
     assert store.review("r1") == b"blob" and store.review("old") is None
@@ -117,5 +123,11 @@ def test_a_learner_restored_from_its_store_predicts_alike_and_checks_the_encoder
     assert restore(store, copy, identity).applied == 30
     users, items = ["u0", "u4", "new"], ["i0", "i2", "new"]
     np.testing.assert_allclose(copy.score_matrix(users, items), source.score_matrix(users, items))
+    # the ranking's own state (co-occurrence, each user's items in order) came back too
+    assert copy.blend.cooccurrence > 0
+    np.testing.assert_allclose(
+        copy.ranking_scores(users, items), source.ranking_scores(users, items)
+    )
+    assert copy.seen_in_order("u0") == source.seen_in_order("u0")
     with pytest.raises(CheckpointError, match="another text encoder"):
         restore(store, DReXLearner(config, seed=1), {**identity, "name": "other"})

@@ -1,0 +1,103 @@
+"""Ranking state beside the DReX representations, learned online, torch-free.
+
+A rating model says how much a user would like an item, not which items they would pick;
+on real data a ranking by predicted rating alone is close to a popularity list. Two kinds
+of state make the ranking personal (measured in docs/results.md):
+
+* :class:`CoOccurrence`, who-also-picked: for each pair of items, how many users picked
+  both (within each user's ``window`` most recent distinct items), and how many users
+  picked each item. This is the state of item-based collaborative filtering (ItemKNN,
+  cosine similarity with shrinkage), kept as running counts so that it streams: a new
+  (user, item) pair adds one to the pairs it forms with the user's recent items.
+* content vectors (:func:`review_vector`), what the reviews say: each user's and item's
+  sum of the unit, mean-pooled frozen-encoder vectors of the reviews they wrote or
+  received. Kept by :class:`drex_model.entities.EntityTable` (``content``), scored as the
+  cosine of a user's sum with an item's.
+
+Both are updated per interaction in :meth:`drex_model.learner.DReXLearner.learn_many`,
+after that interaction is scored, and restart with each training pass like the rating
+sums. :mod:`drex_model.scoring` turns them into ranking terms.
+
+Notation: I items, H encoder hidden size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+DEFAULT_WINDOW: Final = 200  # a user's most recent distinct items a new one pairs with
+
+
+class CoOccurrence:
+    """Item-item co-occurrence counts over users, as running sums (see the module doc).
+
+    Items are the learner's item rows (ints); ``pairs[i][j]`` is the number of users
+    who picked both i and j, ``users[i]`` the number who picked i. Symmetric.
+
+    >>> co = CoOccurrence()
+    >>> co.add([], 0); co.add([0], 1); co.add([1], 0)  # second user: 1 then 0
+    >>> co.pairs[0], co.users
+    ({1: 2.0}, {0: 2.0, 1: 2.0})
+    """
+
+    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = window
+        self.pairs: dict[int, dict[int, float]] = {}
+        self.users: dict[int, float] = {}
+        self.changed: set[int] = set()  # items whose counts changed since the last take
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def add(self, history: Sequence[int], item: int) -> None:
+        """A user whose earlier distinct items are ``history`` (oldest first) picked
+        ``item`` for the first time: one more user for it and for each pair it forms
+        with the last ``window`` of them."""
+        self.users[item] = self.users.get(item, 0.0) + 1.0
+        self.changed.add(item)
+        row = self.pairs.setdefault(item, {})
+        for j in history[-self.window :]:
+            if j == item:
+                continue
+            row[j] = row.get(j, 0.0) + 1.0
+            other = self.pairs.setdefault(j, {})
+            other[item] = other.get(item, 0.0) + 1.0
+            self.changed.add(j)
+
+    def take_changed(self) -> set[int]:
+        """The items whose counts changed since the last call (and forget them)."""
+        out, self.changed = self.changed, set()
+        return out
+
+    def reset(self) -> None:
+        """Forget every count (the start of a training pass)."""
+        self.pairs.clear()
+        self.users.clear()
+        self.changed.clear()
+
+    def row(self, item: int) -> tuple[float, dict[int, float]]:
+        """(users who picked ``item``, its co-occurrence counts by item)."""
+        return self.users.get(item, 0.0), self.pairs.get(item, {})
+
+    def load(self, rows: Iterable[tuple[int, float, Mapping[int, float]]]) -> None:
+        """Take counts back: (item, users, {neighbour: count}) per item."""
+        for item, users, pairs in rows:
+            self.users[item] = float(users)
+            self.pairs[item] = {int(j): float(c) for j, c in pairs.items()}
+
+
+def review_vector(tokens: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """The unit mean-pooled vector ``(H,)`` of a review's frozen-encoder tokens ``(T, H)``
+    (sentence encoders such as all-MiniLM-L6-v2 are trained to be read this way)."""
+    t = np.asarray(tokens, dtype=np.float32)
+    if t.size == 0:
+        return np.zeros(t.shape[-1], dtype=np.float32)
+    v = t.mean(axis=0)
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v
