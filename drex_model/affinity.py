@@ -85,6 +85,16 @@ class CoOccurrence:
         """(users who picked ``item``, its co-occurrence counts by item)."""
         return self.users.get(item, 0.0), self.pairs.get(item, {})
 
+    def users_array(self, n: int) -> npt.NDArray[np.float64]:
+        """Users who picked each of the item rows ``0..n-1``, as an array ``(n,)``."""
+        out = np.zeros(n)
+        if self.users:
+            rows = np.fromiter(self.users.keys(), dtype=np.int64, count=len(self.users))
+            users = np.fromiter(self.users.values(), dtype=np.float64, count=len(self.users))
+            keep = rows < n
+            out[rows[keep]] = users[keep]
+        return out
+
     def load(self, rows: Iterable[tuple[int, float, Mapping[int, float]]]) -> None:
         """Take counts back: (item, users, {neighbour: count}) per item."""
         for item, users, pairs in rows:

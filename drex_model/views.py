@@ -123,13 +123,7 @@ class LearnerViews:
     ) -> np.ndarray:
         """:func:`drex_model.scoring.cooccurrence_term` ``(U, I)`` (0 for unknown ids)."""
         co = self.cooccurrence
-        n = len(self.items)
-        item_users = np.zeros(n)
-        if co.users:
-            known = np.fromiter(co.users.keys(), dtype=np.int64, count=len(co.users))
-            item_users[known] = np.fromiter(
-                co.users.values(), dtype=np.float64, count=len(co.users)
-            )
+        item_users = co.users_array(len(self.items))
         rows, known_items = self.items.find(items)
         cols = np.flatnonzero(known_items.cpu().numpy())
         item_rows = rows.cpu().numpy()[cols]

@@ -151,6 +151,7 @@ class Replica:
         self.users = SideTable(0)
         self.items = SideTable(0)
         self.cooccurrence = CoOccurrence()  # by this replica's item rows
+        self.item_users = np.zeros(0)  # users who picked each item row (co-occurrence)
         self.index: ItemIndex | None = None
         self.label_rows = np.zeros(0, dtype=np.int64)  # FAISS label -> item row, -1: none
         self.index_batch = -1  # the learner batch of the worker's index this one started as
@@ -246,6 +247,7 @@ class Replica:
         with self._lock.write():
             self.head, self.users, self.items, self.index = head, users, items, index
             self.cooccurrence = cooccurrence
+            self.item_users = cooccurrence.users_array(len(items))
             self.label_rows = label_rows
             self.index_batch = snapshot[0]
             self._update_globals()
@@ -267,6 +269,7 @@ class Replica:
             write_side(self.users, read["users"], self.head, "users")
             write_side(self.items, read["items"], self.head, "items")
             _read_cooccurrence(store, sorted(change.cooccurrence), self.items, self.cooccurrence)
+            self.item_users = self.cooccurrence.users_array(len(self.items))
             if head is not None:  # the first layer changed: every row's projection too
                 for side, table in (("users", self.users), ("items", self.items)):
                     project(table, np.arange(len(table)), head, side)
@@ -507,11 +510,7 @@ class Replica:
             return None
         co, index = self.cooccurrence, self.items.index
         history = [co.row(index[i]) for i in self.users.seen.get(user_id, ()) if i in index]
-        item_users = np.zeros(len(self.items))
-        if co.users:
-            rows = np.fromiter(co.users.keys(), dtype=np.int64, count=len(co.users))
-            item_users[rows] = np.fromiter(co.users.values(), dtype=np.float64, count=len(co.users))
-        return cooccurrence_term(history, item_users, head.blend.shrinkage)
+        return cooccurrence_term(history, self.item_users, head.blend.shrinkage)
 
     def _clip(self, values: npt.ArrayLike) -> FloatArray:
         return self._require().clip(values)
