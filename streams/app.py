@@ -104,10 +104,12 @@ def _register_lag(app: Any) -> None:
 
 
 def create_app(settings: WorkerSettings) -> DrexApp:
-    """A faust App with the agents of ``settings.role``; the Tansu shim when embedded."""
+    """A faust App with the agents of ``settings.role``; the Tansu shim when embedded; the
+    recovery fix (streams/recovery.py) always."""
     import faust
 
     from streams.compat import TANSU_SETTINGS, apply_tansu_compat
+    from streams.recovery import TableManager
 
     conf: dict[str, Any] = {
         "broker": settings.broker,
@@ -116,6 +118,7 @@ def create_app(settings: WorkerSettings) -> DrexApp:
         "web_enabled": False,
         "topic_partitions": settings.partitions,
         "producer_linger": settings.producer_linger,
+        "TableManager": TableManager,  # faust's, without its end-of-recovery record loss
         **settings.broker_credentials(),
     }
     if settings.embedded:
