@@ -6,8 +6,12 @@ streaming worker, which all call :meth:`DReXLearner.learn_many`):
 1. Each user and item holds a *memory* (its representation after the interactions
    already folded in, detached) and at most one *pending message*: the review and
    rating of its latest interaction, not yet folded in.
-2. A batch of interactions is cut into t-batches in which every user and every item
-   appears at most once (JODIE), kept in event-time order.
+2. A batch of interactions is cut, in event-time order, into *chunks* that end where
+   the gradient of ``step_size`` rated interactions is complete; each chunk is cut into
+   t-batches in which every user and every item appears at most once (JODIE). Shared
+   weights move only between chunks (one optimiser step at the end of a full one) and
+   the global mean is read once per chunk, so a t-batch that runs a later interaction
+   before an earlier one (they share no entity) cannot carry it into the earlier score.
 3. For each interaction (u, i) of a t-batch, the pending messages of u and of i are
    folded into their memories with the GRUs (eqs. 4-7) *with gradient*: this is where
    the review head, rating projection, fusion and GRUs get trained, as in temporal graph
@@ -16,9 +20,9 @@ streaming worker, which all call :meth:`DReXLearner.learn_many`):
    that evaluation reports: it depends on interactions before (u, i) only, never on
    the rating or review of (u, i) itself.
 5. Loss = MSE + lambda/2 (|u|^2 + |i|^2) (eq. 8) over the rated interactions;
-   gathered over t-batches until ``step_size`` rated interactions, then backward ->
-   clip -> step -> zero_grad (Adam for the dense network, SparseAdam for per-entity
-   parameters), in :meth:`DReXLearner._step`.
+   gathered over the chunk's t-batches; at its end (``step_size`` rated
+   interactions) backward -> clip -> step -> zero_grad (Adam for the dense network,
+   SparseAdam for per-entity parameters), in :meth:`DReXLearner._step`.
 6. The new memories are stored (detached) and (u, i)'s own review and rating become the
    pending message of both u and i; the rating sums, the item co-occurrence counts and
    the review content sums (:mod:`drex_model.affinity`) take (u, i) in.
@@ -260,7 +264,12 @@ class DReXLearner(LearnerViews):
         return h
 
     def _predict_rows(
-        self, urows: torch.Tensor, irows: torch.Tensor, hu: torch.Tensor, hi: torch.Tensor
+        self,
+        urows: torch.Tensor,
+        irows: torch.Tensor,
+        hu: torch.Tensor,
+        hi: torch.Tensor,
+        mean: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, LookedUp]:
         """Predicted ratings ``(B,)``, the MLP's share of them ``(B,)``, and the learnable
         per-entity rows they used (the loss regularises those same rows)."""
@@ -272,7 +281,6 @@ class DReXLearner(LearnerViews):
         )
         u = hu if rows.user_static is None else hu + rows.user_static
         i = hi if rows.item_static is None else hi + rows.item_static
-        mean = self._mean()
         if self.config.running_bias:
             user = self._deviation(self.users, urows, mean)
             item = self._deviation(self.items, irows, mean)
@@ -330,22 +338,45 @@ class DReXLearner(LearnerViews):
             device=self.device,
         )
         out = torch.empty(len(interactions))
-        batches = t_batches(urows.tolist(), irows.tolist(), self.config.t_batch_size)
+        chunks = self._chunks([x.rating is not None for x in interactions])
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc="learning", unit="t-batch", leave=False)
+            chunks = tqdm(chunks, desc="learning", unit="chunk", leave=False)
         self.model.train()
-        for b in batches:
-            bt = torch.tensor(b, dtype=torch.long)
-            out[bt] = self._learn_batch(
-                urows[bt], irows[bt], rating[bt], review_ids[bt], [interactions[j] for j in b]
-            ).cpu()
+        for lo, hi in chunks:
+            mean = self._mean()  # the chunk's: its own ratings are not in it
+            for b in t_batches(
+                urows[lo:hi].tolist(), irows[lo:hi].tolist(), self.config.t_batch_size
+            ):
+                bt = torch.tensor(b, dtype=torch.long) + lo
+                out[bt] = self._learn_batch(
+                    urows[bt],
+                    irows[bt],
+                    rating[bt],
+                    review_ids[bt],
+                    [interactions[j] for j in bt.tolist()],
+                    mean,
+                ).cpu()
+            if self._accumulated >= self.config.step_size:
+                self._step()
         # the partial step's gradient goes into .grad now: a table that grows in the next
         # call swaps its parameters, which the graph of this call still refers to
         self._backward()
-        lo, hi = 1.0, float(self.config.rating_levels)
-        return out.clamp(lo, hi).numpy().astype(np.float64)
+        return out.clamp(1.0, float(self.config.rating_levels)).numpy().astype(np.float64)
+
+    def _chunks(self, rated: Sequence[bool]) -> list[tuple[int, int]]:
+        """``[lo, hi)`` spans of consecutive interactions, each ending where the gradient
+        being gathered reaches ``step_size`` rated interactions (or at the end)."""
+        spans, lo, have = [], 0, self._accumulated
+        for n, is_rated in enumerate(rated):
+            have += int(is_rated)
+            if have >= self.config.step_size:
+                spans.append((lo, n + 1))
+                lo, have = n + 1, 0
+        if lo < len(rated):
+            spans.append((lo, len(rated)))
+        return spans
 
     def learn_one(
         self,
@@ -383,6 +414,7 @@ class DReXLearner(LearnerViews):
         rating: torch.Tensor,
         review_ids: torch.Tensor,
         batch: Sequence[Interaction],
+        mean: torch.Tensor,
     ) -> torch.Tensor:
         self._since_step["users"].update(x.user for x in batch)  # gradient until a step
         self._since_step["items"].update(x.item for x in batch)
@@ -390,7 +422,7 @@ class DReXLearner(LearnerViews):
         ik = self.item_keywords if self.track_keywords else None
         hu = self._current("users", self.users, urows, uk)  # (B, D) before this interaction
         hi = self._current("items", self.items, irows, ik)  # (B, D)
-        pred, mlp, looked = self._predict_rows(urows, irows, hu, hi)  # (B,) the scores
+        pred, mlp, looked = self._predict_rows(urows, irows, hu, hi, mean)  # (B,) the scores
         rated = ~rating.isnan()
         if bool(rated.all()):
             self._add_loss(pred, rating, hu, hi, mlp, looked)
@@ -450,7 +482,7 @@ class DReXLearner(LearnerViews):
         looked: LookedUp,
     ) -> None:
         """Eq. 8 over a t-batch's rated interactions, added to the loss of the step being
-        gathered; at ``step_size`` rated interactions, :meth:`_step`.
+        gathered (:meth:`learn_many` steps at the end of the chunk that completes it).
 
         The loss is divided by ``step_size``: gradients are summed over t-batches into one
         Adam step, because the late t-batches of a pass hold only the few most active
@@ -471,8 +503,6 @@ class DReXLearner(LearnerViews):
         loss = per_example.sum() / cfg.step_size
         self._loss = loss if self._loss is None else self._loss + loss
         self._accumulated += len(pred)
-        if self._accumulated >= cfg.step_size:
-            self._step()
 
     def _backward(self) -> None:
         """Back-propagate the loss gathered so far into the gradients (one call for many

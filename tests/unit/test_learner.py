@@ -60,6 +60,34 @@ def test_changing_interaction_n_leaves_its_own_score_unchanged(
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("micro_batch", [300, 16])
+def test_a_score_never_sees_a_later_interaction(variant: str, micro_batch: int) -> None:
+    """Test-then-train sees only the past: flipping every rating from index 150 on moves
+    no score before it, whether the 300 interactions come in one call or in micro-batches
+    (t-batches run later interactions before earlier ones; weights and the global mean
+    move only between chunks)."""
+    data = [dataclasses.replace(x, text=None) for x in stream(300, users=20, items=15, seed=3)]
+    flipped = [
+        dataclasses.replace(x, rating=6.0 - (x.rating or 3.0)) if n >= 150 else x
+        for n, x in enumerate(data)
+    ]
+
+    def scores(interactions: list[Interaction]) -> np.ndarray:
+        config = DReXConfig.for_variant(variant, dim=8, use_text=False, step_size=32)
+        learner = DReXLearner(config, seed=0, n_users_hint=20, n_items_hint=15)
+        return np.concatenate(
+            [
+                learner.learn_many(interactions[s : s + micro_batch])
+                for s in range(0, len(interactions), micro_batch)
+            ]
+        )
+
+    a, b = scores(data), scores(flipped)
+    assert np.array_equal(a[:151], b[:151])
+    assert not np.array_equal(a[151:], b[151:])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_learner_contract(variant: str, tiny_encoder: TextEncoder) -> None:
     learner = make(variant, tiny_encoder)
     data = stream()
@@ -246,8 +274,9 @@ def test_predictions_change_no_state_and_learning_goes_on(tiny_encoder: TextEnco
 def test_a_prediction_is_the_score_learning_reports(tiny_encoder: TextEncoder) -> None:
     """The numpy score (drex_model.scoring, which serving uses too) equals the torch score
     that learn_many reports for the same state (no dropout: train and eval agree)."""
-    learner = make("drex", tiny_encoder, dropout=0.0)
+    learner = make("drex", tiny_encoder, dropout=0.0, step_size=8)
     learner.learn_many(stream(n=60))
+    learner.discard_partial_step()  # no optimiser step inside the batch below
     batch = [Interaction(f"u{n}", f"i{n}", 4.0, "the warm tone", 100.0 + n) for n in range(6)]
     predicted = learner.predict_many([x.user for x in batch], [x.item for x in batch])
     reported = learner.learn_many(batch)  # one t-batch: each user and item once
