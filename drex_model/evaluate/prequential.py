@@ -32,6 +32,7 @@ from drex_model.evaluate.metrics import (
     ranking_metrics,
     rating_metrics,
 )
+from drex_model.evaluate.next_item import NextItemTracker, StreamingItemKNN, next_item_metrics
 from drex_model.types import Interaction
 
 if TYPE_CHECKING:
@@ -39,8 +40,9 @@ if TYPE_CHECKING:
     from drex_model.learner import DReXLearner
 
 # Baselines with a one-pass form (running estimates); ``mf`` needs epochs and a split.
-PREQUENTIAL_BASELINES: Final = ("global-mean", "bias", "popularity")
+PREQUENTIAL_BASELINES: Final = ("global-mean", "bias", "popularity", "itemknn")
 PREQUENTIAL_VARIANTS: Final = ("drex", "drex-paper")  # drex-mlp needs a fixed catalogue
+_RUNNING: Final = ("global-mean", "bias", "popularity")  # RunningBaseline's (itemknn: next_item)
 DEFAULT_RATING_SCALE: Final = 5  # ratings are 1..5 unless said otherwise (as the loader)
 
 
@@ -158,10 +160,8 @@ class RunningBaseline:
         reg_user: float = 5.0,
         reg_item: float = 5.0,
     ) -> None:
-        if name not in PREQUENTIAL_BASELINES:
-            raise ValueError(
-                f"baseline {name!r} has no prequential form; choose from {PREQUENTIAL_BASELINES}"
-            )
+        if name not in _RUNNING:
+            raise ValueError(f"baseline {name!r} is not a running estimate; choose from {_RUNNING}")
         self.name = name
         self.predicts_ratings = name != "popularity"
         self.rating_scale = rating_scale
@@ -232,6 +232,7 @@ class StreamRun:
     rankings: list[list[tuple[np.ndarray, np.ndarray]]]  # per checkpoint, per user
     seconds: float = 0.0
     tops: list[list[list[str]]] = field(default_factory=list)  # per checkpoint, per user
+    next_ranks: list[int] = field(default_factory=list)  # see evaluate/next_item.py
 
 
 def run_stream(
@@ -256,6 +257,7 @@ def run_stream(
     predictions = np.full(n, np.nan)
     rankings: list[list[tuple[np.ndarray, np.ndarray]]] = []
     tops: list[list[list[str]]] = []
+    next_item = NextItemTracker()
     with tqdm(total=n, unit="interactions", desc=desc, disable=not progress, leave=False) as bar:
         for a, b in itertools.pairwise(cuts):
             test = at.get(a)
@@ -272,11 +274,13 @@ def run_stream(
                         shown.append([test.items[j] for j in best])
                 rankings.append(rows)
                 tops.append(shown)
+            next_item.rank(model, stream[a:b])  # from the state before the batch
             predictions[a:b] = model.learn(stream[a:b])
             bar.update(b - a)
     if not model.predicts_ratings:
         predictions[:] = np.nan
-    return StreamRun(predictions, rankings, time.perf_counter() - started, tops)
+    seconds = time.perf_counter() - started
+    return StreamRun(predictions, rankings, seconds, tops, next_item.ranks)
 
 
 def summarise(
@@ -322,6 +326,7 @@ def summarise(
                 {"position": float(test.position), **{k: m[k] for k in _CURVE_KEYS if k in m}}
             )
         out.update(_beyond_accuracy(run, stream, tests))
+    out.update(next_item_metrics(run.next_ranks))
     out["seconds"] = run.seconds
     return out, {"windows": windows, "checkpoints": points}
 
@@ -428,7 +433,8 @@ def prequential(
             )
             record(name, seed, run)
     for name in opts.baselines:  # deterministic: one run, whatever the seeds
-        run = run_stream(RunningBaseline(name), stream, settings, tests, opts.progress, name)
+        model = StreamingItemKNN() if name == "itemknn" else RunningBaseline(name)
+        run = run_stream(model, stream, settings, tests, opts.progress, name)
         record(name, None, run)
 
     results: dict[str, Any] = {
@@ -450,8 +456,12 @@ def prequential(
             "cold_users": "<= 2 ratings before the interaction",
             "baselines": "running estimates, updated after each interaction is scored: "
             "global-mean (mean so far), bias (one closed-form sweep over the ratings so "
-            "far), popularity (ratings so far, ranking only)",
-            "exposure_weight": "config value, -1 (choose on validation) counts as 0",
+            "far), popularity (ratings so far, ranking only), itemknn (co-occurrence "
+            "counts so far, shrunk cosine, ranking only)",
+            "next_item": "before each micro-batch: the rank of each interaction's item for "
+            "its user among the known items the user has not interacted with; hr@10, "
+            "next_ndcg@10 (evaluate/next_item.py)",
+            "ranking_blend": "the config's weights (drex_model.scoring.Blend)",
             "ks": list(opts.ks),
         },
         "data": {**stats, "load": report.summary()},
@@ -510,6 +520,12 @@ def render_prequential(results: dict[str, Any]) -> str:
         "",
     ]
     table([f"{m}@{BEYOND_K}" for m in ("coverage", "distinct", "logpop")])
+    lines += [
+        "Next item, before each micro-batch: the rank of each interaction's item among the "
+        "known items its user has not interacted with (interactions ranked, HR@10, NDCG@10):",
+        "",
+    ]
+    table(["next_n", "hr@10", "next_ndcg@10"])
     curves: dict[str, list[dict[str, Any]]] = results["curves"]
     rating_models = [n for n, runs in curves.items() if runs and runs[0]["windows"]]
     if rating_models:

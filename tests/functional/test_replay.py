@@ -228,7 +228,7 @@ def test_running_baselines_score_before_they_learn() -> None:
     popularity = RunningBaseline("popularity")
     assert np.isnan(popularity.learn(stream)).all()
     assert popularity.scores(["x"], ["amp", "eq", "nope"]).tolist() == [[3.0, 1.0, 0.0]]
-    with pytest.raises(ValueError, match="no prequential form"):
+    with pytest.raises(ValueError, match="not a running estimate"):
         RunningBaseline("mf")
 
 
