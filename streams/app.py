@@ -109,7 +109,7 @@ def create_app(settings: WorkerSettings) -> DrexApp:
     import faust
 
     from streams.compat import TANSU_SETTINGS, apply_tansu_compat
-    from streams.recovery import TableManager
+    from streams.recovery import TableManager, install
 
     conf: dict[str, Any] = {
         "broker": settings.broker,
@@ -127,8 +127,9 @@ def create_app(settings: WorkerSettings) -> DrexApp:
         conf["broker_session_timeout"] = settings.session_timeout
         conf["broker_heartbeat_interval"] = min(1.0, settings.session_timeout / 4)
     app = faust.App(settings.app_id, **conf)
+    install(app)  # the consumer side of the recovery fix
     if settings.embedded:
-        apply_tansu_compat(app)
+        apply_tansu_compat(app)  # its consumer builds on the fixed one
     _register_lag(app)
     feeder = IndexFeeder(settings.index_save_every)
     join = join_agent.register(app, settings) if settings.runs_join else None

@@ -35,6 +35,9 @@ of it global: :func:`apply_tansu_compat` sets the *instance* attribute ``Consume
 * after ``on_start`` sets ``_maybe_leave_group`` on its aiokafka consumer's
   ``GroupCoordinator`` instance.
 
+It builds on :class:`streams.recovery.ConsumerThread` (paused partitions stay paused during
+a fetch; a faust/aiokafka fix for any broker), so installing it keeps that fix.
+
 Private aiokafka names used: ``AIOKafkaConsumer._client`` / ``._coordinator``,
 ``GroupCoordinator._send_req`` / ``._group_instance_id`` / ``._maybe_leave_group``. Other
 apps in the process and aiokafka itself are untouched. The per-message ``highwater()``
@@ -88,8 +91,10 @@ from aiokafka.errors import KafkaError
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 from aiokafka.structs import TopicPartition
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Transport
 from faust.types import TP, AppT
+
+from streams.recovery import Consumer, ConsumerThread
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +205,9 @@ def leave_group_from_generation_zero(consumer: aiokafka.AIOKafkaConsumer) -> Non
     coordinator._maybe_leave_group = maybe_leave_group
 
 
-class TansuConsumerThread(AIOKafkaConsumerThread):
-    """faust's aiokafka consumer thread, fixed for Tansu (end offsets, LeaveGroup)."""
+class TansuConsumerThread(ConsumerThread):
+    """faust's aiokafka consumer thread, fixed for Tansu (end offsets, LeaveGroup) and for
+    paused partitions (streams/recovery.py, any broker)."""
 
     async def on_start(self) -> None:
         await super().on_start()

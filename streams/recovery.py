@@ -1,7 +1,7 @@
-"""A fix for faust's end of table recovery, which can silently drop stream records.
+"""Two fixes for faust's end of table recovery, where it can silently drop stream records.
 
-Any broker, not only the embedded one: :func:`streams.app.create_app` installs it on every
-app (``TableManager=`` setting).
+Any broker, not only the embedded one: :func:`streams.app.create_app` installs both on every
+app, fix 1 as its ``TableManager`` setting and fix 2 with :func:`install`.
 
 **The bug** (faust-streaming 0.15.3 and master; upstream issue #596, open). When a worker
 gets its partitions, faust pauses the stream partitions and replays the changelogs of its
@@ -25,24 +25,45 @@ reads 0. In drex the learner then waits for interactions that never come: a work
 restarted after a kill (``test_a_killed_worker_resumes_without_losing_or_repeating``)
 stopped after its first take, its log silent, its lag 0, hundreds of interactions short.
 
-**The fix.** :class:`Recovery` keeps the stream partitions paused until the queues have
+**Fix 1.** :class:`Recovery` keeps the stream partitions paused until the queues have
 been cleared: seek, clear (``flow_control.resume()``), and only then resume the stream
 partitions and the consumer's flow. A record of a stream partition can then reach an
 agent's queue only after the clear, starting at the committed offset. The rest of the
 method is faust's, unchanged.
 
-Private faust names used (checked against faust-streaming 0.15.3):
+**The second hole: an empty set of active partitions means "all" to aiokafka.** faust
+pauses a partition by leaving it out of its set of active partitions and hands that set
+(the live object) to ``aiokafka``'s ``Fetcher.fetched_records(partitions)``, which filters
+with ``if partitions and tp not in partitions``: an *empty* set filters nothing. When recovery
+has paused the changelogs and the stream partitions are still paused, the set is empty, and
+a fetch in flight (it waits up to a second for records) hands over the records aiokafka
+has buffered for every partition, advancing their positions; faust then yields only those
+of active partitions and drops the rest. faust's own order leaves that gap too (between
+pausing the changelogs and resuming the streams); fix 1 widens it by the seek, and with
+fix 1 alone a restarted worker once lost its whole ``interactions`` backlog.
+**Fix 2:** :class:`ConsumerThread` hands aiokafka a view of the active set that is never
+empty to ``bool()``, so a paused partition's records stay in aiokafka's buffer until faust
+resumes it.
+
+Private names used (checked against faust-streaming 0.15.3, aiokafka 0.14.0):
 ``Recovery._set_recovery_ended``, ``._is_changelog_tp``, ``._wait``, ``.actives_for_table``,
-``.standbys_for_table``, ``TableManager._recovery``, ``App._fetcher``.
+``.standbys_for_table``, ``TableManager._recovery``, ``App._fetcher``,
+``AIOKafkaConsumerThread._fetch_records``, ``Transport.Consumer``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Set
 from typing import Any
 
+import aiokafka
 from faust.tables.manager import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery as FaustRecovery
+from faust.transport.consumer import RecordMap
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Transport
+from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
+from faust.types import TP, AppT
 
 
 class Recovery(FaustRecovery):
@@ -98,3 +119,56 @@ class TableManager(FaustTableManager):
             self._recovery = Recovery(self.app, self, beacon=self.beacon, loop=self.loop)
         assert isinstance(self._recovery, Recovery)
         return self._recovery
+
+
+class ActivePartitions:
+    """faust's live set of active partitions, never empty to ``bool()`` (fix 2)."""
+
+    __slots__ = ("_tps",)
+
+    def __init__(self, tps: Set[TP]) -> None:
+        self._tps = tps
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self._tps
+
+
+class ConsumerThread(AIOKafkaConsumerThread):
+    """faust's aiokafka consumer thread; a fetch never hands over a paused partition."""
+
+    async def _fetch_records(
+        self,
+        consumer: aiokafka.AIOKafkaConsumer,
+        active_partitions: Set[TP],
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> RecordMap:
+        view: Any = (
+            active_partitions if active_partitions is None else ActivePartitions(active_partitions)
+        )
+        return await super()._fetch_records(
+            consumer, view, timeout=timeout, max_records=max_records
+        )
+
+
+class Consumer(FaustConsumer):
+    """faust's aiokafka consumer, running a :class:`ConsumerThread`."""
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+def install(app: AppT) -> None:
+    """Fix 2 on ``app``'s transport (an instance attribute, like streams/compat.py's, which
+    builds on :class:`ConsumerThread`); fix 1 is the ``TableManager`` setting. Call it
+    before the worker starts."""
+    transport = app.transport
+    if not isinstance(transport, Transport):
+        raise ValueError(f"faust's aiokafka transport (kafka://) expected, got {transport!r}")
+    if getattr(app, "_consumer", None) is not None:
+        raise RuntimeError("install(app) must run before the app's consumer exists")
+    if not (isinstance(transport.Consumer, type) and issubclass(transport.Consumer, Consumer)):
+        transport.Consumer = Consumer  # type: ignore[misc]

@@ -12,12 +12,15 @@ learner then waited forever for interactions it would never see.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from faust.types import TP
 
 from streams.app import create_app
-from streams.recovery import Recovery
+from streams.recovery import ConsumerThread, Recovery
 from streams.settings import WorkerSettings
 
 
@@ -72,3 +75,36 @@ def test_no_stream_record_is_cleared_at_the_end_of_recovery(tmp_path: Path) -> N
     assert delivered == ["after recovery"]
     assert stream in active
     assert changelog not in active  # stays paused
+
+
+def test_a_fetch_never_hands_over_a_paused_partition() -> None:
+    """While every partition is paused (recovery done, streams not resumed yet) faust's set
+    of active partitions is empty, and aiokafka's ``Fetcher.fetched_records`` reads an empty
+    set as "every partition": a fetch in flight took the buffered records of paused
+    partitions, advancing their positions, and faust dropped them."""
+    paused, active = TP("interactions", 0), TP("join-ticks", 0)
+    buffered = {paused: ["a record"], active: ["a tick"]}
+
+    class Fetcher:  # aiokafka's fetched_records, reduced to how it picks partitions
+        _closed = False
+        _subscriptions = SimpleNamespace(fetch_context=contextlib.nullcontext)
+
+        async def fetched_records(
+            self, partitions: Any, timeout: float = 0, max_records: int | None = None
+        ) -> dict[TP, list[str]]:
+            return {
+                tp: records
+                for tp, records in buffered.items()
+                if not (partitions and tp not in partitions)  # aiokafka's own test
+            }
+
+    thread = ConsumerThread.__new__(ConsumerThread)  # only _fetch_records is exercised
+    thread.consumer = SimpleNamespace(flow_active=True)
+    aiokafka_consumer = SimpleNamespace(_closed=False, _fetcher=Fetcher())
+
+    async def fetch(partitions: set[TP]) -> Any:
+        return await thread._fetch_records(aiokafka_consumer, partitions, timeout=1.0)
+
+    assert asyncio.run(fetch(set())) == {}  # all paused: nothing handed over
+    assert asyncio.run(fetch({active})) == {active: ["a tick"]}
+    assert asyncio.run(fetch({active, paused})) == buffered
