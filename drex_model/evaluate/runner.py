@@ -173,6 +173,8 @@ def evaluate(
         "machine": machine_info(device),
         "seconds": 0.0,
         "models": {name: aggregate_runs(runs) for name, runs in per_seed.items()},
+        # each seed's figures, in the order of protocol.seeds: for paired comparisons
+        "per_seed": per_seed,
     }
     results["seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
