@@ -60,7 +60,6 @@ from drex_model.scoring import (
     Head,
     content_term,
     cooccurrence_term,
-    exposure_prior,
     shared_keywords,
 )
 from drex_store.index import ItemIndex, RWLock
@@ -134,6 +133,7 @@ class Replica:
         candidates: int = 100,
         popular_candidates: int = 50,
         prior_candidates: int = 200,
+        cooccurrence_candidates: int = 1000,
     ) -> None:
         self.learner_dir = Path(learner_dir)
         self._own_secondary = secondary_dir is None
@@ -144,6 +144,9 @@ class Replica:
         self.candidates = candidates
         self.popular_candidates = popular_candidates
         self.prior_candidates = prior_candidates
+        # items most often picked with the user's: many tie on small co-occurrence counts,
+        # and the other terms reorder them, so take well beyond k
+        self.cooccurrence_candidates = cooccurrence_candidates
         self._store: LearnerStore | None = None
         self._lock = RWLock()
         self._refreshing = threading.Lock()
@@ -336,8 +339,10 @@ class Replica:
         rows = np.flatnonzero(i.has_vector[: len(i)])
         users = np.flatnonzero(u.has_vector[: len(u)])
         mean_user = u.hidden[users].mean(axis=0) if len(users) else head.b_hidden
-        prior = head.score(mean_user, 0.0, i.hidden[rows], i.const[rows])
-        prior = prior + exposure_prior(i.rating_count[rows], self.exposure_weight)
+        blend = dataclasses.replace(head.blend, exposure=self.exposure_weight)
+        prior = blend.rank(
+            head.score(mean_user, 0.0, i.hidden[rows], i.const[rows]), i.rating_count[rows]
+        )
         average_top = rows[np.argsort(-prior, kind="stable")[: self.prior_candidates]]
         self.popular, self.average_top = popular, average_top
 
@@ -373,7 +378,10 @@ class Replica:
             picked_with = np.zeros(0, dtype=np.int64)
             if cooc is not None:  # the items most often picked with the user's
                 nonzero = np.flatnonzero(cooc)
-                picked_with = nonzero[np.argsort(-cooc[nonzero], kind="stable")[:want]]
+                top = self.cooccurrence_candidates
+                if len(nonzero) > top:
+                    nonzero = nonzero[np.argpartition(-cooc[nonzero], top)[:top]]
+                picked_with = nonzero
             # item rows: neighbours, co-occurring items, the average user's top, the most
             # rated (repeats and seen items are skipped after scoring: cheaper than
             # filtering ~350 first)
