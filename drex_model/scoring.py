@@ -217,16 +217,32 @@ def cooccurrence_term(
     shrinkage: float,
 ) -> npt.NDArray[np.float64]:
     """One user's co-occurrence scores over every item row ``(I,)``, divided by their
-    largest (so in [0, 1]).
-
-    ``history``: for each item the user picked, (users who picked it, its co-occurrence
-    counts by item row); ``item_users`` ``(I,)``: users who picked each item row.
+    largest (so in [0, 1]): :func:`cooccurrence_sparse`, spread out.
 
     >>> cooccurrence_term([(2.0, {1: 2.0, 2: 1.0})], [2.0, 2.0, 1.0], 0.0).round(3).tolist()
     [0.0, 1.0, 0.707]
     """
     n = np.asarray(item_users, dtype=np.float64)
     out = np.zeros(len(n))
+    rows, values = cooccurrence_sparse(history, n, shrinkage)
+    out[rows] = values
+    return out
+
+
+def cooccurrence_sparse(
+    history: Sequence[tuple[float, Mapping[int, float]]],
+    item_users: npt.ArrayLike,
+    shrinkage: float,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """The item rows with a non-zero co-occurrence score for one user (sorted) and their
+    scores, divided by the largest: the only rows the term touches, so a server with a
+    large catalogue never scans it.
+
+    ``history``: for each item the user picked, (users who picked it, its co-occurrence
+    counts by item row); ``item_users`` ``(I,)``: users who picked each item row.
+    """
+    n = np.asarray(item_users, dtype=np.float64)
+    rows, values = [], []
     for users_j, row in history:
         if not row or users_j <= 0:
             continue
@@ -234,9 +250,28 @@ def cooccurrence_term(
         co = np.fromiter(row.values(), dtype=np.float64, count=len(row))
         keep = idx < len(n)
         idx, co = idx[keep], co[keep]
-        np.add.at(out, idx, co / (np.sqrt(users_j * n[idx]) + shrinkage))
-    top = out.max(initial=0.0)
-    return out / top if top > 0 else out
+        rows.append(idx)
+        values.append(co / (np.sqrt(users_j * n[idx]) + shrinkage))
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    unique, at = np.unique(np.concatenate(rows), return_inverse=True)
+    summed = np.bincount(at, weights=np.concatenate(values), minlength=len(unique))
+    scores: npt.NDArray[np.float64] = summed.astype(np.float64)
+    top = float(scores.max(initial=0.0))
+    if top > 0:
+        scores = scores / top
+    return unique.astype(np.int64), scores
+
+
+def lookup_sparse(
+    rows: npt.NDArray[np.int64], values: npt.NDArray[np.float64], wanted: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
+    """The values at ``wanted`` rows of a sparse vector (sorted ``rows``), 0 elsewhere."""
+    w = np.asarray(wanted, dtype=np.int64)
+    if not len(rows):
+        return np.zeros(len(w))
+    at = np.minimum(np.searchsorted(rows, w), len(rows) - 1)
+    return np.where(rows[at] == w, values[at], 0.0)
 
 
 def content_term(

@@ -58,8 +58,8 @@ from drex_model.formats import (
 )
 from drex_model.scoring import (
     Head,
-    content_term,
-    cooccurrence_term,
+    cooccurrence_sparse,
+    lookup_sparse,
     shared_keywords,
 )
 from drex_store.index import ItemIndex, RWLock
@@ -377,11 +377,10 @@ class Replica:
             cooc = self._cooccurrence(user_id, head)
             picked_with = np.zeros(0, dtype=np.int64)
             if cooc is not None:  # the items most often picked with the user's
-                nonzero = np.flatnonzero(cooc)
+                picked_with, scores = cooc
                 top = self.cooccurrence_candidates
-                if len(nonzero) > top:
-                    nonzero = nonzero[np.argpartition(-cooc[nonzero], top)[:top]]
-                picked_with = nonzero
+                if len(picked_with) > top:
+                    picked_with = picked_with[np.argpartition(-scores, top)[:top]]
             # item rows: neighbours, co-occurring items, the average user's top, the most
             # rated (repeats and seen items are skipped after scoring: cheaper than
             # filtering ~350 first)
@@ -485,11 +484,11 @@ class Replica:
         rows: npt.NDArray[np.int64],
         head: Head,
         user_id: str,
-        cooc: FloatArray | None = None,
+        cooc: tuple[npt.NDArray[np.int64], FloatArray] | None = None,
     ) -> tuple[FloatArray, FloatArray]:
         """(clipped predicted rating, ranking score) of user row ``u`` with item ``rows``:
-        the learner's :class:`drex_model.scoring.Blend`. ``cooc``: the user's
-        co-occurrence term over every item row, when the caller has it already."""
+        the learner's :class:`drex_model.scoring.Blend`. ``cooc``: the user's sparse
+        co-occurrence term, when the caller has it already."""
         raw = head.score(
             self.users.hidden[u],
             float(self.users.const[u]),
@@ -501,24 +500,27 @@ class Replica:
             cooc = self._cooccurrence(user_id, head)
         content = None
         if blend.content and self.users.content.shape[1]:
-            user = self.users.content[u : u + 1]
-            content = content_term(user, self.items.content[rows])[0]
+            user = self.users.content[u]  # unit rows (write_side): a dot is the cosine
+            if user.any():
+                content = self.items.content[rows] @ user
         rank = blend.rank(
             raw,
             self.items.rating_count[rows],
-            None if cooc is None else cooc[rows],
+            None if cooc is None else lookup_sparse(*cooc, rows),
             content,
         )
         return head.clip(raw), rank
 
-    def _cooccurrence(self, user_id: str, head: Head) -> FloatArray | None:
-        """The user's co-occurrence term over every item row (None when the blend does
-        not use it); under the read lock."""
+    def _cooccurrence(
+        self, user_id: str, head: Head
+    ) -> tuple[npt.NDArray[np.int64], FloatArray] | None:
+        """The user's co-occurrence term, sparse: (item rows, scores); None when the
+        blend does not use it. Under the read lock."""
         if not head.blend.cooccurrence:
             return None
         co, index = self.cooccurrence, self.items.index
         history = [co.row(index[i]) for i in self.users.seen.get(user_id, ()) if i in index]
-        return cooccurrence_term(history, self.item_users, head.blend.shrinkage)
+        return cooccurrence_sparse(history, self.item_users, head.blend.shrinkage)
 
     def _clip(self, values: npt.ArrayLike) -> FloatArray:
         return self._require().clip(values)

@@ -46,7 +46,7 @@ class SideTable:
         self.count = np.zeros(0, dtype=np.int64)
         self.updated = np.zeros(0)
         self.const = np.zeros(0)  # per-row constant of the score (biases, deviation)
-        self.content = np.zeros((0, 0), dtype=np.float32)  # (N, H) review content sums
+        self.content = np.zeros((0, 0), dtype=np.float32)  # (N, H) review content, unit
         self.top: dict[str, list[tuple[str, float]]] = {}
         self.seen: dict[str, frozenset[str]] = {}
 
@@ -124,10 +124,12 @@ def write_side(table: SideTable, read: SideRead, head: Head, side: str) -> None:
     width = max((read.rows[k].content.shape[0] for k in ids), default=0)
     if width and table.content.shape[1] != width:  # the first rows with review content
         table.content = np.zeros((len(table.bias), width), dtype=np.float32)
-    if width:
+    if width:  # kept as unit rows: the content term is then a dot product
         for r, k in zip(rows.tolist(), ids, strict=True):
-            if read.rows[k].content.shape[0] == width:
-                table.content[r] = read.rows[k].content
+            content = read.rows[k].content
+            if content.shape[0] == width:
+                norm = float(np.linalg.norm(content))
+                table.content[r] = content / norm if norm > 0 else content
     for k in ids:
         if k in read.top:
             table.top[k] = read.top[k]
