@@ -39,7 +39,8 @@ class CoOccurrence:
     who picked both i and j, ``users[i]`` the number who picked i. Symmetric.
 
     >>> co = CoOccurrence()
-    >>> co.add([], 0); co.add([0], 1); co.add([1], 0)  # second user: 1 then 0
+    >>> co.add([], 0); co.add([0], 1)  # a first user picks 0, then 1
+    >>> co.add([], 1); co.add([1], 0)  # a second user picks 1, then 0
     >>> co.pairs[0], co.users
     ({1: 2.0}, {0: 2.0, 1: 2.0})
     """
@@ -51,6 +52,7 @@ class CoOccurrence:
         self.pairs: dict[int, dict[int, float]] = {}
         self.users: dict[int, float] = {}
         self.changed: set[int] = set()  # items whose counts changed since the last take
+        self._arrays: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]] = {}
 
     def __len__(self) -> int:
         return len(self.users)
@@ -61,6 +63,7 @@ class CoOccurrence:
         with the last ``window`` of them."""
         self.users[item] = self.users.get(item, 0.0) + 1.0
         self.changed.add(item)
+        self._arrays.pop(item, None)
         row = self.pairs.setdefault(item, {})
         for j in history[-self.window :]:
             if j == item:
@@ -69,6 +72,7 @@ class CoOccurrence:
             other = self.pairs.setdefault(j, {})
             other[item] = other.get(item, 0.0) + 1.0
             self.changed.add(j)
+            self._arrays.pop(j, None)
 
     def take_changed(self) -> set[int]:
         """The items whose counts changed since the last call (and forget them)."""
@@ -80,10 +84,24 @@ class CoOccurrence:
         self.pairs.clear()
         self.users.clear()
         self.changed.clear()
+        self._arrays.clear()
 
     def row(self, item: int) -> tuple[float, dict[int, float]]:
         """(users who picked ``item``, its co-occurrence counts by item)."""
         return self.users.get(item, 0.0), self.pairs.get(item, {})
+
+    def row_arrays(self, item: int) -> tuple[float, npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """:meth:`row` as arrays (users, item rows, counts), cached until the row changes:
+        what :func:`drex_model.scoring.cooccurrence_sparse` reads per query."""
+        cached = self._arrays.get(item)
+        if cached is None:
+            pairs = self.pairs.get(item, {})
+            cached = (
+                np.fromiter(pairs.keys(), dtype=np.int64, count=len(pairs)),
+                np.fromiter(pairs.values(), dtype=np.float64, count=len(pairs)),
+            )
+            self._arrays[item] = cached
+        return self.users.get(item, 0.0), cached[0], cached[1]
 
     def users_array(self, n: int) -> npt.NDArray[np.float64]:
         """Users who picked each of the item rows ``0..n-1``, as an array ``(n,)``."""
@@ -100,6 +118,7 @@ class CoOccurrence:
         for item, users, pairs in rows:
             self.users[item] = float(users)
             self.pairs[item] = {int(j): float(c) for j, c in pairs.items()}
+            self._arrays.pop(item, None)
 
 
 def review_vector(tokens: npt.ArrayLike) -> npt.NDArray[np.float32]:

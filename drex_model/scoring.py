@@ -211,15 +211,19 @@ class Blend:
         return out
 
 
+CoRow = tuple[float, npt.NDArray[np.int64], npt.NDArray[np.float64]]  # users, rows, counts
+
+
 def cooccurrence_term(
-    history: Sequence[tuple[float, Mapping[int, float]]],
+    history: Sequence[CoRow],
     item_users: npt.ArrayLike,
     shrinkage: float,
 ) -> npt.NDArray[np.float64]:
     """One user's co-occurrence scores over every item row ``(I,)``, divided by their
     largest (so in [0, 1]): :func:`cooccurrence_sparse`, spread out.
 
-    >>> cooccurrence_term([(2.0, {1: 2.0, 2: 1.0})], [2.0, 2.0, 1.0], 0.0).round(3).tolist()
+    >>> row = (2.0, np.array([1, 2]), np.array([2.0, 1.0]))
+    >>> cooccurrence_term([row], [2.0, 2.0, 1.0], 0.0).round(3).tolist()
     [0.0, 1.0, 0.707]
     """
     n = np.asarray(item_users, dtype=np.float64)
@@ -230,7 +234,7 @@ def cooccurrence_term(
 
 
 def cooccurrence_sparse(
-    history: Sequence[tuple[float, Mapping[int, float]]],
+    history: Sequence[CoRow],
     item_users: npt.ArrayLike,
     shrinkage: float,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
@@ -238,16 +242,15 @@ def cooccurrence_sparse(
     scores, divided by the largest: the only rows the term touches, so a server with a
     large catalogue never scans it.
 
-    ``history``: for each item the user picked, (users who picked it, its co-occurrence
-    counts by item row); ``item_users`` ``(I,)``: users who picked each item row.
+    ``history``: for each item the user picked, (users who picked it, the item rows it
+    co-occurs with, the counts: ``CoOccurrence.row_arrays``); ``item_users`` ``(I,)``:
+    users who picked each item row.
     """
     n = np.asarray(item_users, dtype=np.float64)
     rows, values = [], []
-    for users_j, row in history:
-        if not row or users_j <= 0:
+    for users_j, idx, co in history:
+        if not len(idx) or users_j <= 0:
             continue
-        idx = np.fromiter(row.keys(), dtype=np.int64, count=len(row))
-        co = np.fromiter(row.values(), dtype=np.float64, count=len(row))
         keep = idx < len(n)
         idx, co = idx[keep], co[keep]
         rows.append(idx)

@@ -129,7 +129,7 @@ class LearnerViews:
         item_rows = rows.cpu().numpy()[cols]
         out = np.zeros((len(users), len(items)))
         for u, user in enumerate(users):
-            history = [co.row(self.items.index[j]) for j in self._seen.get(user, ())]
+            history = [co.row_arrays(self.items.index[j]) for j in self._seen.get(user, ())]
             if history:
                 out[u, cols] = cooccurrence_term(history, item_users, shrinkage)[item_rows]
         return out

@@ -519,7 +519,7 @@ class Replica:
         if not head.blend.cooccurrence:
             return None
         co, index = self.cooccurrence, self.items.index
-        history = [co.row(index[i]) for i in self.users.seen.get(user_id, ()) if i in index]
+        history = [co.row_arrays(index[i]) for i in self.users.seen.get(user_id, ()) if i in index]
         return cooccurrence_sparse(history, self.item_users, head.blend.shrinkage)
 
     def _clip(self, values: npt.ArrayLike) -> FloatArray:

@@ -54,7 +54,7 @@ class StreamingItemKNN:
         known = rows >= 0
         out = np.zeros((len(users), len(items)))
         for u, user in enumerate(users):
-            history = [self.co.row(self.items[j]) for j in self.seen.get(user, ())]
+            history = [self.co.row_arrays(self.items[j]) for j in self.seen.get(user, ())]
             if history:
                 term = cooccurrence_term(history, item_users, self.shrinkage)
                 out[u, known] = term[rows[known]]

@@ -67,13 +67,21 @@ def test_the_window_bounds_the_pairs_a_pick_forms() -> None:
         history.append(item)
     assert co.pairs[4] == {2: 1.0, 3: 1.0}  # not 0 and 1: out of the window
     assert co.take_changed() == {0, 1, 2, 3, 4} and co.take_changed() == set()
+    users, rows, counts = co.row_arrays(4)  # cached, and dropped when the row changes
+    assert users == 1.0 and sorted(rows.tolist()) == [2, 3] and counts.tolist() == [1.0, 1.0]
+    co.add([4], 5)
+    assert sorted(co.row_arrays(4)[1].tolist()) == [2, 3, 5]
     with pytest.raises(ValueError, match="window"):
         CoOccurrence(window=0)
 
 
 def test_cooccurrence_term_is_zero_without_history_and_at_most_one() -> None:
     assert cooccurrence_term([], np.ones(3), 10.0).tolist() == [0.0, 0.0, 0.0]
-    term = cooccurrence_term([(3.0, {0: 1.0, 2: 3.0}), (1.0, {2: 1.0})], [2.0, 1.0, 3.0], 1.0)
+    history = [
+        (3.0, np.array([0, 2]), np.array([1.0, 3.0])),
+        (1.0, np.array([2]), np.array([1.0])),
+    ]
+    term = cooccurrence_term(history, [2.0, 1.0, 3.0], 1.0)
     assert term.max() == 1.0 and term[1] == 0.0 and 0.0 < term[0] < 1.0
 
 
