@@ -23,12 +23,16 @@ Notation: I items, H encoder hidden size.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Final
+import itertools
+from collections.abc import Iterable, Mapping, Reversible, Sequence
+from typing import Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from drex_model.scoring import cooccurrence_sparse
+
+T = TypeVar("T")
 DEFAULT_WINDOW: Final = 200  # a user's most recent distinct items a new one pairs with
 
 
@@ -53,6 +57,7 @@ class CoOccurrence:
         self.users: dict[int, float] = {}
         self.changed: set[int] = set()  # items whose counts changed since the last take
         self._arrays: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]] = {}
+        self._users_array: npt.NDArray[np.float64] | None = None  # until a count changes
 
     def __len__(self) -> int:
         return len(self.users)
@@ -64,6 +69,7 @@ class CoOccurrence:
         self.users[item] = self.users.get(item, 0.0) + 1.0
         self.changed.add(item)
         self._arrays.pop(item, None)
+        self._users_array = None
         row = self.pairs.setdefault(item, {})
         for j in history[-self.window :]:
             if j == item:
@@ -85,6 +91,7 @@ class CoOccurrence:
         self.users.clear()
         self.changed.clear()
         self._arrays.clear()
+        self._users_array = None
 
     def row(self, item: int) -> tuple[float, dict[int, float]]:
         """(users who picked ``item``, its co-occurrence counts by item)."""
@@ -104,14 +111,27 @@ class CoOccurrence:
         return self.users.get(item, 0.0), cached[0], cached[1]
 
     def users_array(self, n: int) -> npt.NDArray[np.float64]:
-        """Users who picked each of the item rows ``0..n-1``, as an array ``(n,)``."""
+        """Users who picked each of the item rows ``0..n-1``, as an array ``(n,)``; kept
+        until a count changes (read only: callers share it)."""
+        cached = self._users_array
+        if cached is not None and len(cached) == n:
+            return cached
         out = np.zeros(n)
         if self.users:
             rows = np.fromiter(self.users.keys(), dtype=np.int64, count=len(self.users))
             users = np.fromiter(self.users.values(), dtype=np.float64, count=len(self.users))
             keep = rows < n
             out[rows[keep]] = users[keep]
+        self._users_array = out
         return out
+
+    def scores(
+        self, items: Iterable[int], n: int, shrinkage: float
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """The co-occurrence term of a user who picked ``items``, over item rows
+        ``0..n-1``, sparse: :func:`drex_model.scoring.cooccurrence_sparse`."""
+        history = [self.row_arrays(i) for i in items]
+        return cooccurrence_sparse(history, self.users_array(n), shrinkage)
 
     def load(self, rows: Iterable[tuple[int, float, Mapping[int, float]]]) -> None:
         """Take counts back: (item, users, {neighbour: count}) per item."""
@@ -119,6 +139,17 @@ class CoOccurrence:
             self.users[item] = float(users)
             self.pairs[item] = {int(j): float(c) for j, c in pairs.items()}
             self._arrays.pop(item, None)
+        self._users_array = None
+
+
+def recent(items: Reversible[T], window: int) -> list[T]:
+    """The last ``window`` of ``items`` (an ordered set, such as a dict), newest first,
+    without walking the older ones: what a new pick pairs with.
+
+    >>> recent(dict.fromkeys("abcd"), 2)
+    ['d', 'c']
+    """
+    return list(itertools.islice(reversed(items), window))
 
 
 def review_vector(tokens: npt.ArrayLike) -> npt.NDArray[np.float32]:

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from drex_model.affinity import CoOccurrence, review_vector
+from drex_model.affinity import CoOccurrence, recent, review_vector
 from drex_model.entities import EntityTable, LookedUp, carry_sparse_state, t_batches
 from drex_model.explain import KeywordProfiles, word_weights
 from drex_model.model import DReX, DReXConfig, PreferenceInit
@@ -448,11 +448,11 @@ class DReXLearner(LearnerViews):
                 table.rating_sum[rows] += rating_or_0
                 table.rating_count[rows] += rated_f
             self._add_content(urows, irows, review_ids)
+        index, window = self.items.index, self.cooccurrence.window
         for x, item_row in zip(batch, irows.tolist(), strict=True):
             seen = self._seen.setdefault(x.user, {})
             if x.item not in seen:
-                index = self.items.index
-                self.cooccurrence.add([index[j] for j in seen], item_row)
+                self.cooccurrence.add([index[j] for j in recent(seen, window)], item_row)
                 seen[x.item] = None
             if x.rating is not None and self.pref_nets is not None:
                 self._ratings[(x.user, x.item)] = x.rating

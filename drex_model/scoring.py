@@ -187,11 +187,11 @@ class Blend:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Blend:
         return cls(
-            rating=float(config.get("rating_weight", 1.0)),
-            exposure=max(float(config.get("exposure_weight", 0.0)), 0.0),  # -1: unset
-            cooccurrence=float(config.get("cooccurrence_weight", 0.0)),
-            shrinkage=float(config.get("cooccurrence_shrinkage", 50.0)),
-            content=float(config.get("content_weight", 0.0)),
+            rating=float(config.get("rating_weight", cls.rating)),
+            exposure=max(float(config.get("exposure_weight", cls.exposure)), 0.0),  # -1: unset
+            cooccurrence=float(config.get("cooccurrence_weight", cls.cooccurrence)),
+            shrinkage=float(config.get("cooccurrence_shrinkage", cls.shrinkage)),
+            content=float(config.get("content_weight", cls.content)),
         )
 
     def rank(

@@ -29,7 +29,7 @@ from drex_model.scoring import (
     Blend,
     Head,
     content_term,
-    cooccurrence_term,
+    lookup_sparse,
     shared_keywords,
     top_keywords,
 )
@@ -121,17 +121,18 @@ class LearnerViews:
     def _cooccurrence(
         self, users: Sequence[str], items: Sequence[str], shrinkage: float
     ) -> np.ndarray:
-        """:func:`drex_model.scoring.cooccurrence_term` ``(U, I)`` (0 for unknown ids)."""
-        co = self.cooccurrence
-        item_users = co.users_array(len(self.items))
+        """The co-occurrence term ``(U, I)`` (:meth:`CoOccurrence.scores`; 0 for unknown
+        ids)."""
+        co, index = self.cooccurrence, self.items.index
         rows, known_items = self.items.find(items)
         cols = np.flatnonzero(known_items.cpu().numpy())
         item_rows = rows.cpu().numpy()[cols]
         out = np.zeros((len(users), len(items)))
         for u, user in enumerate(users):
-            history = [co.row_arrays(self.items.index[j]) for j in self._seen.get(user, ())]
-            if history:
-                out[u, cols] = cooccurrence_term(history, item_users, shrinkage)[item_rows]
+            seen = self._seen.get(user)
+            if seen:
+                scored = co.scores([index[j] for j in seen], len(self.items), shrinkage)
+                out[u, cols] = lookup_sparse(*scored, item_rows)
         return out
 
     def _content(self, side: str, ids: Sequence[str]) -> np.ndarray:

@@ -56,12 +56,7 @@ from drex_model.formats import (
     dense_arrays,
     dense_metadata,
 )
-from drex_model.scoring import (
-    Head,
-    cooccurrence_sparse,
-    lookup_sparse,
-    shared_keywords,
-)
+from drex_model.scoring import Head, lookup_sparse, shared_keywords
 from drex_store.index import ItemIndex, RWLock
 from drex_store.learner import LearnerStore
 from serving import metrics
@@ -154,7 +149,6 @@ class Replica:
         self.users = SideTable(0)
         self.items = SideTable(0)
         self.cooccurrence = CoOccurrence()  # by this replica's item rows
-        self.item_users = np.zeros(0)  # users who picked each item row (co-occurrence)
         self.index: ItemIndex | None = None
         self.label_rows = np.zeros(0, dtype=np.int64)  # FAISS label -> item row, -1: none
         self.index_batch = -1  # the learner batch of the worker's index this one started as
@@ -246,11 +240,10 @@ class Replica:
             write_side(table, read[side], head, side)
         index, label_rows = stream_index(snapshot[1], items, list(read["items"].vectors))
         cooccurrence = CoOccurrence()
-        _read_cooccurrence(store, None, items, cooccurrence)
+        _load_cooccurrence(list(store.cooccurrence()), items, cooccurrence)
         with self._lock.write():
             self.head, self.users, self.items, self.index = head, users, items, index
             self.cooccurrence = cooccurrence
-            self.item_users = cooccurrence.users_array(len(items))
             self.label_rows = label_rows
             self.index_batch = snapshot[0]
             self._update_globals()
@@ -263,6 +256,7 @@ class Replica:
             "users": read_side(store, "users", sorted(change.users)),
             "items": read_side(store, "items", sorted(change.items)),
         }
+        co_rows = list(store.cooccurrence(sorted(change.cooccurrence)))
         head = head_of(dense) if dense is not None else None
         assert self.index is not None
         with self._lock.write():
@@ -271,8 +265,7 @@ class Replica:
             assert self.head is not None
             write_side(self.users, read["users"], self.head, "users")
             write_side(self.items, read["items"], self.head, "items")
-            _read_cooccurrence(store, sorted(change.cooccurrence), self.items, self.cooccurrence)
-            self.item_users = self.cooccurrence.users_array(len(self.items))
+            _load_cooccurrence(co_rows, self.items, self.cooccurrence)
             if head is not None:  # the first layer changed: every row's projection too
                 for side, table in (("users", self.users), ("items", self.items)):
                     project(table, np.arange(len(table)), head, side)
@@ -518,9 +511,9 @@ class Replica:
         blend does not use it. Under the read lock."""
         if not head.blend.cooccurrence:
             return None
-        co, index = self.cooccurrence, self.items.index
-        history = [co.row_arrays(index[i]) for i in self.users.seen.get(user_id, ()) if i in index]
-        return cooccurrence_sparse(history, self.item_users, head.blend.shrinkage)
+        index = self.items.index
+        items = [index[i] for i in self.users.seen.get(user_id, ()) if i in index]
+        return self.cooccurrence.scores(items, len(self.items), head.blend.shrinkage)
 
     def _clip(self, values: npt.ArrayLike) -> FloatArray:
         return self._require().clip(values)
@@ -535,11 +528,11 @@ class Replica:
         return shared_keywords(self.users.top.get(user_id, []), self.items.top.get(item_id, []))
 
 
-def _read_cooccurrence(
-    store: LearnerStore, ids: Sequence[str] | None, items: SideTable, into: CoOccurrence
+def _load_cooccurrence(
+    records: Sequence[tuple[str, float, dict[str, float]]], items: SideTable, into: CoOccurrence
 ) -> None:
-    """Co-occurrence rows of item ``ids`` (None: all) from the store, by ``items`` rows."""
-    records = list(store.cooccurrence(ids))
+    """Co-occurrence rows read from the store (``LearnerStore.cooccurrence``) into
+    ``into``, by ``items`` rows (under the write lock: it may add item rows)."""
     if not records:
         return
     every = sorted({i for i, _, _ in records} | {j for _, _, pairs in records for j in pairs})

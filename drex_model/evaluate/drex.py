@@ -161,17 +161,16 @@ class DReXRecommender:
         users, relevant = _relevant(valid)
         if not users:
             return start
+        keep = [
+            np.array([j for j, i in enumerate(items) if i not in seen.get(u, ())]) for u in users
+        ]
+        flags = [
+            np.isin(np.asarray(items)[k], list(relevant[u]))
+            for u, k in zip(users, keep, strict=True)
+        ]
         best, best_score = start, -np.inf
         for shrinkage in grids["shrinkage"]:
             raw, counts, cooc, content = learner.ranking_terms(users, items, shrinkage)
-            keep = [
-                np.array([j for j, i in enumerate(items) if i not in seen.get(u, ())])
-                for u in users
-            ]
-            flags = [
-                np.isin(np.asarray(items)[k], list(relevant[u]))
-                for u, k in zip(users, keep, strict=True)
-            ]
             for rating, exposure, content_w in itertools.product(
                 grids["rating"], grids["exposure"], grids["content"]
             ):

@@ -10,7 +10,7 @@ ranked (nothing could have predicted it).
 
 :class:`StreamingItemKNN` ranks by item co-occurrence kept as running counts
 (:class:`drex_model.affinity.CoOccurrence`, the state drex's ranking keeps too), with
-the shrunk-cosine score of :func:`drex_model.scoring.cooccurrence_term`.
+the shrunk-cosine score of :func:`drex_model.scoring.cooccurrence_sparse`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Final, Protocol
 
 import numpy as np
 
-from drex_model.affinity import CoOccurrence
-from drex_model.scoring import cooccurrence_term
+from drex_model.affinity import CoOccurrence, recent
+from drex_model.scoring import lookup_sparse
 from drex_model.types import Interaction
 
 NEXT_K: Final = 10
@@ -44,20 +44,21 @@ class StreamingItemKNN:
             row = self.items.setdefault(x.item, len(self.items))
             seen = self.seen.setdefault(x.user, {})
             if x.item not in seen:
-                self.co.add([self.items[j] for j in seen], row)
+                self.co.add([self.items[j] for j in recent(seen, self.co.window)], row)
                 seen[x.item] = None
         return np.full(len(batch), np.nan)
 
     def scores(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
-        item_users = self.co.users_array(len(self.items))
         rows = np.array([self.items.get(i, -1) for i in items], dtype=np.int64)
         known = rows >= 0
         out = np.zeros((len(users), len(items)))
         for u, user in enumerate(users):
-            history = [self.co.row_arrays(self.items[j]) for j in self.seen.get(user, ())]
-            if history:
-                term = cooccurrence_term(history, item_users, self.shrinkage)
-                out[u, known] = term[rows[known]]
+            seen = self.seen.get(user)
+            if seen:
+                scored = self.co.scores(
+                    [self.items[j] for j in seen], len(self.items), self.shrinkage
+                )
+                out[u, known] = lookup_sparse(*scored, rows[known])
         return out
 
 

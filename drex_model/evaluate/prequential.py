@@ -14,7 +14,6 @@ See docs/replay.md for the protocol.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from collections import Counter
@@ -368,7 +367,13 @@ def prequential(
     """
 
     from drex_model.device import resolve_device
-    from drex_model.evaluate.runner import aggregate_runs, machine_info, review_cache, say
+    from drex_model.evaluate.runner import (
+        aggregate_runs,
+        machine_info,
+        review_cache,
+        say,
+        write_results,
+    )
     from drex_model.learner import DReXLearner
     from drex_model.model import DReXConfig
 
@@ -472,9 +477,8 @@ def prequential(
         "curves": curves,
     }
     results["seconds"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     markdown = render_prequential(results)
-    (out / "results.md").write_text(markdown, encoding="utf-8")
+    write_results(out, results, markdown)
     plot_prequential(curves, out / "prequential.png")
     print(markdown)
     return results

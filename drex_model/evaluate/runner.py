@@ -177,9 +177,8 @@ def evaluate(
         "per_seed": per_seed,
     }
     results["seconds"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     markdown = render_markdown(results)
-    (out / "results.md").write_text(markdown, encoding="utf-8")
+    write_results(out, results, markdown)
     if curves:
         plot_curves(curves, out / "learning_curves.png")
     print(markdown)
@@ -298,6 +297,12 @@ def review_cache(opts: EvaluateOptions, data: Sequence[Interaction], device: str
     )
     cache.save(path)
     return cache
+
+
+def write_results(out: Path, results: dict[str, Any], markdown: str) -> None:
+    """``results.json`` and ``results.md`` of a run (``drex evaluate``, ``drex replay``)."""
+    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    (out / "results.md").write_text(markdown, encoding="utf-8")
 
 
 def aggregate_runs(runs: list[dict[str, float]]) -> dict[str, float]:
