@@ -15,9 +15,15 @@ Wire fields, shared by both kinds:
 - ``schema``: int, the contract version; only ``1`` exists. A consumer rejects versions
   it does not know instead of guessing what their fields mean.
 - ``event_id``: non-empty string (an integer is accepted and turned into a string),
-  unique per event. A resend of the same event must reuse it: same id = duplicate.
+  unique per event across the whole stream. A resend of the same event must reuse it:
+  same id = duplicate, whatever the second message contains.
 - ``user_id`` / ``item_id``: non-empty string (or integer), the external ids. Ids are
   stripped of surrounding white space, as the offline loader does.
+- Every id: at most ``MAX_ID_CHARS`` (256) characters after stripping, and no control
+  characters (C0, DEL, C1: U+0000-U+001F, U+007F-U+009F). The bound keeps every record
+  the worker derives from an event (its join row, its interaction) far below Kafka's
+  message size limit; control characters have no place in an id and used to be the
+  join's key separator.
 - ``event_time``: number, seconds since the Unix epoch (fractions allowed), when the
   user acted; orders the stream. Negative, non-finite or millisecond-looking values
   (>= 1e11, i.e. after the year 5138) are rejected.
@@ -31,6 +37,7 @@ Unknown extra fields are ignored, so producers can add fields without breaking c
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Any, Final
 
@@ -52,6 +59,11 @@ DEFAULT_RATING_SCALE: Final = 5
 DEFAULT_MAX_RAW_CHARS: Final = 100_000
 # Event times at or above this are almost surely milliseconds (seconds would be year 5138+).
 MAX_EVENT_TIME: Final = 1e11
+# Characters an id may have after stripping: every record derived from an event (join
+# row, interaction, dead letter) then stays far below Kafka's 1 MB message limit.
+MAX_ID_CHARS: Final = 256
+# Control characters (C0, DEL, C1) are refused in ids.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 # Reason codes: stable strings that dashboards and alerts match on. Field-specific codes
 # are "<code>:<field>", e.g. "missing_field:user_id".
@@ -60,6 +72,8 @@ NOT_AN_OBJECT: Final = "not_an_object"
 MISSING_FIELD: Final = "missing_field"
 WRONG_TYPE: Final = "wrong_type"
 EMPTY_ID: Final = "empty_id"
+ID_TOO_LONG: Final = "id_too_long"
+BAD_ID_CHARACTERS: Final = "bad_id_characters"
 UNKNOWN_SCHEMA_VERSION: Final = "unknown_schema_version"
 BAD_EVENT_TIME: Final = "bad_event_time"
 RATING_OUT_OF_RANGE: Final = "rating_out_of_range"
@@ -287,14 +301,25 @@ def _id(obj: dict[str, Any], name: str) -> str:
     if value is None:
         raise InvalidEvent(f"{MISSING_FIELD}:{name}", f"no '{name}' field")
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        return str(value)  # orjson reads at most 64-bit integers: 20 characters
     if not isinstance(value, str):
         raise InvalidEvent(
             f"{WRONG_TYPE}:{name}", f"'{name}' must be a string or an integer, got {_kind(value)}"
         )
-    if not value.strip():
+    value = value.strip()  # as the offline loader does, so both see the same ids
+    if not value:
         raise InvalidEvent(f"{EMPTY_ID}:{name}", f"'{name}' is empty")
-    return value.strip()  # as the offline loader does, so both see the same ids
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidEvent(
+            f"{ID_TOO_LONG}:{name}",
+            f"'{name}' has {len(value)} characters, the limit is {MAX_ID_CHARS}",
+        )
+    if (bad := _CONTROL.search(value)) is not None:
+        raise InvalidEvent(
+            f"{BAD_ID_CHARACTERS}:{name}",
+            f"'{name}' contains the control character U+{ord(bad.group()):04X}",
+        )
+    return value
 
 
 def _is_number(value: object) -> bool:

@@ -8,21 +8,33 @@ clock (:class:`Joiner`, a pure class, wrapped by :func:`register`):
 
 * The first half waits in the ``join-buffer`` table (RocksDB, changelogged, so a
   partition's buffer moves with the partition on a rebalance), keyed by
-  ``user \\x1f item``. When the other half arrives, one :class:`InteractionEvent` with
-  both goes to ``interactions``.
+  :func:`row_key`, the JSON array ``[user, item]`` (unambiguous whatever the ids hold).
+  When the other half arrives, one :class:`InteractionEvent` with both goes to
+  ``interactions``.
 * A half whose partner has not come within ``join_window`` seconds is emitted alone
   (outcome ``expired``); the model fuses the missing modality as zeros.
-* A row remembers every event id it saw. A resend (same ``event_id``) is dropped and
-  counted (``duplicate``), also after the interaction went out: the emitted row stays as
-  a small tombstone (ids, emitted kinds, time) for ``dedup_retention`` seconds.
+* **An event id is one event, across the stream.** Each event id seen is a small row of
+  its own (:func:`id_key`, ``[partition, event id]``), kept ``dedup_retention`` seconds
+  after it came: a later message with that id in the partition is dropped and counted
+  (``duplicate``), whatever it contains (another item, another kind). The same id in
+  another partition (another user) is dropped by the learner, which remembers every
+  applied event id as long (:func:`learned_keys`, :func:`without_applied`). A pair's row
+  keeps no list of ids, so its size is bounded: at most one waiting review, one waiting
+  rating and a few fields, whatever the number of events the pair gets.
 * A half arriving after its interaction was emitted without it (its window had expired)
   is emitted as its own single-modality interaction and counted ``late``: the learner
   then sees the pair twice, once per modality. Dropping it would lose a label; merging
   it would need retracting an update the learner has already made.
 * A second half of the same kind with a new id while one is waiting (a corrected review
   before the rating came) sends the waiting one alone (``superseded``) and waits with
-  the new one.
+  the new one. A new event for a pair whose interaction already went out (a re-rating,
+  an edited review) starts a new interaction: every distinct valid event is learned
+  once, none is dropped for being about a known pair (docs/events.md, "Re-ratings").
 * An invalid message goes to ``dead-letters`` with its reason code; the stream goes on.
+  So does a valid one whose processing fails: each message is joined in a sub-step that
+  is merged only if it succeeded, a failed one costs that message a ``processing_error``
+  dead letter, and an interaction the broker refuses goes to ``dead-letters`` itself;
+  the other messages of the batch go on either way.
 
 **The clock.** A row's window starts at its record's Kafka timestamp. Expiry is checked
 once per batch of messages for each partition in it, and on *ticks*: a timer sends one
@@ -40,8 +52,8 @@ producer and worker clocks agree to well within a window (NTP).
 messages come again, while the local RocksDB table may already hold their effects. So a
 step's table writes are made only *after* its emitted interactions are acknowledged by
 the broker: a row can say "emitted" only if the interaction really was. A crash in
-between re-emits the same interaction on replay, with the same deterministic id
-(:func:`interaction_id`), which the learner drops (streams/agents/learn.py).
+between re-emits the interaction on replay with the same event ids, which the learner
+drops (:func:`without_applied`, streams/agents/learn.py).
 """
 
 from __future__ import annotations
@@ -54,7 +66,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Collection, Iterable, MutableMapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -99,19 +111,55 @@ DUPLICATE: Final = "duplicate"
 
 JOIN_WITHIN: Final = 0.05  # seconds a partial batch of source messages waits
 _SOURCES: Final = (REVIEWS_TOPIC, RATINGS_TOPIC)
-_SEP: Final = "\x1f"
 
 
 def interaction_id(event: InteractionEvent) -> str:
-    """Deterministic id: the same halves always make the same id, so a re-emission after
-    a crash is recognisably the same interaction."""
-    return _SEP.join(
-        (event.user_id, event.item_id, event.review_event_id or "", event.rating_event_id or "")
-    )
+    """Deterministic id for tracing: the same halves always make the same id. A JSON
+    array, so no id's content can make two interactions look alike."""
+    parts = (event.user_id, event.item_id, event.review_event_id, event.rating_event_id)
+    return orjson.dumps(parts).decode()
 
 
 def row_key(user_id: str, item_id: str) -> bytes:
-    return f"{user_id}{_SEP}{item_id}".encode()
+    """A pair's row in the buffer table: ``["user", "item"]`` (unambiguous)."""
+    return orjson.dumps((user_id, item_id))
+
+
+def id_key(partition: int, event_id: str) -> bytes:
+    """The row remembering an event id in a partition: ``[partition, "id"]`` (never
+    equal to a :func:`row_key`, whose first element is a string)."""
+    return orjson.dumps((partition, event_id))
+
+
+def learned_keys(event: InteractionEvent) -> list[str]:
+    """What the learner remembers of an applied interaction: its halves' event ids
+    (event ids are unique across the stream), or :func:`interaction_id` for one that
+    carries none (a foreign writer's)."""
+    ids = [i for i in (event.review_event_id, event.rating_event_id) if i is not None]
+    return ids or [interaction_id(event)]
+
+
+def without_applied(event: InteractionEvent, applied: Collection[str]) -> InteractionEvent | None:
+    """``event`` less its halves whose event id is in ``applied``; None when nothing is
+    left. The learner's rule for an event id it has already learned from: the same
+    interaction emitted again after a crash, or an id reused in another partition (another
+    user), where the join could not see the first one."""
+    keys = learned_keys(event)
+    if not any(k in applied for k in keys):
+        return event
+    review = event.review_event_id is not None and event.review_event_id not in applied
+    rating = event.rating_event_id is not None and event.rating_event_id not in applied
+    if not (review or rating):
+        return None
+    return InteractionEvent(
+        user_id=event.user_id,
+        item_id=event.item_id,
+        rating=event.rating if rating else None,
+        text=event.text if review else None,
+        event_time=event.event_time,
+        review_event_id=event.review_event_id if review else None,
+        rating_event_id=event.rating_event_id if rating else None,
+    )
 
 
 @dataclass
@@ -126,13 +174,34 @@ class Emission:
 class JoinStep:
     """What one message, a tick or a batch of them produced. The caller sends ``emits``
     (and waits for the broker's acknowledgement), sends ``dead_letters``, then calls
-    :meth:`Joiner.apply`. A later message of the same step sees its earlier writes."""
+    :meth:`Joiner.apply`. A later message of the same step sees its earlier writes.
+
+    A step with a ``parent`` is one message's part of it: it reads through the parent's
+    writes and is merged into it (:meth:`merge`) only if the message went through."""
 
     emits: list[Emission] = field(default_factory=list)
     writes: dict[bytes, bytes | None] = field(default_factory=dict)  # None: delete
     partitions: dict[bytes, int] = field(default_factory=dict)  # row -> its partition
     dead_letters: list[tuple[str, bytes]] = field(default_factory=list)  # (reason, message)
     outcomes: Counter[str] = field(default_factory=Counter)
+    parent: JoinStep | None = None
+
+    def lookup(self, key: bytes) -> tuple[bool, bytes | None]:
+        """(found, value) of ``key`` among this step's writes and its parents'."""
+        step: JoinStep | None = self
+        while step is not None:
+            if key in step.writes:
+                return True, step.writes[key]
+            step = step.parent
+        return False, None
+
+    def merge(self, sub: JoinStep) -> None:
+        """Take over what the sub-step ``sub`` produced."""
+        self.emits += sub.emits
+        self.writes.update(sub.writes)
+        self.partitions.update(sub.partitions)
+        self.dead_letters += sub.dead_letters
+        self.outcomes.update(sub.outcomes)
 
 
 @dataclass
@@ -145,9 +214,11 @@ class Joiner:
     """The join's logic over any mutable mapping of bytes to bytes (a faust Table in the
     worker, a dict in tests). Single-threaded; see the module docstring for semantics.
 
-    Rows are JSON: ``p`` partition, ``u``/``i`` ids, ``ids`` event ids seen, ``review`` /
-    ``rating`` the waiting halves, ``since`` when the wait began, ``done`` kinds emitted
-    in the current generation, ``at`` when the last emission happened.
+    Pair rows are JSON: ``p`` partition, ``u``/``i`` ids, ``review`` / ``rating`` the
+    waiting halves, ``since`` when the wait began, ``done`` kinds emitted in the current
+    generation, ``at`` when the last emission happened. Id rows (:func:`id_key`) are
+    ``{"p", "e": 1, "since": null, "at"}``: ``at`` when the id came; purged like an
+    emitted pair row, ``retention`` seconds after ``at``.
     """
 
     def __init__(
@@ -193,14 +264,24 @@ class Joiner:
         clock = self._clocks[(topic, partition)]
         clock.max_ts = max(clock.max_ts, timestamp)
         clock.last_wall = now
+        sub = JoinStep(parent=step)
         try:
             event = validate(
                 topic, raw, rating_scale=self.rating_scale, max_text_chars=self.max_text_chars
             )
         except InvalidEvent as err:
             step.dead_letters.append((err.reason, dead_letter(raw, topic, err, now)))
+        except Exception as err:  # a bug costs this message a dead letter, not the batch
+            logger.exception("validating a %s message failed", topic)
+            step.dead_letters.append((PROCESSING_ERROR, dead_letter(raw, topic, err, now)))
         else:
-            self._join(step, partition, event, timestamp)
+            try:
+                self._join(sub, partition, event, timestamp)
+            except Exception as err:
+                logger.exception("joining %s event %r failed", topic, event.event_id)
+                step.dead_letters.append((PROCESSING_ERROR, dead_letter(raw, topic, err, now)))
+            else:
+                step.merge(sub)
         if expire:
             self._expire(step, partition, now)
         return step
@@ -220,7 +301,8 @@ class Joiner:
         """Write the step's rows (after its emissions were delivered) and index them.
 
         ``context(partition)`` wraps the writes of each partition (faust needs an event
-        of that partition current while its table is written)."""
+        of that partition current while its table is written). A write that fails is
+        logged and the others go on: the interactions it records are out already."""
         by_partition: dict[int, list[bytes]] = {}
         for key in step.writes:
             by_partition.setdefault(step.partitions[key], []).append(key)
@@ -228,11 +310,14 @@ class Joiner:
             with context(partition) if context is not None else contextlib.nullcontext():
                 for key in keys:
                     value = step.writes[key]
-                    if value is None:
-                        self.store.pop(key, None)
-                        continue
-                    self.store[key] = value
-                    self._index(key, orjson.loads(value))
+                    try:
+                        if value is None:
+                            self.store.pop(key, None)
+                            continue
+                        self.store[key] = value
+                        self._index(key, orjson.loads(value))
+                    except Exception:
+                        logger.exception("writing join row %r failed", key[:200])
 
     def clock(self, partition: int, now: float) -> float:
         """The time rows of ``partition`` are compared against (module docstring)."""
@@ -266,11 +351,13 @@ class Joiner:
     ) -> None:
         kind = REVIEW if isinstance(event, ReviewEvent) else RATING
         other = RATING if kind == REVIEW else REVIEW
-        key = row_key(event.user_id, event.item_id)
-        row = self._get(step, key)
-        if row is not None and event.event_id in row["ids"]:
+        seen = id_key(partition, event.event_id)
+        if self._get(step, seen) is not None:
             step.outcomes[DUPLICATE] += 1
             return
+        self._write(step, partition, seen, {"p": partition, "e": 1, "since": None, "at": ts})
+        key = row_key(event.user_id, event.item_id)
+        row = self._get(step, key)
         part: dict[str, Any] = {"id": event.event_id, "t": event.event_time, "ts": ts}
         if isinstance(event, ReviewEvent):
             part["text"] = event.text
@@ -281,14 +368,12 @@ class Joiner:
                 "p": partition,
                 "u": event.user_id,
                 "i": event.item_id,
-                "ids": [],
                 REVIEW: None,
                 RATING: None,
                 "since": None,
                 "done": [],
                 "at": None,
             }
-        row["ids"].append(event.event_id)
         if row[other] is not None:  # the partner is waiting: both halves go out
             halves = {kind: part, other: row[other]}
             self._emit(step, row, halves[REVIEW], halves[RATING], ())
@@ -316,18 +401,28 @@ class Joiner:
         heap = self._deadlines.get(partition, [])
         while heap and heap[0][0] <= clock:
             deadline, key = heapq.heappop(heap)
-            row = self._get(step, key)
-            if row is None or row["since"] is None or row["since"] + self.window != deadline:
-                continue  # stale entry: the row changed since it was indexed
-            kind = REVIEW if row[REVIEW] is not None else RATING
-            self._emit_alone(step, row, kind, EXPIRED)
-            row["since"] = None
-            row["at"] = clock
-            self._write(step, partition, key, row)
+            sub = JoinStep(parent=step)
+            try:
+                row = self._get(sub, key)
+                if row is None or row["since"] is None or row["since"] + self.window != deadline:
+                    continue  # stale entry: the row changed since it was indexed
+                kind = REVIEW if row[REVIEW] is not None else RATING
+                self._emit_alone(sub, row, kind, EXPIRED)
+                row["since"] = None
+                row["at"] = clock
+                self._write(sub, partition, key, row)
+            except Exception as err:  # a row that cannot be expired is set aside, not retried
+                self._set_aside(step, partition, key, err, clock)
+            else:
+                step.merge(sub)
         purges = self._purges.get(partition, [])
         while purges and purges[0][0] <= clock:
             due, key = heapq.heappop(purges)
-            row = self._get(step, key)
+            try:
+                row = self._get(step, key)
+            except Exception as err:
+                self._set_aside(step, partition, key, err, clock)
+                continue
             if (
                 row is not None
                 and row["since"] is None
@@ -335,6 +430,17 @@ class Joiner:
                 and row["at"] + self.retention == due
             ):
                 self._write(step, partition, key, None)
+
+    def _set_aside(
+        self, step: JoinStep, partition: int, key: bytes, err: Exception, now: float
+    ) -> None:
+        """A row the join cannot handle goes to ``dead-letters`` (as it was stored, topic
+        ``join-buffer``) and out of the table, so it does not fail every later tick."""
+        logger.exception("join row %r failed; it goes to dead-letters", key[:200])
+        found, raw = step.lookup(key)
+        raw = raw if found else self.store.get(key)
+        step.dead_letters.append((PROCESSING_ERROR, dead_letter(raw, BUFFER_TABLE, err, now)))
+        self._write(step, partition, key, None)
 
     @staticmethod
     def _write(step: JoinStep, partition: int, key: bytes, row: dict[str, Any] | None) -> None:
@@ -386,7 +492,8 @@ class Joiner:
     # --- rows and the in-memory index -------------------------------------------------
 
     def _get(self, step: JoinStep, key: bytes) -> dict[str, Any] | None:
-        raw = step.writes[key] if key in step.writes else self.store.get(key)
+        found, raw = step.lookup(key)
+        raw = raw if found else self.store.get(key)
         return None if raw is None else dict(orjson.loads(raw))
 
     def _ensure(self, partition: int, now: float) -> None:
@@ -399,9 +506,12 @@ class Joiner:
         for topic in _SOURCES:
             self._clocks[(topic, partition)] = _TopicClock(-math.inf, now)
         for key, value in list(self.store.items()):
-            row = orjson.loads(value)
-            if row.get("p") == partition:
-                self._index(key, row)
+            try:
+                row = orjson.loads(value)
+                if row.get("p") == partition:
+                    self._index(key, row)
+            except Exception:  # left to purge by hand; the stream goes on
+                logger.exception("join row %r is unreadable", key[:200])
 
     def _index(self, key: bytes, row: dict[str, Any]) -> None:
         p = row["p"]
@@ -443,61 +553,94 @@ def register(
         interactions = raw_topic(app, INTERACTIONS_TOPIC, partitions=1)
     if dead_letters is None:
         dead_letters = raw_topic(app, DEAD_LETTERS_TOPIC)
-    table = bytes_table(app, BUFFER_TABLE, n, help="user\x1fitem -> waiting halves, seen ids")
+    table = bytes_table(
+        app, BUFFER_TABLE, n, help='["user","item"] -> waiting halves; [partition,"id"] -> seen'
+    )
     joiner = Joiner(table, settings.join_window, retention=settings.dedup_retention)
     metrics.bind_gauge(
         metrics.JOIN_PARTITIONS,
         lambda: sum(tp.topic == REVIEWS_TOPIC for tp in app.assignor.assigned_actives()),
     )
 
-    async def deliver(step: JoinStep) -> None:
-        sent = [
-            await interactions.send(key=e.event.user_id.encode(), value=e.event.dumps())
-            for e in step.emits
-        ]
-        for reason, letter in step.dead_letters:
-            await dead_letters.send(value=letter)
+    async def deliver(step: JoinStep, now: float) -> None:
+        """Send the step's interactions, wait for the broker's acknowledgements, then send
+        its dead letters. Raises nothing: an interaction the producer or the broker
+        refuses becomes a dead letter itself (topic ``interactions``, replayable there)."""
+        letters = list(step.dead_letters)
+
+        def refused(emission: Emission, err: BaseException) -> None:
+            logger.error("interaction of %r refused: %r", emission.event.user_id[:100], err)
+            raw = emission.event.dumps()
+            letters.append((PROCESSING_ERROR, dead_letter(raw, INTERACTIONS_TOPIC, err, now)))
+
+        sent: list[tuple[Emission, Any]] = []
+        for e in step.emits:
+            try:
+                value = e.event.dumps()
+                sent.append((e, await interactions.send(key=e.event.user_id.encode(), value=value)))
+            except Exception as err:  # e.g. MessageSizeTooLargeError, raised by send itself
+                refused(e, err)
+        # acknowledged before the rows that record them are written
+        acks = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+        for (e, _), ack in zip(sent, acks, strict=True):
+            if isinstance(ack, asyncio.CancelledError):
+                raise ack
+            if isinstance(ack, BaseException):
+                refused(e, ack)
+        for reason, letter in letters:
+            try:
+                await dead_letters.send(value=letter)
+            except Exception:
+                logger.exception("a dead letter (%s) could not be sent: %r", reason, letter[:500])
             metrics.DEAD_LETTERS.labels(reason).inc()
-        if sent:  # acknowledged before the rows that record them are written
-            await asyncio.gather(*sent)
         for outcome, count in step.outcomes.items():
             metrics.JOIN_OUTCOMES.labels(outcome).inc(count)
+
+    async def step_of(events: list[Any]) -> None:
+        now = time.time()
+        step = JoinStep()
+        latest: dict[int, Any] = {}  # partition -> an event of it (table writes)
+        arrived: Counter[str] = Counter()
+        for event in events:
+            message = event.message
+            latest[message.partition] = event
+            if message.topic == TICKS_TOPIC:
+                continue
+            arrived[message.topic] += 1
+            # each message in a sub-step of its own: a failure costs it a dead letter
+            joiner.on_message(
+                message.topic,
+                message.partition,
+                event.value,
+                message.timestamp,
+                now,
+                step=step,
+                expire=False,
+            )
+        for partition in latest:
+            joiner.on_tick(partition, now, step=step)
+        for topic, count in arrived.items():
+            metrics.EVENTS_IN.labels(topic).inc(count)
+        await deliver(step, now)
+        joiner.apply(step, functools.partial(_context_of, latest))
 
     @app.agent(source, name="drex.join")
     async def join(stream: Any) -> None:
         # A batch is one step: its emissions are sent together and acknowledged once,
         # then its rows are written (one broker round trip per batch, not per event).
         async for events in stream.take_events(settings.join_batch_size, within=JOIN_WITHIN):
-            now = time.time()
-            step = JoinStep()
-            latest: dict[int, Any] = {}  # partition -> an event of it (table writes)
-            arrived: Counter[str] = Counter()
-            for event in events:
-                message = event.message
-                latest[message.partition] = event
-                if message.topic == TICKS_TOPIC:
-                    continue
-                arrived[message.topic] += 1
-                try:
-                    joiner.on_message(
-                        message.topic,
-                        message.partition,
-                        event.value,
-                        message.timestamp,
-                        now,
-                        step=step,
-                        expire=False,
-                    )
-                except Exception as err:  # a bug costs one dead letter, not the stream
-                    logger.exception("join failed on %s[%d]@%d", *message.tp, message.offset)
-                    letter = dead_letter(event.value, message.topic, err, now)
-                    step.dead_letters.append((PROCESSING_ERROR, letter))
-            for partition in latest:
-                joiner.on_tick(partition, now, step=step)
-            for topic, count in arrived.items():
-                metrics.EVENTS_IN.labels(topic).inc(count)
-            await deliver(step)
-            joiner.apply(step, functools.partial(_context_of, latest))
+            try:
+                await step_of(events)
+            except Exception as err:  # a bug outside any one message: never lose the batch
+                logger.exception("a join batch failed; its messages go to dead-letters")
+                now = time.time()
+                for event in events:
+                    if event.message.topic == TICKS_TOPIC:
+                        continue
+                    with contextlib.suppress(Exception):
+                        letter = dead_letter(event.value, event.message.topic, err, now)
+                        await dead_letters.send(value=letter)
+                        metrics.DEAD_LETTERS.labels(PROCESSING_ERROR).inc()
 
     def _context_of(latest: dict[int, Any], partition: int) -> AbstractContextManager[None]:
         return event_context(latest[partition])

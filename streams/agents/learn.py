@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import shutil
 import time
@@ -76,7 +77,7 @@ import orjson
 
 from streams import metrics
 from streams.agents.index import IndexFeeder
-from streams.agents.join import interaction_id
+from streams.agents.join import learned_keys, without_applied
 from streams.events import (
     DEAD_LETTERS_TOPIC,
     INTERACTIONS_TOPIC,
@@ -144,7 +145,7 @@ class LearnerSession:
         from drex_model.model import DReXConfig
         from drex_model.text import TextEncoder
         from drex_store.learner import LearnerStore
-        from streams.state import restore
+        from streams.state import restore, stored_review
 
         s = self.settings
         if s.torch_threads > 0:
@@ -162,6 +163,7 @@ class LearnerSession:
                 s.variant, encoder_dim=self._encoder.hidden_size, **s.model_overrides_dict()
             )
             learner = DReXLearner(config, encoder=self._encoder, seed=s.seed, device=device)
+            learner.cache.loader = functools.partial(stored_review, store)  # past the budget
             info = restore(store, learner, self._encoder.identity)
             items = list(learner.items.ids)
             self.feeder.rebuild(config.dim, items, learner.embeddings("items", items))
@@ -222,18 +224,27 @@ class LearnerSession:
         to twice what the last sweep kept (at least :data:`SWEEP_AT`; ``force``: now):
         without it the cache would hold every review the worker ever read. Between takes
         only: a take's reviews encoded ahead are not pending yet."""
-        if not self.held or (len(self.learner.cache) < self._sweep_at and not force):
+        if not self.held:
+            return
+        cache, budget = self.learner.cache, int(self.settings.review_cache_mb * 2**20)
+        if len(cache) < self._sweep_at and cache.loaded_bytes <= budget and not force:
             return
         started = time.perf_counter()
-        before = len(self.learner.cache)
+        before = len(cache)
         self.learner.sweep_reviews()
-        kept = len(self.learner.cache)
+        kept = len(cache)
         self._sweep_at = max(SWEEP_AT, 2 * kept)
+        # every review still cached is a pending message's, stored with the batch that
+        # set it: the oldest can go back to the store (ReviewCache.get reads them again)
+        unloaded = cache.unload(budget // 2) if cache.loaded_bytes > budget else 0
         self._update_gauges()
         logger.info(
-            "review cache swept: kept %d of %d in %.2f s",
+            "review cache swept: kept %d of %d (%d back in the store, %.0f MiB in memory) "
+            "in %.2f s",
             kept,
             before,
+            unloaded,
+            cache.loaded_bytes / 2**20,
             time.perf_counter() - started,
         )
 
@@ -258,19 +269,20 @@ class LearnerSession:
         result = BatchResult()
         fresh = [(o, e) for o, e in batch if o > info.offset]
         result.skipped_offset = len(batch) - len(fresh)
-        ids = [interaction_id(e) for _, e in fresh]
-        done = store.applied(ids)
+        # applied event ids (streams/agents/join.py): a half already learned is dropped
+        done = store.applied(k for _, e in fresh for k in learned_keys(e))
         keep: list[InteractionEvent] = []
         kept_ids: list[str] = []
         replayed = [e for o, e in batch if o <= info.offset]
-        for i, (_, event) in zip(ids, fresh, strict=True):
-            if i in done:
+        for _, event in fresh:
+            rest = without_applied(event, done)
+            if rest is None:
                 result.skipped_applied += 1
                 replayed.append(event)
             else:
-                done.add(i)  # also drops a repeat within the batch
-                keep.append(event)
-                kept_ids.append(i)
+                done.update(learned_keys(rest))  # also drops a repeat within the batch
+                keep.append(rest)
+                kept_ids += learned_keys(rest)
         last_offset = max((o for o, _ in batch), default=info.offset)
         step_before = learner.step
         started = time.perf_counter()
@@ -361,6 +373,7 @@ class LearnerSession:
         metrics.USERS.set(len(self.learner.users))
         metrics.ITEMS.set(len(self.learner.items))
         metrics.REVIEWS_CACHED.set(len(self.learner.cache))
+        metrics.REVIEW_CACHE_BYTES.set(self.learner.cache.loaded_bytes)
         metrics.APPLIED_TOTAL.set(self.info.applied)
         metrics.LEARNER_OFFSET.set(self.info.offset)
 

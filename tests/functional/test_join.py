@@ -84,7 +84,7 @@ def test_both_orders_make_one_interaction(first: str) -> None:
     [event] = h.emitted
     assert (event.user_id, event.item_id, event.rating, event.text) == ("ann", "amp", 4.0, "warm")
     assert event.event_time == 101.0
-    assert interaction_id(event) == "ann\x1famp\x1fr1\x1fs1"
+    assert interaction_id(event) == '["ann","amp","r1","s1"]'
     assert h.outcomes == {BOTH: 1}
     assert h.joiner.pending() == 0 or not h.tick(100.0).emits  # nothing left to expire
 
@@ -110,7 +110,7 @@ def test_a_lone_half_expires_after_the_window_then_a_late_partner_goes_alone() -
     assert (expired.event.text, expired.event.rating) == ("warm", None)
     [late] = h.send(RATINGS_TOPIC, rating(), ts=30.0).emits
     assert late.outcomes == (RATING_ONLY, LATE)
-    assert interaction_id(late.event) == "ann\x1famp\x1f\x1fs1"
+    assert interaction_id(late.event) == '["ann","amp",null,"s1"]'
     h.send(RATINGS_TOPIC, rating(), ts=31.0)
     assert len(h.emitted) == 2 and h.outcomes[DUPLICATE] == 1
 
@@ -167,9 +167,9 @@ def test_tombstones_are_purged_after_the_retention() -> None:
     h = Harness(retention=60.0)
     h.send(REVIEWS_TOPIC, review(), ts=10.0)
     h.send(RATINGS_TOPIC, rating(), ts=10.5)
-    assert len(h.store) == 1  # the tombstone
+    assert len(h.store) == 3  # the tombstone and the two event ids
     h.tick(now=40.0)
-    assert len(h.store) == 1
+    assert len(h.store) == 3
     h.tick(now=71.0)
     assert h.store == {}
 
@@ -225,7 +225,7 @@ async def test_the_agent_joins_and_dead_letters_through_faust(tmp_path: Path) ->
         await put(agent, REVIEWS_TOPIC, review("r7", item="pick"))
         await put(agent, TICKS_TOPIC, b"")  # not expired yet
         joined = InteractionEvent.loads((await interactions_out.get(timeout=1)).value)
-        assert interaction_id(joined) == "ann\x1famp\x1fr1\x1fs1"
+        assert interaction_id(joined) == '["ann","amp","r1","s1"]'
         letter = parse_dead_letter((await dead_out.get(timeout=1)).value)
         assert (letter.topic, letter.reason, letter.raw) == (
             RATINGS_TOPIC,
@@ -233,8 +233,9 @@ async def test_the_agent_joins_and_dead_letters_through_faust(tmp_path: Path) ->
             "not json",
         )
         assert interactions_out.empty()
-        # the buffer table holds the emitted row (tombstone) and the waiting review
-        assert len(list(wiring.table.keys())) == 2
+        # the buffer table holds the emitted row (tombstone), the waiting review and the
+        # three event ids seen
+        assert len(list(wiring.table.keys())) == 5
         wiring.joiner.idle_after = 0.0  # no records pending: the wall clock decides
         wiring.joiner.window = 0.001
         wiring.joiner.forget()
