@@ -9,7 +9,8 @@ batch's write); servers follow it (``serving/replica.py``). Values are encoded b
 
 Keys (``id`` = user or item id, UTF-8)::
 
-    m:info          JSON: format, offset, interactions applied, batches, step, time
+    m:info          JSON: format, offset, interactions applied, batches, step, time,
+                    the id of the interaction at offset, cluster id, topic resets seen
     m:dense         the dense blob (drex_model.checkpoint.dense_state_bytes): network,
                     Adam, SparseAdam step counts, step, config; rewritten after a step
     m:encoder       JSON: the identity of the text encoder the learner was built with
@@ -37,8 +38,12 @@ after the batch body, and a crash replays from the last commit). The learner app
 interaction effectively once: a batch skips every record whose offset is <= ``m:info``'s
 offset (redelivery) or whose id has an ``a:`` key (the join re-emitted it after its own
 crash, at a new offset), and the state, the offset and the ids are written in the same
-atomic write. What is not kept across a crash: gradients accumulated towards the next
-optimiser step (fewer than ``step_size`` rated interactions' worth).
+atomic write. An offset belongs to one incarnation of the topic: when the worker takes the
+learner it checks that the topic still holds the record it last applied
+(streams/source.py) and, if not (a broker restarted empty), starts the new incarnation at
+its beginning, where the ``a:`` ids still drop what was already learned. What is not kept
+across a crash: gradients accumulated towards the next optimiser step (fewer than
+``step_size`` rated interactions' worth).
 
 With ``fsync`` off (the default) a killed process loses nothing (the WAL is in the OS
 page cache); a machine crash may lose the last batches *with* their offset, so they are
@@ -97,13 +102,23 @@ def _change_key(batch: int) -> bytes:
 
 @dataclass
 class StoreInfo:
-    """``m:info``: where the learner is."""
+    """``m:info``: where the learner is, and in which incarnation of its source topic.
+
+    ``offset`` means something only in the topic it was read from: a broker that restarts
+    empty (the embedded one is memory only) or a topic deleted and created again starts
+    its offsets at 0 again. ``last_id`` (the interaction id of the record at ``offset``)
+    and ``cluster`` let the worker recognise the topic it read (streams/source.py); a new
+    incarnation resets ``offset`` to -1 and counts one more ``resets``.
+    """
 
     offset: int = -1  # last interactions offset applied (-1: none)
     applied: int = 0  # interactions applied, all time
     batches: int = 0  # micro-batches written
     step: int = 0  # optimiser steps
     updated_at: float = 0.0
+    last_id: str | None = None  # interaction id of the record at ``offset`` (None: unknown)
+    cluster: str | None = None  # the broker cluster's id when ``offset`` was read
+    resets: int = 0  # new incarnations of the topic seen (offset restarted at -1)
 
     def to_json(self) -> bytes:
         return json.dumps({"format": STORE_FORMAT, **self.__dict__}).encode()
@@ -113,12 +128,15 @@ class StoreInfo:
         data = json.loads(raw)
         if data.get("format") != STORE_FORMAT:
             raise ValueError(f"learner store of format {data.get('format')!r}")
-        return cls(
+        return cls(  # the last three fields came later: a store without them reads as unknown
             offset=int(data["offset"]),
             applied=int(data["applied"]),
             batches=int(data["batches"]),
             step=int(data["step"]),
             updated_at=float(data["updated_at"]),
+            last_id=data.get("last_id"),
+            cluster=data.get("cluster"),
+            resets=int(data.get("resets", 0)),
         )
 
 
@@ -315,6 +333,13 @@ class LearnerStore:
         if batch.encoder is not None:
             wb.put(ENCODER, json.dumps(dict(batch.encoder), sort_keys=True).encode())
         wb.put(INFO, batch.info.to_json())
+        self.kv.write(wb)
+
+    def put_info(self, info: StoreInfo) -> None:
+        """Write ``m:info`` alone (a new incarnation of the source topic: a new offset, no
+        new state)."""
+        wb = WriteBatch()
+        wb.put(INFO, info.to_json())
         self.kv.write(wb)
 
     def put_index(self, batch: int, blob: bytes) -> None:

@@ -29,6 +29,13 @@ INTERACTIONS_SKIPPED = Counter(
     "applied: re-emitted by the join after a restart)",
     ["reason"],
 )
+SOURCE_RESETS = Counter(
+    "drex_source_resets_total",
+    "New incarnations of a topic found under stored offsets (a broker restarted empty, a "
+    "topic made again), by what was re-anchored: learner (its interactions offset, "
+    "streams/source.py) or table (a changelog partition, streams/recovery.py)",
+    ["state"],
+)
 INTERACTIONS_APPLIED = Counter("drex_interactions_applied_total", "Interactions learned")
 BATCH_SIZE = Histogram(
     "drex_learn_batch_size",

@@ -45,15 +45,31 @@ fix 1 alone a restarted worker once lost its whole ``interactions`` backlog.
 empty to ``bool()``, so a paused partition's records stay in aiokafka's buffer until faust
 resumes it.
 
+**A changelog that restarted (fix 3).** A table partition's local RocksDB keeps the offset
+of the last changelog record it holds. When the broker comes back empty (the embedded one
+is memory only) or a changelog is deleted and made again, that offset points past the end
+of the new changelog, and faust's recovery raises ``ConsistencyError``: the worker crashes,
+and restarted as it is crashes again, for ever (a restart policy makes that a loop).
+:meth:`Recovery._build_offsets` finds such partitions first (stored offset >= the
+changelog's end) and re-anchors them: the local rows are kept, the stored offset goes back
+to the start of the new changelog, which is then read on top of them. One WARNING line per
+partition says so, and ``drex_source_resets_total{state="table"}`` counts them. What the
+broker lost stays lost for everyone else: the rows written before are not in the new
+changelog, so a worker that rebuilds that partition from the changelog alone (another
+worker, or this one after its datadir is wiped) does not have them: for the join, the
+halves that were waiting for their partner and the event ids remembered to drop resends.
+
 Private names used (checked against faust-streaming 0.15.3, aiokafka 0.14.0):
 ``Recovery._set_recovery_ended``, ``._is_changelog_tp``, ``._wait``, ``.actives_for_table``,
-``.standbys_for_table``, ``TableManager._recovery``, ``App._fetcher``,
-``AIOKafkaConsumerThread._fetch_records``, ``Transport.Consumer``.
+``.standbys_for_table``, ``.tp_to_table``, ``._build_offsets``, ``TableManager._recovery``,
+``App._fetcher``, ``AIOKafkaConsumerThread._fetch_records``, ``Transport.Consumer``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import Counter
 from collections.abc import Set
 from typing import Any
 
@@ -64,10 +80,56 @@ from faust.transport.consumer import RecordMap
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Transport
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP, AppT
+from faust.types.transports import ConsumerT
+
+logger = logging.getLogger(__name__)
 
 
 class Recovery(FaustRecovery):
-    """faust's table recovery, with the stream partitions resumed after the queue clear."""
+    """faust's table recovery, with the stream partitions resumed after the queue clear
+    and table partitions re-anchored on a changelog that restarted empty."""
+
+    async def _build_offsets(
+        self, consumer: ConsumerT, tps: set[TP], destination: Counter[TP], title: str
+    ) -> None:
+        """faust's offsets to read the changelogs from, then fix 3 (module doc)."""
+        await super()._build_offsets(consumer, tps, destination, title)
+        stored = {tp: o for tp in tps if (o := destination[tp]) is not None and o >= 0}
+        if not stored:
+            return
+        if title == "active":  # built just before, as last offsets (end - 1)
+            ends = {tp: self.active_highwaters[tp] + 1 for tp in stored}
+        else:
+            ends = dict(await consumer.highwaters(*stored))
+        stale = {
+            tp: offset
+            for tp, offset in stored.items()
+            if ends.get(tp) is not None and offset >= ends[tp]
+        }
+        if not stale:
+            return
+        earliest = await consumer.earliest_offsets(*stale)
+        from streams import metrics
+
+        for tp, offset in sorted(stale.items()):
+            start = earliest.get(tp)
+            anchor = -1 if start is None else start - 1
+            table: Any = self.tp_to_table[tp]  # a faust Table: its store is .data
+            table.data.set_persisted_offset(tp, anchor)
+            destination[tp] = anchor
+            metrics.SOURCE_RESETS.labels("table").inc()
+            logger.warning(
+                "changelog %s[%d] of table %s starts again (the broker restarted empty, or "
+                "the topic was made again): the local rows were read up to offset %d, the "
+                "changelog ends at %d. Local rows kept; the new changelog is read on top of "
+                "them (rows from before are not in it: a worker rebuilding this partition "
+                "from the changelog will not have them)",
+                tp.topic,
+                tp.partition,
+                table.name,
+                offset,
+                ends[tp],
+            )
 
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         """faust's method (tables' callbacks, seek, resume), reordered: see module doc."""

@@ -8,6 +8,7 @@ learner's public surface and ``drex_model.checkpoint``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -119,10 +120,17 @@ def batch_write(
     )
 
 
-def next_info(info: StoreInfo, offset: int, applied: int, step: int) -> StoreInfo:
-    """``m:info`` after one more micro-batch."""
-    return StoreInfo(
-        offset=max(info.offset, offset),
+def next_info(
+    info: StoreInfo, offset: int, applied: int, step: int, last_id: str | None = None
+) -> StoreInfo:
+    """``m:info`` after one more micro-batch whose last record, ``last_id``, is at
+    ``offset``: the fingerprint of the topic incarnation the offset belongs to
+    (streams/source.py). A batch wholly at or below the stored offset keeps both."""
+    ahead = offset > info.offset
+    return dataclasses.replace(
+        info,
+        offset=offset if ahead else info.offset,
+        last_id=last_id if ahead else info.last_id,
         applied=info.applied + applied,
         batches=info.batches + 1,
         step=step,

@@ -15,8 +15,12 @@ batch in progress is written). Workers that may take over from each other must s
 store's folder (``DREX_LEARNER_DIR`` on a shared volume); RocksDB's lock keeps a second
 process out until the first has let go, and the new owner restores the learner from the
 store (checking its config and text encoder) and rebuilds and publishes the item
-index. A worker whose store is not shared starts from what
-its own folder holds: give the ``learn`` role to one worker at a time in that setup.
+index. It also checks that the store's offset belongs to the ``interactions`` topic the
+broker holds now (streams/source.py): after a broker restarted empty the topic starts at
+offset 0 again, and the old offset would skip that many new interactions; the learner
+then reads the new topic from its beginning, with its model kept. A worker whose store is
+not shared starts from what its own folder holds: give the ``learn`` role to one worker at
+a time in that setup.
 
 **A take** is what the agent reads at once: up to ``encode_window`` interactions (1024)
 when a backlog is there, fewer when ``batch_within`` passes first. Its reviews are
@@ -67,7 +71,7 @@ import functools
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -77,7 +81,7 @@ import orjson
 
 from streams import metrics
 from streams.agents.index import IndexFeeder
-from streams.agents.join import learned_keys, without_applied
+from streams.agents.join import interaction_id, learned_keys, without_applied
 from streams.events import (
     DEAD_LETTERS_TOPIC,
     INTERACTIONS_TOPIC,
@@ -91,6 +95,7 @@ if TYPE_CHECKING:
     import faust
 
     from streams.settings import WorkerSettings
+    from streams.source import TopicView
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +123,17 @@ class BatchResult:
 class LearnerSession:
     """The learner while this worker holds it; every method runs in the learner thread."""
 
-    def __init__(self, settings: WorkerSettings, feeder: IndexFeeder) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        feeder: IndexFeeder,
+        source: Callable[[int], TopicView] | None = None,
+    ) -> None:
+        """``source(offset)`` shows the ``interactions`` topic from a stored offset
+        (:func:`interactions_view`); None: the store's offset is trusted (no broker)."""
         self.settings = settings
         self.feeder = feeder
+        self.source = source
         self.learner: Any = None
         self.store: Any = None
         self.info: Any = None
@@ -165,6 +178,7 @@ class LearnerSession:
             learner = DReXLearner(config, encoder=self._encoder, seed=s.seed, device=device)
             learner.cache.loader = functools.partial(stored_review, store)  # past the budget
             info = restore(store, learner, self._encoder.identity)
+            info = self._check_source(store, info)
             items = list(learner.items.ids)
             self.feeder.rebuild(config.dim, items, learner.embeddings("items", items))
             self.feeder.publish(store, info.batches, force=True)
@@ -184,6 +198,30 @@ class LearnerSession:
             len(learner.users),
             len(learner.items),
         )
+
+    def _check_source(self, store: Any, info: Any) -> Any:
+        """The store's info, its offset restarted at -1 if the ``interactions`` topic is a
+        new incarnation (streams/source.py); that is written at once and logged."""
+        from streams.source import check
+
+        if self.source is None:
+            return info
+        verdict = check(info, self.source(info.offset), INTERACTIONS_TOPIC)
+        if verdict.reset is not None:
+            logger.warning(
+                "new incarnation of %s (the broker restarted empty, or the topic was made "
+                "again): %s. The model is kept (%d interactions learned) and the new topic "
+                "is read from its beginning; already applied ids are still dropped",
+                INTERACTIONS_TOPIC,
+                verdict.reset,
+                info.applied,
+            )
+            metrics.SOURCE_RESETS.labels("learner").inc()
+        if verdict.unverified is not None:
+            logger.warning("the learner trusts its stored offset: %s", verdict.unverified)
+        if verdict.changed:
+            store.put_info(verdict.info)
+        return verdict.info
 
     def release(self, save_index: bool = True) -> None:
         """Close the store and forget the learner (another worker takes it over)."""
@@ -283,7 +321,7 @@ class LearnerSession:
                 done.update(learned_keys(rest))  # also drops a repeat within the batch
                 keep.append(rest)
                 kept_ids += learned_keys(rest)
-        last_offset = max((o for o, _ in batch), default=info.offset)
+        last_offset, last = max(batch, key=lambda r: r[0], default=(info.offset, None))
         step_before = learner.step
         started = time.perf_counter()
         changed: dict[str, set[str]] = {"users": set(), "items": set()}
@@ -305,7 +343,8 @@ class LearnerSession:
         changed["items"] |= {e.item_id for e in replayed if e.item_id in learner.items.index}
         ordered = {side: sorted(ids_) for side, ids_ in changed.items()}
         started = time.perf_counter()
-        new_info = next_info(info, last_offset, len(keep), learner.step)
+        last_id = interaction_id(last) if last is not None else None
+        new_info = next_info(info, last_offset, len(keep), learner.step, last_id)
         first = info.batches == 0
         write = batch_write(
             store,
@@ -398,7 +437,7 @@ def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> L
         bytes_table(app, USER_EMBEDDINGS, 1, help="user id -> float32 representation"),
         bytes_table(app, ITEM_EMBEDDINGS, 1, help="item id -> float32 representation"),
     ]
-    session = LearnerSession(settings, feeder)
+    session = LearnerSession(settings, feeder, interactions_view(settings))
     executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="drex-learner")
     prequential = metrics.Prequential()
 
@@ -418,10 +457,15 @@ def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> L
         session reloads it), and a batch that fails three times goes to ``dead-letters``
         (replayable from there) instead of blocking the stream.
         """
+        from streams.source import SourceError
+
         for attempt in range(RETRIES):
             try:
                 result: BatchResult = await in_learner_thread(session.process, batch)
                 return result
+            except SourceError as err:  # no retry helps: the worker stops with the reason
+                await refuse(err)
+                return None
             except Exception as err:
                 if attempt + 1 < RETRIES:
                     await asyncio.sleep(2.0**attempt)
@@ -492,9 +536,22 @@ def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> L
         if any(tp.topic == INTERACTIONS_TOPIC for tp in args[0]):  # args: (assigned,)
             # restore now rather than at the first record; not awaited: the rebalance
             # must not wait for torch and the store (the next batch queues behind it)
-            future = asyncio.ensure_future(in_learner_thread(session.acquire))
+            future = asyncio.ensure_future(take_over())
             future.add_done_callback(_log_failure)
             pending[:] = [future]
+
+    async def take_over() -> None:
+        from streams.source import SourceError
+
+        try:
+            await in_learner_thread(session.acquire)
+        except SourceError as err:
+            await refuse(err)
+
+    async def refuse(err: Exception) -> None:
+        """Stop the worker with ``err``'s one-line instruction (a crash: exit code 1)."""
+        logger.critical("drex worker stops: %s", err)
+        await app.crash(err)
 
     @app.on_before_shutdown.connect
     async def on_shutdown(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -502,6 +559,25 @@ def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> L
         executor.shutdown(wait=True)
 
     return LearnWiring(session, learn, tables[0], tables[1], executor)
+
+
+def interactions_view(settings: WorkerSettings) -> Callable[[int], TopicView]:
+    """The broker's ``interactions`` topic seen from a stored offset, through a client of
+    its own (streams/source.py); called in the learner's thread."""
+    from streams.producer import bootstrap_servers
+    from streams.source import inspect_topic_sync
+
+    servers = bootstrap_servers(settings.broker)
+
+    def view(offset: int) -> TopicView:
+        options = settings.aiokafka_options()
+        return inspect_topic_sync(servers, INTERACTIONS_TOPIC, offset, _record_id, options)
+
+    return view
+
+
+def _record_id(raw: bytes) -> str:
+    return interaction_id(InteractionEvent.loads(raw))
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:
