@@ -9,6 +9,10 @@ on a volume they share; given the worker's ``DREX_STATE_DIR`` and ``DREX_LEARNER
 ``DREX_*`` variable; flags win. Several servers may follow one store (each keeps its own
 secondary folder, a temporary one by default); with ``--reuse-port`` they can share one
 port on a machine, one process per core.
+
+With ``DREX_API_KEY`` set (a variable only: a flag would show it to every user), every
+endpoint but /healthz, /readyz, /metrics and /openapi.json needs the key. A client slower
+than ``--client-timeout`` to send a request is disconnected.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from serving.replica import Replica
-    from serving.server import build_app
+    from serving.server import build_app, server_options
 
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -50,14 +54,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # the application's refresher loads the store in the background: /healthz answers
         # at once, /readyz says 503 until the learner's state is loaded
         url = f"http://{settings.host}:{settings.port}"
-        print(f"drex serve: {url} (OpenAPI at /openapi.json)", flush=True)
+        key = "API key required" if settings.api_key else "no API key"
+        print(f"drex serve: {url} (OpenAPI at /openapi.json; {key})", flush=True)
         web.run_app(
-            build_app(replica, refresh_interval=settings.refresh_interval),
+            build_app(
+                replica,
+                refresh_interval=settings.refresh_interval,
+                api_key=settings.api_key,
+                client_timeout=settings.client_timeout,
+            ),
             host=settings.host,
             port=settings.port,
             print=None,
             access_log=None,
             reuse_port=settings.reuse_port or None,
+            **server_options(settings.client_timeout),
         )
     finally:
         replica.close()

@@ -1,13 +1,29 @@
 """The OpenAPI 3.1 description of ``drex serve`` (served at ``/openapi.json``).
 
 Written out here rather than generated, so that it says what clients may rely on;
-tests/functional/test_server.py checks that every route of the application is described
-and that the responses match their schemas.
+tests/functional/test_serving.py checks that every route of the application is described
+and that the responses match their schemas. A server with an API key (``DREX_API_KEY``)
+serves ``spec(api_key=True)``: the same document with its security schemes, and a 401
+answer on every operation but those of :data:`PUBLIC_PATHS`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, Final
+
+# Answered without the API key: probes (an orchestrator's liveness and readiness checks,
+# Prometheus' scrape) and this document. None of them says anything about a user or item.
+PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+_SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "the server's DREX_API_KEY"},
+    "apiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "the server's DREX_API_KEY",
+    },
+}
 
 _ERROR = {
     "type": "object",
@@ -137,8 +153,21 @@ def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": _STRING}
 
 
-def spec() -> dict[str, Any]:
-    """The OpenAPI document."""
+def spec(api_key: bool = False) -> dict[str, Any]:
+    """The OpenAPI document of a server without an API key, or with one (``api_key``)."""
+    document = _document()
+    if api_key:
+        document["components"] = {"securitySchemes": copy.deepcopy(_SECURITY_SCHEMES)}
+        for path, operations in document["paths"].items():
+            if path in PUBLIC_PATHS:
+                continue
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}, {"apiKey": []}]  # either one
+                operation["responses"]["401"] = _json(_ERROR, "no API key, or a wrong one")
+    return document
+
+
+def _document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {

@@ -38,7 +38,9 @@ own index).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -66,6 +68,60 @@ logger = logging.getLogger(__name__)
 
 SIDES: Final = ("users", "items")
 FloatArray = npt.NDArray[np.float64]
+SECONDARY_PREFIX: Final = "drex-replica-"
+OWNER_LOCK: Final = "owner.lock"
+
+
+# --- the temporary secondary folder -------------------------------------------------------
+# A replica without a --secondary-dir follows the store from a temporary folder of its own.
+# ``close()`` removes it, but a process killed with SIGKILL (or by the OOM killer) never
+# runs ``close()``: each such death would leave a folder of RocksDB files behind. So each
+# folder holds ``owner.lock``, flock()ed by its process for as long as it lives; the
+# kernel drops that lock when the process dies, however it dies, and the next replica to
+# start removes every such folder whose lock it can take. A lock, not a pid, because pids
+# are reused and differ between the pid namespaces (containers) that may share a /tmp.
+
+
+def own_secondary(parent: str | Path | None = None) -> tuple[Path, int]:
+    """A new ``drex-replica-*`` folder in ``parent`` (default: the temporary directory)
+    and the descriptor of its held ``owner.lock``; stale folders are removed first.
+
+    The lock file is locked before it gets its name, so a folder that has one always has
+    a live owner or none at all.
+    """
+    remove_stale_secondaries(parent)
+    folder = Path(tempfile.mkdtemp(prefix=SECONDARY_PREFIX, dir=parent))
+    fd, path = tempfile.mkstemp(prefix=".owner-", dir=folder)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{os.getpid()}\n".encode())  # for people: who owns this folder
+    os.rename(path, folder / OWNER_LOCK)
+    return folder, fd
+
+
+def remove_stale_secondaries(parent: str | Path | None = None) -> list[Path]:
+    """Remove the ``drex-replica-*`` folders in ``parent`` whose owner is dead; their list.
+
+    A folder without ``owner.lock`` (being created, or left by an older drex that took no
+    lock) is left alone, as are other users' folders (this one cannot open their lock).
+    """
+    removed = []
+    for folder in Path(parent or tempfile.gettempdir()).glob(SECONDARY_PREFIX + "*"):
+        try:
+            fd = os.open(folder / OWNER_LOCK, os.O_RDWR)
+        except OSError:  # no lock file, or not ours
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its process is alive
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
+        logger.info("removed %s: its drex serve process is gone", folder)
+        removed.append(folder)
+    return removed
 
 
 class NotReady(RuntimeError):
@@ -131,10 +187,11 @@ class Replica:
         cooccurrence_candidates: int = 1000,
     ) -> None:
         self.learner_dir = Path(learner_dir)
-        self._own_secondary = secondary_dir is None
-        self.secondary_dir = Path(
-            tempfile.mkdtemp(prefix="drex-replica-") if secondary_dir is None else secondary_dir
-        )
+        self._owner_lock: int | None = None  # held while this replica owns its folder
+        if secondary_dir is None:
+            self.secondary_dir, self._owner_lock = own_secondary()
+        else:
+            self.secondary_dir = Path(secondary_dir)
         self.exposure_override = exposure_weight
         self.candidates = candidates
         self.popular_candidates = popular_candidates
@@ -177,8 +234,10 @@ class Replica:
         if self._store is not None:
             self._store.close()
             self._store = None
-        if self._own_secondary:
+        if self._owner_lock is not None:
             shutil.rmtree(self.secondary_dir, ignore_errors=True)
+            os.close(self._owner_lock)
+            self._owner_lock = None
 
     # --- following the learner ----------------------------------------------------------
 

@@ -6,15 +6,22 @@ replica's refresh (RocksDB reads) runs in a thread every ``refresh_interval`` se
 holds the state alone only while it writes what it read.
 
 Errors are JSON, ``{"error": {"code": ..., "message": ...}}``, with 400 for a malformed
-request, 404 for an unknown id (except recommendations: an unknown user gets the popular
-items, flagged ``"kind": "fallback"``), 503 until the replica has a model. The routes are
+request, 401 without the API key (when the server has one), 404 for an unknown id (except
+recommendations: an unknown user gets the popular items, flagged ``"kind": "fallback"``),
+408 for a body that arrives too slowly, 503 until the replica has a model. The routes are
 described in OpenAPI 3.1 at ``/openapi.json`` (serving/openapi.py).
+
+Clients that misbehave are not server errors: one that disconnects before its request is
+read is counted with status 499 (nginx's "client closed request"), not 500, and a slow
+one is cut off after ``client_timeout`` seconds (:func:`server_options` for the headers,
+the body read in :func:`predict`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +32,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving import metrics
-from serving.openapi import spec
+from serving.openapi import PUBLIC_PATHS, spec
 from serving.replica import NotReady, Recommendations, Replica
 
 logger = logging.getLogger(__name__)
@@ -33,13 +40,26 @@ logger = logging.getLogger(__name__)
 MAX_K: Final = 100
 REPLICA: Final = web.AppKey("replica", Replica)
 REFRESH_INTERVAL: Final = web.AppKey("refresh_interval", float)
+API_KEY: Final = web.AppKey("api_key", bytes)  # b"": no key required
+CLIENT_TIMEOUT: Final = web.AppKey("client_timeout", float)
+# not an HTTP status anyone receives: the client left before its request was read
+CLIENT_CLOSED: Final = 499
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        close: bool = False,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+        self.close = close  # close the connection after this answer
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -102,10 +122,27 @@ async def similar(request: web.Request) -> web.Response:
     return _json({"item_id": item_id, "items": [{"item_id": i, "score": s} for i, s in hits]})
 
 
+async def _body(request: web.Request) -> bytes:
+    """The request body, or 408 when it takes longer than the client timeout to arrive."""
+    try:
+        async with asyncio.timeout(request.app[CLIENT_TIMEOUT]):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the body did not arrive within {request.app[CLIENT_TIMEOUT]:g} s",
+            close=True,
+        ) from None
+
+
 async def predict(request: web.Request) -> web.Response:
+    # the body first: a client that is slow or leaves mid-body is told (408) or counted
+    # (499) as such whether or not the replica is ready
+    raw = await _body(request)
     replica = _replica(request)
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as err:
         raise ApiError(400, "bad_json", f"the body is not JSON: {err}") from None
     if not isinstance(body, dict):
@@ -180,22 +217,32 @@ async def metrics_route(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(spec())
+    return _json(spec(api_key=bool(request.app[API_KEY])))
 
 
 # --- the application ----------------------------------------------------------------------
+
+
+def _endpoint(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
     """JSON errors for every failure, and latency/count metrics by route template."""
     started = time.perf_counter()
-    resource = request.match_info.route.resource
-    endpoint = resource.canonical if resource is not None else "unmatched"
+    endpoint = _endpoint(request)
     try:
         response = await handler(request)
     except ApiError as err:
         response = _json({"error": {"code": err.code, "message": err.message}}, err.status)
+        response.headers.update(err.headers)
+        if err.close:
+            response.force_close()
+    except ConnectionError:  # the client left mid-request: nobody reads this answer
+        logger.debug("%s %s: the client disconnected", request.method, request.path)
+        response = web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
     except NotReady as err:
         response = _json({"error": {"code": "not_ready", "message": str(err)}}, 503)
     except web.HTTPException as err:  # aiohttp's own: 404 no route, 405 wrong method
@@ -209,6 +256,30 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     metrics.REQUESTS.labels(endpoint, str(response.status)).inc()
     metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
     return response
+
+
+@web.middleware
+async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """401 without the server's API key, but on :data:`serving.openapi.PUBLIC_PATHS`.
+
+    The key may come as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; it is
+    compared in constant time. An unknown path needs the key too (a 404 would tell a
+    stranger which paths exist).
+    """
+    key = request.app[API_KEY]
+    if not key or _endpoint(request) in PUBLIC_PATHS:
+        return await handler(request)
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    given = credentials.strip() if scheme.lower() == "bearer" else ""
+    given = given or request.headers.get("X-API-Key", "")
+    if not hmac.compare_digest(given.encode(), key):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "this server needs its API key: Authorization: Bearer <key>, or X-API-Key: <key>",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    return await handler(request)
 
 
 async def _refresh_forever(app: web.Application) -> None:
@@ -230,11 +301,24 @@ async def _refresher(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-def build_app(replica: Replica, refresh_interval: float = 0.5) -> web.Application:
-    """The application; it refreshes ``replica`` in the background while it runs."""
-    app = web.Application(middlewares=[errors_and_metrics])
+def build_app(
+    replica: Replica,
+    refresh_interval: float = 0.5,
+    api_key: str = "",
+    client_timeout: float = 15.0,
+) -> web.Application:
+    """The application; it refreshes ``replica`` in the background while it runs.
+
+    ``api_key``: required of every request but the public paths (empty: none).
+    ``client_timeout``: seconds a request body may take to arrive; run the application
+    with :func:`server_options` of the same value to bound the headers too.
+    """
+    # errors_and_metrics outermost: a 401 is a JSON error and is counted like the others
+    app = web.Application(middlewares=[errors_and_metrics, api_key_middleware])
     app[REPLICA] = replica
     app[REFRESH_INTERVAL] = refresh_interval
+    app[API_KEY] = api_key.encode()
+    app[CLIENT_TIMEOUT] = client_timeout
     app.cleanup_ctx.append(_refresher)
     app.add_routes(
         [
@@ -250,3 +334,15 @@ def build_app(replica: Replica, refresh_interval: float = 0.5) -> web.Applicatio
         ]
     )
     return app
+
+
+def server_options(client_timeout: float) -> dict[str, Any]:
+    """aiohttp server options (``web.run_app``, ``AppRunner``, ``TestServer``) that cut off
+    a slow or idle client after ``client_timeout`` seconds.
+
+    aiohttp's keep-alive timer runs from the connection's start and from each response
+    until the next request's headers have all arrived, so it bounds a client that sends
+    its headers slowly (or nothing) as well as an idle connection. ``lingering_time``
+    bounds how long the rest of a body the handler did not read is drained.
+    """
+    return {"keepalive_timeout": client_timeout, "lingering_time": client_timeout}

@@ -9,6 +9,8 @@ worker's ``DREX_STATE_DIR``/``DREX_LEARNER_DIR`` opens the store that worker wri
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from drex_store.location import StateLocation
@@ -16,6 +18,9 @@ from drex_store.location import StateLocation
 
 class ServerSettings(StateLocation):
     """Settings of one ``drex serve`` process (a field's docstring: its variable)."""
+
+    # a flag would show the key to every user of the machine (ps, /proc/*/cmdline)
+    ENV_ONLY: ClassVar[frozenset[str]] = frozenset({"api_key"})
 
     host: str = "127.0.0.1"
     """DREX_HOST: address the HTTP server binds."""
@@ -35,5 +40,13 @@ class ServerSettings(StateLocation):
     reuse_port: bool = False
     """DREX_REUSE_PORT: share the port with other drex serve processes (SO_REUSEPORT; the
     kernel spreads connections): run one per core."""
+    api_key: str = Field("", repr=False)
+    """DREX_API_KEY: when set, every endpoint but /healthz, /readyz, /metrics and
+    /openapi.json requires it, as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``
+    (401 otherwise); empty: no key. No flag, kept out of repr."""
+    client_timeout: float = Field(15.0, gt=0)
+    """DREX_CLIENT_TIMEOUT: seconds a client has to send a request's headers (from
+    connecting, or from its previous response) and again its body; a slower or idle
+    connection is closed (a body too slow gets 408 first)."""
     log_level: str = "info"
     """DREX_LOG_LEVEL: log level."""

@@ -151,8 +151,8 @@ def test_retrieval_recovers_most_of_the_exact_top_k(stream: Stream, replica: Rep
 # --- HTTP -----------------------------------------------------------------------------
 
 
-def _schema(path: str, method: str, status: str) -> dict[str, Any]:
-    operation = spec()["paths"][path][method]
+def _schema(path: str, method: str, status: str, api_key: bool = False) -> dict[str, Any]:
+    operation = spec(api_key)["paths"][path][method]
     schema: dict[str, Any] = operation["responses"][status]["content"]["application/json"]["schema"]
     return schema
 
@@ -285,3 +285,125 @@ def test_the_server_recommends_what_the_learner_ranks(stream: Stream, replica: R
         assert [r.item_id for r in got] == [item for item, _, _ in want], user
         assert [r.predicted_rating for r in got] == pytest.approx([r for _, r, _ in want], abs=1e-4)
         assert [r.explanation for r in got] == [words for _, _, words in want], user
+
+
+# --- guards: the API key, clients that leave mid-request -------------------------------
+
+KEY = "s3cret-key"
+
+
+def _requests(endpoint: str, status: int) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"endpoint": endpoint, "status": str(status)}
+    return REGISTRY.get_sample_value("drex_http_requests_total", labels) or 0.0
+
+
+@pytest.fixture
+def empty_replica(tmp_path: Path) -> Iterator[Replica]:
+    """A replica of a store the worker has not written yet: never ready."""
+    r = Replica(tmp_path / "no-learner-yet")
+    yield r
+    r.close()
+
+
+@pytest.mark.asyncio
+async def test_the_api_key_is_required_everywhere_but_the_probes(empty_replica: Replica) -> None:
+    from serving.openapi import PUBLIC_PATHS
+
+    app = build_app(empty_replica, api_key=KEY)
+    async with TestClient(TestServer(app)) as client:
+        protected = [
+            ("get", "/users/u/recommendations"),
+            ("get", "/users/u/profile"),
+            ("get", "/items/i/similar"),
+            ("get", "/items/i/profile"),
+            ("post", "/predict"),
+            ("get", "/nowhere"),  # no route: 401 too, not a map of the routes
+        ]
+        wrong = [
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Basic {KEY}"},
+            {"Authorization": f"Bearer {KEY}x"},
+            {"X-API-Key": KEY[:-1]},
+        ]
+        for method, path in protected:
+            for headers in wrong:
+                response = await client.request(method, path, headers=headers)
+                assert response.status == 401, (path, headers)
+                assert response.headers["WWW-Authenticate"] == "Bearer"
+                body = await response.json()
+                assert body["error"]["code"] == "unauthorized", path
+                jsonschema.validate(body, _schema("/predict", "post", "401", api_key=True))
+            for headers in ({"Authorization": f"Bearer {KEY}"}, {"X-API-Key": KEY}):
+                # past the key: the replica's own answer (not ready, no route)
+                response = await client.request(method, path, headers=headers, json={})
+                assert response.status == (404 if path == "/nowhere" else 503), path
+        for path in sorted(PUBLIC_PATHS):  # probes and the document need no key
+            assert (await client.get(path)).status in (200, 503), path
+        assert (await client.get("/healthz")).status == 200
+        assert _requests("/users/{user_id}/recommendations", 401) >= len(wrong)
+
+        # the document says so: security on every operation but the public ones
+        document = await (await client.get("/openapi.json")).json()
+        assert document == spec(api_key=True)
+        assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+        secured = {
+            path
+            for path, operations in document["paths"].items()
+            for operation in operations.values()
+            if operation.get("security")
+        }
+        routes = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+        assert secured == routes - PUBLIC_PATHS and secured
+    # without a key the document has no security, as before
+    assert "components" not in spec() and all(
+        "security" not in op for ops in spec()["paths"].values() for op in ops.values()
+    )
+
+
+class _ReadyReplica(Replica):
+    """Claims to be ready: a request gets as far as reading its body."""
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_leaves_mid_body_is_not_a_server_error(tmp_path: Path) -> None:
+    """Counted as 499 (client closed request), not as a 500 with a logged traceback.
+
+    Served as ``drex serve`` serves (web.run_app's runner: a handler is not cancelled
+    when its client leaves; aiohttp's TestServer would cancel it)."""
+    from aiohttp import web
+
+    from serving.server import server_options
+
+    replica = _ReadyReplica(tmp_path / "learner")
+    runner = web.AppRunner(build_app(replica, refresh_interval=60), **server_options(5.0))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    before = {status: _requests("/predict", status) for status in (499, 500)}
+    try:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /predict HTTP/1.1\r\nHost: drex\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 200\r\n\r\n{"user_id": "u'
+        )
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.close()  # half a body, then gone
+        await writer.wait_closed()
+        for _ in range(100):
+            if _requests("/predict", 499) > before[499]:
+                break
+            await asyncio.sleep(0.02)
+        assert _requests("/predict", 499) == before[499] + 1
+        assert _requests("/predict", 500) == before[500]
+    finally:
+        await runner.cleanup()
+        replica.close()

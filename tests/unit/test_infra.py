@@ -2,14 +2,18 @@
 
 Docker does not run on this project's machines, so the stack is checked statically: its
 files parse, its dashboard and alerts use metrics the code registers (scoped to the job
-that exposes them), and the compose commands, mounts and ports fit together.
+that exposes them), the compose commands, mounts and ports fit together, and what it
+exposes is closed by default (loopback ports, no Prometheus lifecycle API, a required
+Grafana password, the drex API key passed through).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shlex
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
@@ -21,6 +25,8 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import serving.metrics
 import streams.metrics
+from serving.openapi import PUBLIC_PATHS
+from serving.settings import ServerSettings
 from streams.cli import build_parser
 from streams.worker import settings_from_args
 
@@ -225,3 +231,120 @@ def test_image_pins_the_torch_of_setup_script() -> None:
     assert pin.findall(dockerfile) == pin.findall((REPO / "scripts" / "setup.sh").read_text())
     assert "download.pytorch.org/whl/cpu" in dockerfile
     assert 'ENTRYPOINT ["drex"]' in dockerfile
+
+
+# --- (f): what the stack exposes, by default --------------------------------------------
+
+# compose's interpolation: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error},
+# ${VAR?error} (the colon forms treat an empty variable as unset)
+INTERPOLATION = re.compile(r"\$(?:(\$)|\{(\w+)(?:(:?)([-?])([^}]*))?\}|(\w+))")
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """``text`` as docker compose reads it with the variables ``env``; a required
+    variable that is missing raises ValueError, as compose refuses to start."""
+
+    def one(m: re.Match[str]) -> str:
+        dollar, name, colon, op, arg, bare = m.groups()
+        if dollar:
+            return "$"
+        if bare:
+            return env.get(bare, "")
+        value = env.get(name)
+        unset = value is None or (colon == ":" and value == "")
+        if op == "-" and unset:
+            return str(arg)
+        if op == "?" and unset:
+            raise ValueError(f"{name}: {arg}")
+        return value or ""
+
+    return INTERPOLATION.sub(one, text)
+
+
+def interpolated(env: Mapping[str, str]) -> dict[str, Any]:
+    """The compose file as compose sees it with the variables ``env``."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            return interpolate(node, env)
+        if isinstance(node, list):
+            return [walk(n) for n in node]
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        return node
+
+    return dict(walk(load("docker-compose.yml")))
+
+
+def published(compose: Mapping[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    """Service -> (host address, host port) of each published port."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):  # the long syntax
+                out.setdefault(name, []).append((port.get("host_ip", ""), str(port["published"])))
+                continue
+            parts = str(port).split(":")
+            # HOST_PORT:CONTAINER_PORT (every interface) or IP:HOST_PORT:CONTAINER_PORT
+            address = ":".join(parts[:-2]) if len(parts) > 2 else ""
+            out.setdefault(name, []).append(
+                (address.strip("[]"), parts[-2] if len(parts) > 1 else "")
+            )
+    return out
+
+
+GRAFANA_PASSWORD = {"GRAFANA_ADMIN_PASSWORD": "a-password"}
+
+
+def test_every_published_port_binds_loopback_unless_told_otherwise() -> None:
+    ports = published(interpolated(GRAFANA_PASSWORD))
+    assert set(ports) == {"server", "prometheus", "grafana"}  # kafka, worker: internal
+    assert sorted(p for bound in ports.values() for _, p in bound) == ["3000", "8000", "9090"]
+    for service, bound in ports.items():
+        for address, port in bound:
+            assert address, f"{service} publishes {port} on every interface"
+            assert ipaddress.ip_address(address).is_loopback, (service, address, port)
+    # one variable opens them all, for whoever puts a firewall or a proxy in front
+    opened = published(interpolated({**GRAFANA_PASSWORD, "DREX_BIND": "0.0.0.0"}))
+    assert {a for bound in opened.values() for a, _ in bound} == {"0.0.0.0"}
+
+
+def test_prometheus_has_no_lifecycle_or_admin_api() -> None:
+    args = command("prometheus")
+    assert not [a for a in args if "enable-lifecycle" in a or "enable-admin-api" in a], args
+
+
+def test_grafana_has_no_default_admin_password() -> None:
+    raw = environment("grafana")["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", raw), raw
+    with pytest.raises(ValueError, match="GRAFANA_ADMIN_PASSWORD"):
+        interpolated({})
+    with pytest.raises(ValueError, match="GRAFANA_ADMIN_PASSWORD"):
+        interpolated({"GRAFANA_ADMIN_PASSWORD": ""})  # empty is no password either
+    grafana = interpolated(GRAFANA_PASSWORD)["services"]["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "a-password"
+    assert "GF_SECURITY_ADMIN_USER" not in grafana or grafana["GF_SECURITY_ADMIN_USER"]
+    # anonymous visitors may only look
+    assert grafana.get("GF_AUTH_ANONYMOUS_ORG_ROLE", "Viewer") == "Viewer"
+
+
+def test_the_server_takes_its_api_key_from_the_environment() -> None:
+    def server_settings(env: Mapping[str, str]) -> ServerSettings:
+        compose = interpolated({**GRAFANA_PASSWORD, **env})
+        variables = {k: str(v) for k, v in compose["services"]["server"]["environment"].items()}
+        return ServerSettings.from_env(variables)
+
+    assert server_settings({}).api_key == ""  # none set: an open API on loopback
+    assert server_settings({"DREX_API_KEY": "k-1"}).api_key == "k-1"
+    assert "DREX_API_KEY" not in services()["server"]["command"]  # never on a command line
+
+
+def test_probes_and_scrapes_need_no_api_key() -> None:
+    """The server's healthcheck and Prometheus' scrape reach paths the API key does not
+    guard (serving/openapi.py PUBLIC_PATHS), so neither needs the key."""
+    healthcheck = " ".join(services()["server"]["healthcheck"]["test"])
+    paths = re.findall(r"localhost:8000(/[\w./-]*)", healthcheck)
+    assert paths and set(paths) <= PUBLIC_PATHS, paths
+    for job in load("prometheus/prometheus.yml")["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") in PUBLIC_PATHS
+        assert "authorization" not in job and "basic_auth" not in job, job["job_name"]
