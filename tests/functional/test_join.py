@@ -23,10 +23,17 @@ from streams.agents.join import (
     TICKS_TOPIC,
     Joiner,
     JoinStep,
+    id_key,
     interaction_id,
+    learned_keys,
     register,
+    row_key,
+    without_applied,
 )
 from streams.events import (
+    DEFAULT_MAX_TEXT_CHARS,
+    INTERACTIONS_TOPIC,
+    MAX_ID_CHARS,
     RATINGS_TOPIC,
     REVIEWS_TOPIC,
     InteractionEvent,
@@ -183,6 +190,141 @@ def test_a_rebuilt_joiner_finds_waiting_rows_in_the_store() -> None:
     assert expired.outcomes == (REVIEW_ONLY, EXPIRED)
 
 
+# --- keys, duplicates, re-ratings, bounded rows, failures (issue 17) ---------------------
+
+
+def test_keys_are_unambiguous_whatever_the_ids_contain() -> None:
+    """Ids stored before the contract refused control characters still get keys of their
+    own: the old separator-joined keys made these pairs one row and one interaction."""
+    assert row_key("a", "b\x1fc") != row_key("a\x1fb", "c")
+    assert row_key("a", "b") != id_key(0, "b") and id_key(0, "e") != id_key(1, "e")
+    first = InteractionEvent(
+        user_id="a", item_id="b", rating=None, text="t", event_time=1.0, review_event_id="c\x1fd"
+    )
+    second = InteractionEvent(
+        user_id="a", item_id="b\x1fc", rating=None, text="t", event_time=1.0, review_event_id="d"
+    )
+    assert interaction_id(first) != interaction_id(second)
+    assert learned_keys(first) != learned_keys(second)
+
+
+def test_ids_with_control_characters_or_over_the_limit_are_dead_letters() -> None:
+    h = Harness()
+    h.send(REVIEWS_TOPIC, review(item="b\x1fc"), ts=10.0)
+    h.send(RATINGS_TOPIC, rating(user="ann\x1fb", item="c"), ts=10.1)
+    h.send(RATINGS_TOPIC, rating(eid="s" * (MAX_ID_CHARS + 1)), ts=10.2)
+    h.send(RATINGS_TOPIC, rating(user="u" * 400_000, item="i" * 400_000), ts=10.3)
+    reasons = [parse_dead_letter(d).reason for d in h.dead]
+    assert reasons == [
+        "bad_id_characters:item_id",
+        "bad_id_characters:user_id",
+        "id_too_long:event_id",
+        "id_too_long:user_id",
+    ]
+    assert h.store == {} and not h.emitted
+
+
+def test_an_event_id_is_one_event_whatever_the_second_message_contains() -> None:
+    h = Harness()
+    h.send(RATINGS_TOPIC, rating("x1", item="amp", value=4.0), ts=10.0)
+    h.send(RATINGS_TOPIC, rating("x1", item="pick", value=1.0), ts=10.1)  # another item
+    h.send(REVIEWS_TOPIC, review("x1", item="amp"), ts=10.2)  # another kind
+    h.send(RATINGS_TOPIC, rating("x1", user="bob", value=2.0), ts=10.3)  # another user
+    h.tick(now=10.0 + 2 * WINDOW + 1)
+    [alone] = h.emitted
+    assert (alone.user_id, alone.item_id, alone.rating) == ("ann", "amp", 4.0)
+    assert h.outcomes[DUPLICATE] == 3
+    # also after the interaction went out, until the retention has passed
+    h.send(RATINGS_TOPIC, rating("x1", item="drum"), ts=20.0)
+    assert len(h.emitted) == 1 and h.outcomes[DUPLICATE] == 4
+
+
+def test_a_re_rating_of_a_used_pair_is_a_new_interaction() -> None:
+    h = Harness()
+    h.send(REVIEWS_TOPIC, review(), ts=10.0)
+    h.send(RATINGS_TOPIC, rating("s1", value=4.0), ts=10.5)
+    h.send(RATINGS_TOPIC, rating("s2", value=2.0), ts=30.0)  # the user changed their mind
+    h.tick(now=30.0 + 2 * WINDOW + 1)
+    assert [(e.text, e.rating) for e in h.emitted] == [("warm", 4.0), (None, 2.0)]
+    assert [e.rating_event_id for e in h.emitted] == ["s1", "s2"]
+
+
+def test_a_pair_s_row_stays_small_however_many_events_it_gets() -> None:
+    """150 events with the longest ids for one pair: the row holds no list of ids."""
+    h = Harness()
+    long_text = "\x01" * DEFAULT_MAX_TEXT_CHARS  # escapes to 6 bytes each in JSON
+    for n in range(150):
+        eid = f"{n:03d}".ljust(MAX_ID_CHARS, "e")
+        user, item = "u" * MAX_ID_CHARS, "i" * MAX_ID_CHARS
+        if n % 2:
+            h.send(RATINGS_TOPIC, rating(eid, user=user, item=item), ts=10.0 + n / 100)
+        else:
+            h.send(REVIEWS_TOPIC, review(eid, user=user, item=item, text=long_text), ts=10.0)
+    assert len(h.emitted) == 150 // 2
+    biggest = max(len(k) + len(v) for k, v in h.store.items())
+    assert biggest < 200_000  # far below Kafka's 1 MB, whatever the history
+
+
+def test_without_applied_keeps_only_the_halves_not_learned_yet() -> None:
+    both = InteractionEvent(
+        user_id="u",
+        item_id="i",
+        rating=4.0,
+        text="t",
+        event_time=1.0,
+        review_event_id="r",
+        rating_event_id="s",
+    )
+    assert without_applied(both, set()) is both
+    assert without_applied(both, {"r", "s"}) is None
+    rest = without_applied(both, {"r"})
+    assert rest is not None
+    assert (rest.text, rest.review_event_id, rest.rating, rest.rating_event_id) == (
+        None,
+        None,
+        4.0,
+        "s",
+    )
+    assert learned_keys(both) == ["r", "s"]
+
+
+def test_a_message_whose_join_fails_costs_only_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure midway through one message's join leaves no trace of it in the step; the
+    messages around it in the same batch are joined as if it had not come."""
+    h = Harness()
+    joiner = h.joiner
+    original = Joiner._join
+
+    def flaky(self: Joiner, step: JoinStep, partition: int, event: Any, ts: float) -> None:
+        original(self, step, partition, event, ts)  # writes the rows, then fails
+        if event.event_id == "poison":
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(Joiner, "_join", flaky)
+    step = JoinStep()
+    joiner.on_message(REVIEWS_TOPIC, 0, review(), 10.0, 10.0, step=step, expire=False)
+    joiner.on_message(RATINGS_TOPIC, 0, rating("poison"), 10.1, 10.1, step=step, expire=False)
+    joiner.on_message(RATINGS_TOPIC, 0, rating("s1"), 10.2, 10.2, step=step, expire=False)
+    h._take(step)
+    [joined] = h.emitted
+    assert (joined.review_event_id, joined.rating_event_id) == ("r1", "s1")
+    [letter] = [parse_dead_letter(d) for d in h.dead]
+    assert (letter.reason, letter.topic) == ("processing_error", RATINGS_TOPIC)
+    assert "poison" in letter.raw and "boom" in letter.message
+    assert id_key(0, "poison") not in h.store  # the failed message left nothing behind
+
+
+def test_an_unreadable_row_goes_to_dead_letters_and_the_partition_goes_on() -> None:
+    h = Harness()
+    h.send(REVIEWS_TOPIC, review(), ts=10.0)
+    h.store[row_key("ann", "amp")] = b'{"p": 0, "since": 10.0'  # corrupted
+    h.send(REVIEWS_TOPIC, review("r2", item="pick"), ts=10.1)
+    h.tick(now=10.0 + 2 * WINDOW + 1)
+    assert [parse_dead_letter(d).topic for d in h.dead] == ["join-buffer"]
+    assert [e.item_id for e in h.emitted] == ["pick"]
+    assert row_key("ann", "amp") not in h.store
+
+
 # --- the faust agent -------------------------------------------------------------------
 
 
@@ -243,3 +385,44 @@ async def test_the_agent_joins_and_dead_letters_through_faust(tmp_path: Path) ->
         await put(agent, TICKS_TOPIC, b"")  # re-indexes the partition, then expires
         alone = InteractionEvent.loads((await interactions_out.get(timeout=1)).value)
         assert (alone.item_id, alone.rating, alone.text) == ("pick", None, "warm")
+
+
+class Refusing:
+    """An ``interactions`` topic whose broker refuses one interaction (as Kafka refuses a
+    message over its size limit) and takes the others."""
+
+    def __init__(self, channel: Any, refuse: str) -> None:
+        self.channel, self.refuse = channel, refuse
+
+    async def send(self, key: bytes, value: bytes) -> Any:
+        if self.refuse.encode() in value:
+            raise RuntimeError("MessageSizeTooLargeError: the message is too large")
+        return await self.channel.send(key=key, value=value)
+
+
+@pytest.mark.asyncio
+async def test_an_interaction_the_broker_refuses_is_a_dead_letter_and_the_batch_goes_on(
+    tmp_path: Path,
+) -> None:
+    app = faust.App("drex-join-refuse", store="memory://", datadir=str(tmp_path), web_enabled=False)
+    settings = WorkerSettings(partitions=1, join_window=WINDOW)
+    interactions, dead = app.channel(), app.channel()
+    wiring = register(
+        app, settings, interactions=Refusing(interactions, "s-poison"), dead_letters=dead
+    )
+    interactions_out, dead_out = interactions.__aiter__(), dead.__aiter__()
+    async with wiring.agent.test_context() as agent:
+        await put(agent, REVIEWS_TOPIC, review())
+        await put(agent, RATINGS_TOPIC, rating("s-poison"))
+        await put(agent, REVIEWS_TOPIC, review("r2", item="pick"))
+        await put(agent, RATINGS_TOPIC, rating("s2", item="pick"))
+        letter = parse_dead_letter((await dead_out.get(timeout=1)).value)
+        assert (letter.topic, letter.reason) == (INTERACTIONS_TOPIC, "processing_error")
+        refused = InteractionEvent.loads(letter.raw.encode())  # replayable as it is
+        assert (refused.review_event_id, refused.rating_event_id) == ("r1", "s-poison")
+        joined = InteractionEvent.loads((await interactions_out.get(timeout=1)).value)
+        assert (joined.item_id, joined.review_event_id, joined.rating_event_id) == (
+            "pick",
+            "r2",
+            "s2",
+        )

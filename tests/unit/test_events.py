@@ -97,6 +97,14 @@ def reason_of(call: Any, raw: bytes | str, **kwargs: Any) -> str:
         (review(event_id=True), "wrong_type:event_id"),
         (review(user_id="  "), "empty_id:user_id"),
         (review(event_id=""), "empty_id:event_id"),
+        (review(user_id="u" * 257), "id_too_long:user_id"),
+        (review(item_id="i" * 400_000), "id_too_long:item_id"),
+        (review(event_id="e" * 10_000), "id_too_long:event_id"),
+        (review(item_id="b\x1fc"), "bad_id_characters:item_id"),
+        (review(user_id="a\x00b"), "bad_id_characters:user_id"),
+        (review(event_id="x\x7fy"), "bad_id_characters:event_id"),
+        (review(user_id="a\x85b"), "bad_id_characters:user_id"),  # C1
+        (review(user_id="a\nb"), "bad_id_characters:user_id"),
         (review(event_time=DROP), "missing_field:event_time"),
         (review(event_time="2014-05-01T00:00:00Z"), "bad_event_time"),
         (review(event_time=False), "bad_event_time"),
@@ -189,6 +197,13 @@ def test_valid_review_edge_cases(changes: dict[str, Any]) -> None:
     for name in ("user_id", "item_id", "event_id"):
         assert isinstance(getattr(event, name), str)
     assert event.text == event.text.strip()
+
+
+def test_ids_up_to_the_limit_pass_and_the_limit_counts_after_stripping() -> None:
+    event = validate_review(review(user_id="  " + "u" * 256 + "\t", item_id="é" * 256))
+    assert (event.user_id, event.item_id) == ("u" * 256, "é" * 256)
+    event = validate_rating(rating(event_id='id with spaces, "quotes" and \u00e9\U0001f600'))
+    assert event.event_id == 'id with spaces, "quotes" and é\U0001f600'
 
 
 def test_integer_ids_become_strings_and_ids_are_stripped() -> None:
@@ -519,7 +534,14 @@ def test_json_schema_accepts_what_the_validators_accept() -> None:
     schema = orjson.loads((DOCS / "events.schema.json").read_bytes())
     jsonschema.Draft202012Validator.check_schema(schema)
     checker = jsonschema.Draft202012Validator(schema)
-    for raw in (review(), rating(), review(user_id=42), rating(rating=2.5), review(extra=1)):
+    for raw in (
+        review(),
+        rating(),
+        review(user_id=42),
+        rating(rating=2.5),
+        review(extra=1),
+        review(user_id="u" * 256, text="tab\tand\x1fcontrol characters are fine in text"),
+    ):
         assert not list(checker.iter_errors(orjson.loads(raw))), raw
     for raw in (
         review(schema=2),
@@ -530,5 +552,8 @@ def test_json_schema_accepts_what_the_validators_accept() -> None:
         review(event_time="2014-05-01"),
         review(event_time=1_500_000_000_000),
         rating(text="both kinds at once"),
+        review(user_id="u" * 257),
+        review(item_id="b\x1fc"),
+        rating(event_id="x\x9fy"),
     ):
         assert list(checker.iter_errors(orjson.loads(raw))), raw
