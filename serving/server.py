@@ -272,7 +272,8 @@ async def api_key_middleware(request: web.Request, handler: Handler) -> web.Stre
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     given = credentials.strip() if scheme.lower() == "bearer" else ""
     given = given or request.headers.get("X-API-Key", "")
-    if not hmac.compare_digest(given.encode(), key):
+    # surrogateescape: aiohttp decodes header bytes that are not UTF-8 that way
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key):
         raise ApiError(
             401,
             "unauthorized",

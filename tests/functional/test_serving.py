@@ -340,6 +340,11 @@ async def test_the_api_key_is_required_everywhere_but_the_probes(empty_replica: 
                 # past the key: the replica's own answer (not ready, no route)
                 response = await client.request(method, path, headers=headers, json={})
                 assert response.status == (404 if path == "/nowhere" else 503), path
+        # a key that is not even UTF-8 is a wrong key, not a server error
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(b"GET /users/u/profile HTTP/1.1\r\nHost: drex\r\nX-API-Key: \xff\xfe\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 401 ")
+        writer.close()
         for path in sorted(PUBLIC_PATHS):  # probes and the document need no key
             assert (await client.get(path)).status in (200, 503), path
         assert (await client.get("/healthz")).status == 200
