@@ -208,7 +208,7 @@ def export_rows(learner: DReXLearner, side: str, ids: Sequence[str]) -> list[Ent
                 has_memory=bool(has_memory[n]),
                 has_pending=bool(has_pending[n]),
                 pending_key=cache.key(pending[n]) if pending[n] >= 0 else None,
-                pending_review=cache.reviews[pending[n]] if pending[n] >= 0 else None,
+                pending_review=cache.get(pending[n]) if pending[n] >= 0 else None,
                 pending_rating=None if math.isnan(rating) else rating,
                 count=int(counts[n]),
                 rating_sum=float(sc[n, 3]),

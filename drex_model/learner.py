@@ -255,7 +255,7 @@ class DReXLearner(LearnerViews):
         if keywords is not None and attn is not None:
             for row, j, a in zip(prow.tolist(), review_ids.tolist(), attn.detach(), strict=True):
                 if j >= 0:
-                    keywords.add(table.ids[row], word_weights(self.cache.reviews[j], a))
+                    keywords.add(table.ids[row], word_weights(self.cache.get(j), a))
         return prev.index_copy(0, pend, folded)
 
     def _represent(self, table: EntityTable, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -466,7 +466,7 @@ class DReXLearner(LearnerViews):
         if not self.config.use_text or len(with_text) == 0:
             return
         vectors = np.stack(
-            [review_vector(self.cache.reviews[j].tokens) for j in review_ids[with_text].tolist()]
+            [review_vector(self.cache.get(j).tokens) for j in review_ids[with_text].tolist()]
         )
         v = torch.from_numpy(vectors).to(self.device)
         self.users.content.index_add_(0, urows[with_text], v)
@@ -548,7 +548,7 @@ class DReXLearner(LearnerViews):
             _, attn = self.model.review(tokens.to(self.device), mask.to(self.device))
             for x, j, a in zip(interactions[s : s + chunk], ids, attn, strict=True):
                 if j >= 0:
-                    weights = word_weights(self.cache.reviews[j], a)
+                    weights = word_weights(self.cache.get(j), a)
                     self.user_keywords.add(x.user, weights)
                     self.item_keywords.add(x.item, weights)
 

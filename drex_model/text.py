@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -85,6 +85,12 @@ class EncodedReview:
     words: list[str]  # the preprocessed words (the keyword vocabulary of explanations)
     tokens: torch.Tensor  # (T, H) float16 word-piece embeddings, special tokens dropped
     word_of_token: torch.Tensor  # (T,) int64: index into ``words`` of each token
+
+
+def review_bytes(review: EncodedReview) -> int:
+    """About the memory one encoded review holds: its tensors and its words."""
+    words = sum(49 + len(w) for w in review.words) + 8 * len(review.words)
+    return review.tokens.nbytes + review.word_of_token.nbytes + words
 
 
 class TextEncoder:
@@ -236,16 +242,70 @@ class ReviewCache:
 
     Reviews are deduplicated by a hash of their text. ``save``/``load`` use safetensors
     and JSON only (no pickle), keyed by the encoder's :attr:`TextEncoder.name`.
+
+    A streaming learner bounds the memory it holds: :meth:`unload` drops the tensors of
+    the oldest reviews (their ids and keys stay), and :meth:`get` brings one back through
+    ``loader`` (the worker's: the learner store, which holds every pending review).
     """
 
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(
+        self, hidden_size: int, loader: Callable[[str], EncodedReview | None] | None = None
+    ) -> None:
         self.hidden_size = hidden_size
-        self.reviews: list[EncodedReview] = []
+        self.loader = loader  # content key -> review, for reviews unloaded
+        self.reviews: list[EncodedReview | None] = []  # None: unloaded (see get)
         self._ids: dict[str, int] = {}  # content key -> review id
         self._keys: list[str] = []  # review id -> content key
+        self._bytes = 0  # of the loaded reviews (review_bytes)
 
     def __len__(self) -> int:
         return len(self.reviews)
+
+    @property
+    def loaded_bytes(self) -> int:
+        """Memory the loaded reviews hold (:func:`review_bytes`)."""
+        return self._bytes
+
+    def get(self, review_id: int) -> EncodedReview:
+        """The review of ``review_id``, loaded back through ``loader`` if it was unloaded."""
+        review = self.reviews[review_id]
+        if review is None:
+            key = self._keys[review_id]
+            review = self.loader(key) if self.loader is not None else None
+            if review is None:
+                raise KeyError(f"review {key} was unloaded and its loader does not have it")
+            self.reviews[review_id] = review
+            self._bytes += review_bytes(review)
+        return review
+
+    def unload(self, budget_bytes: int) -> int:
+        """Drop the tensors of the oldest loaded reviews until the rest fit in
+        ``budget_bytes`` (ids and keys stay: :meth:`get` loads them back). Returns how many
+        were unloaded. The caller guarantees that ``loader`` has each of them."""
+        unloaded = 0
+        for j, review in enumerate(self.reviews):
+            if self._bytes <= budget_bytes:
+                break
+            if review is not None:
+                self.reviews[j] = None
+                self._bytes -= review_bytes(review)
+                unloaded += 1
+        return unloaded
+
+    def add_unloaded(self, key: str) -> int:
+        """The review id of ``key``, registered unloaded when new: :meth:`get` reads it
+        through ``loader`` when first needed (a restored learner's pending reviews)."""
+        if key not in self._ids:
+            self._ids[key] = len(self.reviews)
+            self.reviews.append(None)
+            self._keys.append(key)
+        return self._ids[key]
+
+    def _append(self, key: str, review: EncodedReview) -> None:
+        self._ids[key] = len(self.reviews)
+        self.reviews.append(review)
+        self._keys.append(key)
+        self._bytes += review_bytes(review)
 
     def lookup(self, text: str) -> int | None:
         return self._ids.get(text_key(text))
@@ -263,9 +323,7 @@ class ReviewCache:
         """The review id of ``key``, adding ``review`` under it if the cache lacks it (a
         restored learner's pending reviews, read from its store)."""
         if key not in self._ids:
-            self._ids[key] = len(self.reviews)
-            self.reviews.append(review)
-            self._keys.append(key)
+            self._append(key, review)
         return self._ids[key]
 
     def add(self, encoder: TextEncoder, texts: Sequence[str], progress: bool = False) -> list[int]:
@@ -278,9 +336,7 @@ class ReviewCache:
         if new:
             encoded = encoder.encode(list(new.values()), progress=progress)
             for k, review in zip(new, encoded, strict=True):
-                self._ids[k] = len(self.reviews)
-                self.reviews.append(review)
-                self._keys.append(k)
+                self._append(k, review)
         return [self._ids[k] for k in keys]
 
     def retain(self, keep: Iterable[int]) -> torch.Tensor:
@@ -296,6 +352,7 @@ class ReviewCache:
         self.reviews = [self.reviews[i] for i in kept]
         self._keys = [self._keys[i] for i in kept]
         self._ids = {key: n for n, key in enumerate(self._keys)}
+        self._bytes = sum(review_bytes(r) for r in self.reviews if r is not None)
         return remap
 
     def batch(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,13 +360,14 @@ class ReviewCache:
 
         An id of -1 stands for "no review" and gives an all-false mask row.
         """
-        lengths = [self.reviews[j].tokens.shape[0] if j >= 0 else 0 for j in ids]
+        reviews = [self.get(j) if j >= 0 else None for j in ids]
+        lengths = [r.tokens.shape[0] if r is not None else 0 for r in reviews]
         width = max(max(lengths, default=0), 1)
         tokens = torch.zeros(len(ids), width, self.hidden_size)
         mask = torch.zeros(len(ids), width, dtype=torch.bool)
-        for row, (j, n) in enumerate(zip(ids, lengths, strict=True)):
-            if n:
-                tokens[row, :n] = self.reviews[j].tokens
+        for row, (r, n) in enumerate(zip(reviews, lengths, strict=True)):
+            if r is not None and n:
+                tokens[row, :n] = r.tokens
                 mask[row, :n] = True
         return tokens, mask
 
@@ -318,13 +376,14 @@ class ReviewCache:
 
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        lengths = torch.tensor([r.tokens.shape[0] for r in self.reviews], dtype=torch.long)
+        reviews = [self.get(j) for j in range(len(self.reviews))]
+        lengths = torch.tensor([r.tokens.shape[0] for r in reviews], dtype=torch.long)
         tensors = {
-            "tokens": torch.cat([r.tokens for r in self.reviews])
-            if self.reviews
+            "tokens": torch.cat([r.tokens for r in reviews])
+            if reviews
             else torch.zeros(0, self.hidden_size, dtype=torch.float16),
-            "word_of_token": torch.cat([r.word_of_token for r in self.reviews])
-            if self.reviews
+            "word_of_token": torch.cat([r.word_of_token for r in reviews])
+            if reviews
             else torch.zeros(0, dtype=torch.long),
             "lengths": lengths,
         }
@@ -333,7 +392,7 @@ class ReviewCache:
         meta = {
             "hidden_size": self.hidden_size,
             "keys": keys,
-            "words": [r.words for r in self.reviews],
+            "words": [r.words for r in reviews],
         }
         (path / "index.json").write_text(json.dumps(meta), encoding="utf-8")
 
@@ -348,13 +407,12 @@ class ReviewCache:
         starts = torch.cumsum(tensors["lengths"], 0) - tensors["lengths"]
         for j, (key, words) in enumerate(zip(meta["keys"], meta["words"], strict=True)):
             s, n = int(starts[j]), int(tensors["lengths"][j])
-            cache._ids[key] = j
-            cache._keys.append(key)
-            cache.reviews.append(
+            cache._append(
+                key,
                 EncodedReview(
                     words=list(words),
                     tokens=tensors["tokens"][s : s + n],
                     word_of_token=tensors["word_of_token"][s : s + n],
-                )
+                ),
             )
         return cache

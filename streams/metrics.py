@@ -71,7 +71,13 @@ PREQ_MAE = Gauge("drex_prequential_mae", "Absolute error, exponentially weighted
 USERS = Gauge("drex_users", "Users known to the learner")
 ITEMS = Gauge("drex_items", "Items known to the learner")
 REVIEWS_CACHED = Gauge(
-    "drex_reviews_cached", "Encoded reviews the learner holds in memory (pending or ahead)"
+    "drex_reviews_cached",
+    "Encoded reviews the learner's cache names (pending or ahead; past the memory budget "
+    "the oldest are read back from the store)",
+)
+REVIEW_CACHE_BYTES = Gauge(
+    "drex_review_cache_bytes",
+    "Memory the encoded reviews loaded in the learner's cache hold (DREX_REVIEW_CACHE_MB)",
 )
 APPLIED_TOTAL = Gauge(
     "drex_learner_interactions_total", "Interactions in the learner store (survives restarts)"

@@ -74,6 +74,11 @@ class WorkerSettings(StateLocation):
     """DREX_ENCODER: local Hugging Face encoder directory; empty = the bundled MiniLM."""
     encoder_max_tokens: int = Field(128, ge=1)
     """DREX_ENCODER_MAX_TOKENS: word-piece tokens kept per review."""
+    review_cache_mb: float = Field(256.0, gt=0)
+    """DREX_REVIEW_CACHE_MB: memory for encoded reviews (~60 KB each with MiniLM). Every
+    user and item keeps its last review until its next interaction, so without a bound
+    they grow with the catalogue; past it, the oldest go back to the learner store and
+    are read from it when needed."""
     seed: int = 0
     """DREX_SEED: seed of the learner's initial parameters."""
     checkpoint_every: int = Field(500, ge=0)

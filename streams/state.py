@@ -26,6 +26,7 @@ from drex_model.checkpoint import (
 )
 from drex_model.formats import EntityRow, review_from_bytes, review_to_bytes
 from drex_model.learner import DReXLearner
+from drex_model.text import EncodedReview
 from drex_store.learner import BatchWrite, LearnerStore, StoreInfo
 
 _RESTORE_CHUNK: Final = 4096
@@ -55,10 +56,12 @@ def restore(store: LearnerStore, learner: DReXLearner, encoder: Mapping[str, Any
         for row in store.entity_rows(side):
             key = row.pending_key
             if key is not None and learner.cache.index_of(key) is None:
-                blob = store.review(key)
-                if blob is None:
-                    raise CheckpointError(f"{store.path}: review {key} missing")
-                row.pending_review = encoded_review(review_from_bytes(blob))
+                if learner.cache.loader is not None:  # read when first needed
+                    learner.cache.add_unloaded(key)
+                else:
+                    row.pending_review = stored_review(store, key)
+                    if row.pending_review is None:
+                        raise CheckpointError(f"{store.path}: review {key} missing")
             chunk.append(row)
             if len(chunk) >= _RESTORE_CHUNK:
                 import_rows(learner, side, chunk)
@@ -70,6 +73,13 @@ def restore(store: LearnerStore, learner: DReXLearner, encoder: Mapping[str, Any
     )
     learner.cooccurrence.take_changed()  # as stored: nothing to write back
     return info
+
+
+def stored_review(store: LearnerStore, key: str) -> EncodedReview | None:
+    """The encoded review of content key ``key`` as ``store`` holds it (None: absent):
+    the review cache's loader in the worker (``ReviewCache.loader``)."""
+    blob = store.review(key)
+    return None if blob is None else encoded_review(review_from_bytes(blob))
 
 
 def batch_write(

@@ -12,7 +12,7 @@ import torch
 
 from drex_model.learner import DReXLearner, t_batches
 from drex_model.model import VARIANTS, DReXConfig
-from drex_model.text import TextEncoder
+from drex_model.text import EncodedReview, TextEncoder
 from drex_model.types import Interaction
 
 WORDS = ["tone", "cheap", "sturdy", "strap", "noise", "great", "broke", "tune", "warm", "value"]
@@ -250,6 +250,40 @@ def test_sweeping_reviews_keeps_only_the_pending_ones_and_changes_nothing(
     assert swept.keyword_profiles("users", users) == kept.keyword_profiles("users", users)
     assert np.array_equal(swept.embeddings("items", items), kept.embeddings("items", items))
     assert np.array_equal(learn(swept, data[50:]), learn(kept, data[50:]))
+
+
+def test_unloaded_reviews_come_back_from_the_loader_and_change_nothing(
+    tiny_encoder: TextEncoder,
+) -> None:
+    """Past its memory budget the worker's cache drops the oldest pending reviews and
+    reads them back from the store when an entity interacts again: learning, views and
+    profiles are those of a learner that kept every review in memory."""
+    data = stream(n=90)
+    kept, bounded = make("drex", tiny_encoder), make("drex", tiny_encoder)
+    stored: dict[str, EncodedReview] = {}
+    reads: list[str] = []
+
+    def loader(key: str) -> EncodedReview | None:
+        reads.append(key)
+        return stored.get(key)
+
+    bounded.cache.loader = loader
+
+    def learn(learner: DReXLearner, rows: list[Interaction]) -> np.ndarray:
+        torch.manual_seed(1)  # the same dropout draws for both learners
+        return learner.learn_many(rows)
+
+    for part in (data[:30], data[30:60], data[60:]):
+        want, got = learn(kept, part), learn(bounded, part)
+        assert np.array_equal(got, want)
+        bounded.sweep_reviews()
+        for j in range(len(bounded.cache)):  # the store has every pending review
+            stored[bounded.cache.key(j)] = bounded.cache.get(j)
+        assert bounded.cache.unload(0) > 0 and bounded.cache.loaded_bytes == 0
+    assert reads  # later steps folded reviews read back through the loader
+    users, items = sorted(kept.users.ids), sorted(kept.items.ids)
+    assert bounded.keyword_profiles("users", users) == kept.keyword_profiles("users", users)
+    assert np.array_equal(bounded.embeddings("items", items), kept.embeddings("items", items))
 
 
 def test_predictions_change_no_state_and_learning_goes_on(tiny_encoder: TextEncoder) -> None:

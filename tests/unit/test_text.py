@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
-from drex_model.text import ReviewCache, TextEncoder, preprocess
+from drex_model.text import ReviewCache, TextEncoder, preprocess, review_bytes
 
 
 def test_preprocess_lowercases_drops_stopwords_keeps_negations_and_lemmatises() -> None:
@@ -86,3 +87,26 @@ def test_bundled_encoder_loads_offline() -> None:
     (review,) = encoder.encode(["Sounds great and stays in tune"])
     assert encoder.hidden_size == 384 and review.tokens.shape[1] == 384
     assert review.words == ["sound", "great", "stay", "tune"]
+
+
+def test_cache_unloads_the_oldest_within_a_budget_and_loads_them_back(
+    tiny_encoder: TextEncoder,
+) -> None:
+    texts = ["warm tone and sturdy", "cheap strap", "great value for money", "broke in a week"]
+    source = ReviewCache(tiny_encoder.hidden_size)
+    source.add(tiny_encoder, texts)
+    store = {source.key(j): source.get(j) for j in range(len(source))}
+    cache = ReviewCache(tiny_encoder.hidden_size, loader=store.get)
+    ids = cache.add(tiny_encoder, texts)
+    sizes = [review_bytes(cache.get(j)) for j in ids]
+    assert cache.loaded_bytes == sum(sizes)
+    assert cache.unload(sizes[2] + sizes[3]) == 2  # the two oldest go
+    assert cache.reviews[0] is None and cache.reviews[1] is None
+    assert cache.loaded_bytes == sizes[2] + sizes[3]
+    tokens, mask = cache.batch([0, -1, 3])  # read back through the loader
+    assert torch.equal(tokens[0, : int(mask[0].sum())].half(), store[cache.key(0)].tokens)
+    assert cache.loaded_bytes == sizes[0] + sizes[2] + sizes[3]
+    assert cache.lookup("cheap strap") == 1 and cache.add(tiny_encoder, ["cheap strap"]) == [1]
+    assert cache.add_unloaded("elsewhere") == 4 and len(cache) == 5
+    with pytest.raises(KeyError, match="elsewhere"):
+        cache.get(4)
