@@ -58,6 +58,12 @@ broker lost stays lost for everyone else: the rows written before are not in the
 changelog, so a worker that rebuilds that partition from the changelog alone (another
 worker, or this one after its datadir is wiped) does not have them: for the join, the
 halves that were waiting for their partner and the event ids remembered to drop resends.
+That is at start. A worker that finds it in a later rebalance (the broker restarted under
+it) stops instead, with a one-line instruction (:class:`BrokerLostTopics`, exit code 1):
+its topics are gone, and only a start creates them again with the right partition counts
+(Tansu otherwise creates a missing topic with 4 at the first request). Started again, as
+it is, it re-anchors as above; a restart policy (``restart: unless-stopped``) does that
+by itself.
 
 Private names used (checked against faust-streaming 0.15.3, aiokafka 0.14.0):
 ``Recovery._set_recovery_ended``, ``._is_changelog_tp``, ``._wait``, ``.actives_for_table``,
@@ -85,9 +91,15 @@ from faust.types.transports import ConsumerT
 logger = logging.getLogger(__name__)
 
 
+class BrokerLostTopics(RuntimeError):
+    """The broker lost this running worker's topics: the one-line instruction."""
+
+
 class Recovery(FaustRecovery):
     """faust's table recovery, with the stream partitions resumed after the queue clear
     and table partitions re-anchored on a changelog that restarted empty."""
+
+    recovered_once = False  # a recovery completed in this process (set per instance)
 
     async def _build_offsets(
         self, consumer: ConsumerT, tps: set[TP], destination: Counter[TP], title: str
@@ -108,6 +120,16 @@ class Recovery(FaustRecovery):
         }
         if not stale:
             return
+        if self.recovered_once:  # the broker restarted under a running worker
+            tp, offset = min(stale.items())
+            err = BrokerLostTopics(
+                f"the broker lost this worker's topics while it ran (changelog {tp.topic}"
+                f"[{tp.partition}] ends at {ends[tp]}, its local table had read up to offset "
+                f"{offset}: a broker restarted empty?): start the worker again, as it is: it "
+                f"creates its topics and keeps its local tables and learner (no wipe needed)"
+            )
+            logger.critical("drex worker stops: %s", err)
+            raise err
         earliest = await consumer.earliest_offsets(*stale)
         from streams import metrics
 
@@ -138,6 +160,7 @@ class Recovery(FaustRecovery):
         self.log.info("Restore complete!")
         await app.on_rebalance_complete.send()
         self._set_recovery_ended()
+        self.recovered_once = True
         callbacks = [
             asyncio.ensure_future(
                 table.on_recovery_completed(

@@ -83,9 +83,14 @@ def check(info: StoreInfo, view: TopicView, topic: str) -> Verdict:
                 f"{view.cluster!r}"
             )
         elif view.end <= info.offset:
-            reset = (
-                f"the store applied up to {where}, the topic holds offsets below {view.end} only"
+            now = (
+                f"the broker has no topic {topic}"
+                if view.partitions == 0
+                else "the topic is empty"
+                if view.end == 0
+                else f"the topic holds offsets below {view.end} only"
             )
+            reset = f"the store applied up to {where}, {now}"
         elif info.last_id is not None and view.record_id not in (None, info.last_id):
             reset = (
                 f"the store applied interaction {info.last_id!r} at {where}, the topic "

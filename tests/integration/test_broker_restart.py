@@ -9,8 +9,10 @@ comes back empty both offsets point into topics that no longer exist: the new
 Before the fix a worker restarted as is crash-looped on faust's ``ConsistencyError``;
 restarted after wiping ``<state>/faust`` it skipped every new interaction whose offset was
 at or below the store's old offset, while ``drex_learner_interactions_total`` still
-counted them. Both ways are tested here, in one run: the worker restarted as is, then the
-worker restarted after the instruction the old docs gave (wipe the faust datadir).
+counted them. All of it is tested here, in one run: the worker running while the broker
+restarts (it stops by itself, with a one-line instruction), the worker restarted as is
+(that instruction), then the worker restarted after what the old docs advised (wipe the
+faust datadir).
 """
 
 from __future__ import annotations
@@ -89,9 +91,14 @@ def test_a_broker_restart_loses_no_interaction_both_ways(
         return worker
 
     worker = run_phase("before", first)
-    restart(broker)  # under the running worker
-    code = worker.stop()
-    assert code is not None
+    restart(broker)  # under the running worker: its topics are gone
+    try:
+        wait_until(lambda: not worker.alive(), 90, "the worker to stop by itself")
+    finally:
+        code = worker.stop()  # it has exited already: this closes its log
+    assert code != 0
+    said = [line for line in worker.log_path.read_text().splitlines() if "CRITICAL" in line]
+    assert any("start the worker again, as it is" in line for line in said), said
 
     # (a) restarted as is: it recovers by itself and learns every new interaction
     worker = run_phase("as-is", second)

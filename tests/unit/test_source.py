@@ -35,6 +35,8 @@ def test_the_same_topic_keeps_the_stored_offset() -> None:
     [
         (view(end=672, record_id=None), "below 672 only"),  # restarted empty, refilled less
         (view(end=683, record_id=None), "below 683 only"),  # one short of the old offset
+        (view(end=0, record_id=None), "the topic is empty"),
+        (TopicView("c", 0, 0, 0, None), "the broker has no topic interactions"),
         (view(record_id="b"), "holds 'b' there"),  # refilled past the old offset
         (view(cluster="other"), "cluster 'c', the broker is 'other'"),
     ],
