@@ -12,7 +12,11 @@ worker and the broker, in that order, and removes its temporary state.
 
 The children run in their own sessions, so Ctrl-C reaches only this process, which
 stops them cleanly; nothing is left running. SIGTERM and SIGHUP (``kill``, a closed
-terminal, a container stopping) stop it the same way.
+terminal, a container stopping) stop it the same way, and so does a closed output
+(``drex demo | tee log`` and Ctrl-C: the clean-up never waits on a write). Should the
+demo itself die (SIGKILL, a crash), Linux sends its children SIGTERM
+(``PR_SET_PDEATHSIG``), and the worker exits within its ``DREX_SHUTDOWN_GRACE`` even
+though the broker died with the demo.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from typing import IO, Any
 
 from streams.broker import EmbeddedBroker, free_port, handling
 from streams.metrics import scrape
+from streams.shutdown import die_with_parent, say, silence_output
+
+STOP_MARGIN = 10.0  # seconds the demo waits for a child beyond the worker's own grace
 
 
 class DemoError(RuntimeError):
@@ -97,16 +104,22 @@ class Stack:
         ]
         if self.args.encoder:
             command += ["--encoder", self.args.encoder]
-        self.worker = spawn(command, log=self._log("worker"), new_session=True)
+        # own sessions: Ctrl-C reaches the demo only, which stops them in order; and
+        # SIGTERM when the demo dies without stopping them (SIGKILL)
+        self.worker = spawn(
+            command, log=self._log("worker"), new_session=True, die_with_parent=True
+        )
         self.server = subprocess.Popen(
             [
                 *(sys.executable, "-m", "streams.cli", "serve"),
                 *("--state-dir", str(self.state / "worker")),
                 *("--port", str(self.api_port), "--refresh-interval", "0.5"),
             ],
+            stdin=subprocess.DEVNULL,
             stdout=self._log("server"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),  # prctl only, looked up before the fork
         )
 
     def check(self) -> None:
@@ -124,20 +137,36 @@ class Stack:
             time.sleep(0.3)
 
     def stop(self) -> None:
-        for proc in (self.server, self.worker):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()  # the worker finishes and writes its micro-batch
-        for proc in (self.server, self.worker):
-            if proc is not None:
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-        if self.broker is not None:
-            self.broker.stop()
-        for f in self._files:
-            f.close()
+        """SIGTERM to the server and the worker (which finishes and writes its
+        micro-batch), SIGKILL to one still there after the worker's grace; then the
+        broker. A signal meanwhile (a second Ctrl-C) does not interrupt it: it kills the
+        children at once instead of waiting."""
+        from streams.settings import WorkerSettings
+
+        hurry = threading.Event()
+        children = [p for p in (self.server, self.worker) if p is not None]
+        with handling(lambda signum, frame: hurry.set(), *_STOP_SIGNALS):
+            for proc in children:
+                if proc.poll() is None:
+                    proc.terminate()
+            try:  # the worker's (it inherits the environment)
+                grace = WorkerSettings.from_env().shutdown_grace
+            except ValueError:  # the worker refused its settings too: it has stopped
+                grace = 0.0
+            deadline = time.monotonic() + grace + STOP_MARGIN
+            while any(p.poll() is None for p in children):
+                if hurry.is_set() or time.monotonic() > deadline:
+                    for proc in children:
+                        if proc.poll() is None:
+                            proc.kill()
+                    for proc in children:
+                        proc.wait(10)
+                    break
+                time.sleep(0.1)
+            if self.broker is not None:
+                self.broker.stop()
+            for f in self._files:
+                f.close()
 
 
 @contextlib.contextmanager
@@ -151,6 +180,9 @@ def _state_dir(path: str) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -204,14 +236,14 @@ def _show(stack: Stack, users: list[str], per_user: dict[str, int], k: int) -> N
     for user in users:
         _, profile = _get(f"{api}/users/{user}/profile?k=6")
         words = ", ".join(w["word"] for w in profile.get("keywords", []))
-        print(f"\nuser {user}: {per_user[user]} interactions; profile keywords: {words or '-'}")
+        say(f"\nuser {user}: {per_user[user]} interactions; profile keywords: {words or '-'}")
         status, body = _get(f"{api}/users/{user}/recommendations?k={k}")
         if status != 200:
-            print(f"  (no recommendations: {body})")
+            say(f"  (no recommendations: {body})")
             continue
         for n, item in enumerate(body["items"], 1):
             because = ", ".join(item["explanation"]) or "(no shared keywords yet)"
-            print(
+            say(
                 f"  {n}. {item['item_id']:<14} predicted {item['predicted_rating']:.2f}"
                 f"   because: {because}"
             )
@@ -239,10 +271,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 rows, seed=0, review_only=0.1, rating_only=0.1, duplicate=0.02, malformed=0.01
             )
             truth = plan.truth
-            print(f"drex demo: {Path(dataset).name}: {truth.summary()}", flush=True)
+            say(f"drex demo: {Path(dataset).name}: {truth.summary()}")
             stack = Stack(args, state)
             try:
-                print("starting the broker, the worker and the server ...", flush=True)
+                say("starting the broker, the worker and the server ...")
                 stack.start()
                 stack.wait_for(
                     lambda: scrape(stack.metrics_port).get("drex_owns_learner") == 1.0,
@@ -270,7 +302,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 active = sorted(truth.per_user, key=lambda u: (-truth.per_user[u], u))
                 _show(stack, active[: args.users], truth.per_user, args.k)
                 api = f"http://127.0.0.1:{stack.api_port}"
-                print(
+                say(
                     f"\nlearned {truth.interactions} interactions in "
                     f"{time.monotonic() - started:.0f} s (from start)\n"
                     f"API:      {api}  (OpenAPI: {api}/openapi.json; "
@@ -279,31 +311,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     f"{api}/metrics (server)\n"
                     f"broker:   {stack.broker.url} (embedded)\n"
                     f"logs:     {stack.logs}"
-                    + ("" if args.state_dir else " (removed on exit; --state-dir keeps them)"),
-                    flush=True,
+                    + ("" if args.state_dir else " (removed on exit; --state-dir keeps them)")
                 )
                 if args.serve_for != 0:
                     forever = args.serve_for < 0
-                    print(
+                    say(
                         "serving until Ctrl-C"
                         if forever
-                        else f"serving for {args.serve_for:g} s (Ctrl-C stops sooner)",
-                        flush=True,
+                        else f"serving for {args.serve_for:g} s (Ctrl-C stops sooner)"
                     )
                     deadline = time.monotonic() + (args.serve_for if not forever else 0)
                     while forever or time.monotonic() < deadline:
                         stack.check()
                         time.sleep(0.5)
-            finally:
-                print("stopping the server, the worker and the broker ...", flush=True)
-                stack.stop()
+            finally:  # nothing here may keep the children running (a closed pipe)
+                try:
+                    say("stopping the server, the worker and the broker ...")
+                finally:
+                    stack.stop()
     except KeyboardInterrupt:
-        print("stopped", flush=True)
+        say("stopped")
         return 130
+    except BrokenPipeError:  # a progress bar wrote to a closed pipe; the stack is stopped
+        silence_output()
+        return 128 + signal.SIGPIPE
     except DemoError as err:
-        print(f"drex demo: {err}", file=sys.stderr)
+        say(f"drex demo: {err}", file=sys.stderr)
         return 1
-    print("stopped", flush=True)
+    say("stopped")
     return 0
 
 

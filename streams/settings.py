@@ -107,6 +107,15 @@ class WorkerSettings(StateLocation):
     """DREX_METRICS_HOST: address the metrics server binds."""
     log_level: str = "info"
     """DREX_LOG_LEVEL: faust/worker log level."""
+    shutdown_grace: float = Field(30.0, gt=0)
+    """DREX_SHUTDOWN_GRACE: seconds a stop (SIGTERM, Ctrl-C) may take before the worker
+    exits anyway, with status 75 and an ERROR line saying what had not stopped (faust
+    waits for a broker that is gone without end). What the learner committed is kept;
+    what it had read and not committed is read again at the next start."""
+    log_repeat_interval: float = Field(30.0, ge=0)
+    """DREX_LOG_REPEAT_INTERVAL: seconds between two log lines of the same faust/aiokafka
+    warning or error (the first passes at once, the next says how many it stands for);
+    a broker away logged ~13 KB/s without it. 0 = every line."""
     security_protocol: str = ""
     """DREX_SECURITY_PROTOCOL: aiokafka security protocol (PLAINTEXT, SSL, SASL_PLAINTEXT,
     SASL_SSL); empty = PLAINTEXT."""

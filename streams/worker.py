@@ -6,7 +6,11 @@
 
 Every setting (streams/settings.py) has a flag and an environment variable; flags win. The worker
 creates its topics, serves Prometheus metrics, and runs until SIGTERM or Ctrl-C, when it
-finishes the micro-batch in progress, writes it and leaves the consumer group.
+finishes the micro-batch in progress, writes it and leaves the consumer group. A stop
+that takes longer than ``--shutdown-grace`` seconds (30; a broker that is gone makes
+faust wait for it without end) ends the process with status 75
+(streams/shutdown.py), keeping what the learner committed. Repeating warnings and errors
+of faust and aiokafka (a broker away) are logged once per ``--log-repeat-interval``.
 ``python -m streams.worker`` is the same command (tests start workers that way:
 :func:`spawn`).
 """
@@ -74,8 +78,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def run(settings: WorkerSettings) -> int:
     """Create the topics, serve metrics, run the faust worker (blocks)."""
-    import faust
-
     from streams import metrics
     from streams.app import create_app, ensure_topics
 
@@ -95,12 +97,47 @@ def run(settings: WorkerSettings) -> int:
         port = metrics.serve(settings.metrics_port, settings.metrics_host)
         print(f"drex worker: metrics on http://{settings.metrics_host}:{port}/metrics", flush=True)
     drex = create_app(settings)
-    worker = faust.Worker(drex.app, loglevel=settings.log_level, quiet=True)
+    worker = _worker_class()(drex.app, settings, loglevel=settings.log_level, quiet=True)
     try:
         worker.execute_from_commandline()
     except SystemExit as stop:
         return int(stop.code or 0)
     return 0
+
+
+def _worker_class() -> type[Any]:
+    """faust's Worker with a bounded stop and rate-limited broker errors (imports faust)."""
+    import faust
+    from prometheus_client import REGISTRY
+
+    from streams.shutdown import Watchdog, install_repeat_filter, unfinished_services
+
+    class DrexWorker(faust.Worker):
+        """Arms a :class:`~streams.shutdown.Watchdog` at the first SIGTERM/SIGINT, and
+        puts a :class:`~streams.shutdown.RepeatFilter` on faust's log handlers."""
+
+        def __init__(self, app: Any, settings: WorkerSettings, **kwargs: Any) -> None:
+            super().__init__(app, **kwargs)
+            self.drex_settings = settings
+            self.watchdog = Watchdog(settings.shutdown_grace, self._unfinished)
+
+        def _unfinished(self) -> str:
+            services = unfinished_services(self) + unfinished_services(self.app)
+            out = f"still stopping: {', '.join(dict.fromkeys(services)) or '-'}"
+            if self.drex_settings.runs_learner:
+                applied = REGISTRY.get_sample_value("drex_learner_interactions_total") or 0.0
+                out += f"; the learner store keeps the {applied:.0f} interactions it committed"
+            return out + "; what was read and not committed is read again at the next start"
+
+        def _schedule_shutdown(self, sig: Any) -> None:
+            self.watchdog.arm(getattr(sig, "name", str(sig)))
+            super()._schedule_shutdown(sig)
+
+        def on_setup_root_logger(self, logger_: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger_, level)
+            install_repeat_filter(self.drex_settings.log_repeat_interval, logger_)
+
+    return DrexWorker
 
 
 def spawn(
@@ -109,13 +146,18 @@ def spawn(
     log: IO[bytes] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     new_session: bool = False,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start ``python -m streams.worker ARGS`` (for tests, benchmarks and the demo).
 
     Its output goes to ``log`` (default: inherited). Stop it with ``terminate()`` (a
     clean stop) or ``kill()`` (a crash). ``new_session``: Ctrl-C in the terminal does
-    not reach it (the caller stops it, in order).
+    not reach it (the caller stops it, in order). ``die_with_parent`` (Linux): it gets
+    SIGTERM when the calling thread ends, even when the caller is SIGKILLed; call from a
+    thread that lives as long as the worker should (normally the main thread).
     """
+    from streams.shutdown import die_with_parent as hook
+
     full_env = dict(os.environ if env is None else env)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     return subprocess.Popen(
@@ -125,6 +167,7 @@ def spawn(
         stderr=subprocess.STDOUT if log is not None else None,
         cwd=str(cwd) if cwd is not None else str(Path(__file__).resolve().parents[1]),
         start_new_session=new_session,
+        preexec_fn=hook() if die_with_parent else None,
     )
 
 
