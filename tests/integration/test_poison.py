@@ -59,14 +59,14 @@ class Running:
     def counts(self, side: str) -> dict[str, int]:
         return self.store().counts(side)
 
-    def wait_applied(self, ids: Iterable[str], timeout: float = 120) -> None:
-        wanted = set(ids)
-        wait_until(
-            lambda: self.applied(wanted) == wanted,
-            timeout,
-            f"{len(wanted)} event ids in the learner store",
-            self.worker,
-        )
+    def wait_learned(self, users: dict[str, int], timeout: float = 120) -> None:
+        """Until the learner store counts at least these interactions for these users."""
+
+        def done() -> bool:
+            counts = self.counts("users")
+            return all(counts.get(u, 0) >= n for u, n in users.items())
+
+        wait_until(done, timeout, f"interactions of {len(users)} users", self.worker)
 
     def letters(self, tag: str) -> list[DeadLetter]:
         """The dead letters of this test's events."""
@@ -130,11 +130,11 @@ def review(eid: str, user: str, item: str, text: str, key: str | None = None) ->
     return (REVIEWS_TOPIC, key_bytes, encode_review(eid, user, item, T0, text))
 
 
-def canaries(tag: str, n: int = 4) -> tuple[list[tuple], list[str]]:
-    """``n`` valid ratings of users of their own, and their event ids."""
-    ids = [f"{tag}-canary-{k}" for k in range(n)]
-    events = [rating(i, f"{tag}-cu{k}", f"{tag}-ci{k}", 4.0) for k, i in enumerate(ids)]
-    return events, ids
+def canaries(tag: str, n: int = 4) -> tuple[list[tuple], dict[str, int]]:
+    """``n`` valid ratings of users of their own, and those users (one interaction each)."""
+    users = {f"{tag}-cu{k}": 1 for k in range(n)}
+    events = [rating(f"{tag}-canary-{k}", u, f"{tag}-ci{k}", 4.0) for k, u in enumerate(users)]
+    return events, users
 
 
 # --- item 1: a poison event --------------------------------------------------------------
@@ -153,13 +153,14 @@ def test_a_poison_event_costs_one_dead_letter_and_never_its_neighbours(running: 
     # the same pair, 150 events with ids at the limit: every one is a new rating
     at_limit = [f"{tag}-{k}-".ljust(256, "y") for k in range(150)]
     valid = [rating(i, user, item, 1.0 + k % 5) for k, i in enumerate(at_limit)]
-    tail, canary_ids = canaries(tag)
+    tail, canary_users = canaries(tag)
     send(running.broker, [poison, *long_ids, *valid, *tail])
-    running.wait_applied(canary_ids + at_limit)
+    running.wait_learned({**canary_users, user: 150})
     assert running.worker.alive()
     reasons = Counter(d.reason for d in running.letters(tag))
     assert reasons == {"id_too_long:user_id": 1, "id_too_long:event_id": 150}
     assert running.counts("users")[user] == 150
+    assert running.applied(at_limit) == set(at_limit)
 
 
 # --- item 5: ids that used to collide -----------------------------------------------------
@@ -182,9 +183,9 @@ def test_ids_with_the_old_key_separator_are_refused_not_credited_to_another_user
         review(f"{tag}c\x1fd", f"{tag}x", "b", "first"),
         review(f"{tag}d", f"{tag}x", "b\x1fc", "second"),
     ]
-    tail, canary_ids = canaries(tag, 2)
+    tail, canary_users = canaries(tag, 2)
     send(running.broker, [*row_collision, *id_collision, *tail])
-    running.wait_applied(canary_ids)
+    running.wait_learned(canary_users)
     reasons = Counter(d.reason for d in running.letters(tag))
     assert reasons == {
         "bad_id_characters:item_id": 2,
@@ -215,7 +216,7 @@ def test_an_event_id_is_learned_once_and_a_re_rating_is_learned_as_new(running: 
             review(eid, users[k], items[k], "the same id as a review"),  # another kind
         ]
     send(running.broker, first)
-    running.wait_applied(originals)
+    running.wait_learned(dict.fromkeys(users, 1))
     re_ratings = [f"{tag}-again{k}" for k in range(n)]
     later = []
     for k, eid in enumerate(originals):
@@ -227,7 +228,7 @@ def test_an_event_id_is_learned_once_and_a_re_rating_is_learned_as_new(running: 
     duplicates = 'drex_join_outcomes_total{outcome="duplicate"}'
     before = running.worker.metric(duplicates)
     send(running.broker, later)
-    running.wait_applied(re_ratings)
+    running.wait_learned(dict.fromkeys(users, 2))
 
     # Every copy of the second round is either dropped by the join (the exact resends,
     # and another user's copy in the same partition) or goes out alone after the join
