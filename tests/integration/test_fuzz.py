@@ -23,11 +23,11 @@ import numpy as np
 import orjson
 import pytest
 
-from streams.agents.join import without_applied
 from streams.events import (
     MAX_ID_CHARS,
     RATINGS_TOPIC,
     REVIEWS_TOPIC,
+    InteractionEvent,
     InvalidEvent,
     RatingEvent,
     validate,
@@ -150,6 +150,27 @@ def make_fuzz(rng: np.random.Generator, n: int = 4000) -> Fuzz:
     return fuzz
 
 
+def learned_halves(
+    records: list[InteractionEvent],
+) -> list[tuple[InteractionEvent, list[tuple[str, Any]]]]:
+    """What the learner makes of ``interactions`` by the contract (one event id, one
+    event): each record with its halves whose ids were not learned before, as (event id,
+    value) pairs; records with none left are dropped. Written out here, independently of
+    streams/agents/join.py's ``without_applied``, which the learner uses."""
+    seen: set[str] = set()
+    out = []
+    for e in records:
+        halves = [
+            (i, v)
+            for i, v in ((e.review_event_id, e.text), (e.rating_event_id, e.rating))
+            if i is not None and i not in seen
+        ]
+        if halves:
+            seen.update(i for i, _ in halves)
+            out.append((e, halves))
+    return out
+
+
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> Iterator[Running]:
     yield from start_worker(tmp_path_factory.mktemp("fuzz"), tiny_encoder_dir, "worker.log")
@@ -183,37 +204,27 @@ def test_a_fuzzed_stream_is_learned_exactly_as_the_contract_says(running: Runnin
     wait_until(settled, 240, "the join and the learner to settle", running.worker)
     records = running.interactions()
 
-    # what the learner made of the interactions topic: a half whose id it already
-    # learned is dropped (streams/agents/learn.py)
-    applied: set[str] = set()
-    learned = []
-    for event in records:
-        rest = without_applied(event, applied)
-        if rest is not None:
-            learned.append(rest)
-            applied.update(i for i in (rest.review_event_id, rest.rating_event_id) if i)
+    learned = learned_halves(records)
 
     # nothing lost, nothing double
-    halves = Counter(i for e in learned for i in (e.review_event_id, e.rating_event_id) if i)
+    halves = Counter(i for _, hs in learned for i, _ in hs)
     assert halves == dict.fromkeys(valid, 1)
     # nothing misattributed: each half as one of the copies that may count
-    for e in learned:
-        for eid, value in ((e.review_event_id, e.text), (e.rating_event_id, e.rating)):
-            if eid is None:
-                continue
-            kind = RatingEvent if e.rating_event_id == eid else None
+    for e, hs in learned:
+        for eid, value in hs:
+            is_rating = e.rating_event_id == eid
             options = [
-                (c.user_id, c.item_id, c.rating if isinstance(c, RatingEvent) else c.text)
+                (c.user_id, c.item_id, c.rating if is_rating else c.text)
                 for c in fuzz.candidates(eid)
-                if (kind is RatingEvent) == isinstance(c, RatingEvent)
+                if isinstance(c, RatingEvent) == is_rating
             ]
             assert (e.user_id, e.item_id, value) in options, (eid, e)
     # the learner store agrees with it
     store = running.store()
     assert store.info().applied == len(learned)
     assert store.applied(valid) == valid
-    assert store.counts("users") == dict(Counter(e.user_id for e in learned))
-    assert store.counts("items") == dict(Counter(e.item_id for e in learned))
+    assert store.counts("users") == dict(Counter(e.user_id for e, _ in learned))
+    assert store.counts("items") == dict(Counter(e.item_id for e, _ in learned))
     # every invalid message is a dead letter, with the contract's reason
     letters = running.letters("")
     assert Counter(d.reason for d in letters) == fuzz.reasons
