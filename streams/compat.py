@@ -68,8 +68,12 @@ Not covered by settings, for whoever writes the worker:
   agent crashes with ``PartitionsMismatch``.
 * ``cleanup.policy=compact`` is accepted and ignored: changelogs grow without bound and
   recovery replays every update ever written.
-* The broker is memory-only: after a broker restart, wipe the worker's ``datadir``,
-  otherwise its RocksDB offsets point past the (now empty) changelogs.
+* The broker is memory-only: a restart loses every topic, offset and group. Nothing to
+  wipe: a worker running through it stops with a one-line instruction (start it again);
+  started again, as it is, it re-anchors its table partitions on the new, empty
+  changelogs (streams/recovery.py, fix 3) and its learner on the new ``interactions``
+  topic (streams/source.py). Wiping ``datadir`` is not needed, and loses the tables' rows
+  the broker no longer has (the join's waiting halves).
 * A worker start costs ~1 s (faust waits for tables to register) + half the session
   timeout (join) + up to ~3 s of recovery on idle topics: each ListOffsets/Fetch queues
   behind faust's long-poll Fetch (``fetch_max_wait_ms=1500``, hard-coded in faust) on

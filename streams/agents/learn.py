@@ -206,7 +206,17 @@ class LearnerSession:
 
         if self.source is None:
             return info
-        verdict = check(info, self.source(info.offset), INTERACTIONS_TOPIC)
+        try:
+            view = self.source(info.offset)
+        except Exception as err:  # the next take-over checks again
+            logger.warning(
+                "could not look at %s (%r): the stored offset %d is trusted",
+                INTERACTIONS_TOPIC,
+                err,
+                info.offset,
+            )
+            return info
+        verdict = check(info, view, INTERACTIONS_TOPIC)
         if verdict.reset is not None:
             logger.warning(
                 "new incarnation of %s (the broker restarted empty, or the topic was made "
