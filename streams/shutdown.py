@@ -70,6 +70,7 @@ class Watchdog:
         self._why = ""
         self._lock = threading.Lock()
         self._fired = False
+        self._timer: threading.Timer | None = None
 
     @property
     def armed(self) -> bool:
@@ -84,10 +85,15 @@ class Watchdog:
         self._armed_at = time.monotonic()
         self._why = why
         logger.info("stopping (%s): at most %.0f s before a forced exit", why, self.grace)
-        timer = threading.Timer(self.grace, self.fire, args=("the grace ran out",))
-        timer.daemon = True
-        timer.name = "drex-shutdown-watchdog"
-        timer.start()
+        self._timer = threading.Timer(self.grace, self.fire, args=("the grace ran out",))
+        self._timer.daemon = True
+        self._timer.name = "drex-shutdown-watchdog"
+        self._timer.start()
+
+    def disarm(self) -> None:
+        """The stop finished in time: no forced exit during the interpreter's own exit."""
+        if self._timer is not None:
+            self._timer.cancel()
 
     def fire(self, reason: str) -> None:
         """Log what is unfinished, flush the logs and exit with :data:`EXIT_FORCED`."""

@@ -102,6 +102,8 @@ def run(settings: WorkerSettings) -> int:
         worker.execute_from_commandline()
     except SystemExit as stop:
         return int(stop.code or 0)
+    finally:
+        worker.watchdog.disarm()
     return 0
 
 

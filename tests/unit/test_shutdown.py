@@ -122,3 +122,12 @@ def test_a_child_started_with_die_with_parent_gets_sigterm_when_its_parent_is_ki
         time.sleep(0.05)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the child outlived its SIGKILLed parent")
+
+
+def test_a_disarmed_watchdog_does_not_fire() -> None:
+    codes: list[int] = []
+    dog = Watchdog(0.1, exit=codes.append)
+    dog.arm("SIGTERM")
+    dog.disarm()  # the stop finished in time
+    time.sleep(0.3)
+    assert codes == []
