@@ -185,14 +185,18 @@ class RepeatFilter(logging.Filter):
         return any(name == p or name.startswith(p + ".") for p in self.prefixes)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._applies(record) or getattr(record, "_drex_repeats", None) is not None:
-            return True  # a record already counted (a second handler) passes as it is
+        if not self._applies(record):
+            return True
+        decided = getattr(record, "_drex_repeats", None)
+        if decided is not None:  # seen by another handler: the same answer, counted once
+            return bool(decided >= 0)
         kind = (record.name, record.levelno, str(record.msg))
         now = self.clock()
         with self._lock:
             last = self._seen.get(kind)
             if last is not None and now - last[0] < self.interval:
                 self._seen[kind] = (last[0], last[1] + 1)
+                record._drex_repeats = -1
                 return False
             held = last[1] if last is not None else 0
             self._seen[kind] = (now, 0)

@@ -131,3 +131,15 @@ def test_a_disarmed_watchdog_does_not_fire() -> None:
     dog.disarm()  # the stop finished in time
     time.sleep(0.3)
     assert codes == []
+
+
+def test_two_handlers_sharing_the_filter_count_a_record_once() -> None:
+    clock = Clock()
+    limit = RepeatFilter(30.0, clock=clock)
+    for _ in range(3):
+        record = _record("Unable to update metadata from %s", [111])
+        assert limit.filter(record) == limit.filter(record)  # a second handler agrees
+    clock.now = 31.0
+    record = _record("Unable to update metadata from %s", [111])
+    assert limit.filter(record)
+    assert record.getMessage().endswith("[and 2 more like this in the last 31 s]")
