@@ -6,8 +6,13 @@ against Tansu, a memory-only Kafka-protocol broker shipped as a binary in the
 
 Facts a user of this module must know (see ``streams/compat.py`` for what faust needs):
 
-* Memory only: stopping the broker loses every topic, offset and consumer group; local
-  table state (RocksDB) must be wiped whenever the broker starts fresh.
+* Memory only: stopping the broker loses every topic, offset and consumer group. A worker
+  started again as it is finds the new, empty topics and re-anchors its state on them
+  (docs/architecture.md, "When the broker comes back empty"); nothing needs wiping.
+* No retention: the broker keeps every record it is sent, in memory, for its whole life
+  (about 1.3x the payload; ``retention.ms`` is accepted and ignored, DeleteRecords is not
+  supported). A demo streaming 40 events/s grows it by ~8 MiB a minute; for long runs use
+  a Kafka cluster with retention (docs/operations.md).
 * The broker listens on 127.0.0.1 only; there is no option to bind elsewhere.
 * On Linux the child is killed when the thread that started it ends (``PR_SET_PDEATHSIG``),
   so a crashed test run leaves no orphan holding the port; start it from a long-lived
