@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 
 def raw_topic(app: Any, *names: str, partitions: int | None = None) -> Any:
@@ -27,6 +27,16 @@ def raw_topic(app: Any, *names: str, partitions: int | None = None) -> Any:
     )
 
 
+# RocksDB memory of each table partition. faust's defaults (3 memtables of 64 MiB and a
+# 2 GiB block cache per partition) let a worker grow by hundreds of MiB as its join
+# buffer fills memtables; these bound each partition to ~16 MiB (benchmarks/soak_bench.py).
+TABLE_ROCKSDB: Final = {
+    "write_buffer_size": 4 << 20,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 8 << 20,
+}
+
+
 def bytes_table(app: Any, name: str, partitions: int, help: str = "") -> Any:
     """A RocksDB table (rocksdict driver) of bytes -> bytes, changelogged."""
     return app.Table(
@@ -34,7 +44,7 @@ def bytes_table(app: Any, name: str, partitions: int, help: str = "") -> Any:
         key_type=bytes,
         value_type=bytes,  # -> the "raw" serializer for both
         partitions=partitions,
-        options={"driver": "rocksdict"},
+        options={"driver": "rocksdict", **TABLE_ROCKSDB},
         help=help,
     )
 
