@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Collection
 from typing import Any, Final
 
 import faust
@@ -138,6 +139,37 @@ class InteractionEvent(faust.Record, serializer="json", include_metadata=False):
             text=self.text,
             timestamp=self.event_time,
         )
+
+
+def learned_keys(event: InteractionEvent) -> list[str]:
+    """What the learner remembers of an applied interaction: its halves' event ids
+    (event ids are unique across the stream), or the pair for one that carries none (a
+    foreign writer's)."""
+    ids = [i for i in (event.review_event_id, event.rating_event_id) if i is not None]
+    return ids or [orjson.dumps((event.user_id, event.item_id, None, None)).decode()]
+
+
+def without_applied(event: InteractionEvent, applied: Collection[str]) -> InteractionEvent | None:
+    """``event`` less its halves whose event id is in ``applied``; None when nothing is
+    left. The learner's rule for an event id it has already learned from: the same
+    interaction emitted again after a crash, or an id reused in another partition (another
+    user), where the join could not see the first one."""
+    keys = learned_keys(event)
+    if not any(k in applied for k in keys):
+        return event
+    review = event.review_event_id is not None and event.review_event_id not in applied
+    rating = event.rating_event_id is not None and event.rating_event_id not in applied
+    if not (review or rating):
+        return None
+    return InteractionEvent(
+        user_id=event.user_id,
+        item_id=event.item_id,
+        rating=event.rating if rating else None,
+        text=event.text if review else None,
+        event_time=event.event_time,
+        review_event_id=event.review_event_id if review else None,
+        rating_event_id=event.rating_event_id if rating else None,
+    )
 
 
 class DeadLetter(faust.Record, serializer="json", include_metadata=False):

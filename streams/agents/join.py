@@ -13,28 +13,23 @@ clock (:class:`Joiner`, a pure class, wrapped by :func:`register`):
   ``interactions``.
 * A half whose partner has not come within ``join_window`` seconds is emitted alone
   (outcome ``expired``); the model fuses the missing modality as zeros.
-* **An event id is one event, across the stream.** Each event id seen is a small row of
-  its own (:func:`id_key`, ``[partition, event id]``), kept ``dedup_retention`` seconds
-  after it came: a later message with that id in the partition is dropped and counted
-  (``duplicate``), whatever it contains (another item, another kind). The same id in
-  another partition (another user) is dropped by the learner, which remembers every
-  applied event id as long (:func:`learned_keys`, :func:`without_applied`). A pair's row
-  keeps no list of ids, so its size is bounded: at most one waiting review, one waiting
-  rating and a few fields, whatever the number of events the pair gets.
+* **An event id is one event, across the stream.** Each id seen is a small row of its
+  own (:func:`id_key`) for ``dedup_retention`` seconds: a later message with that id in
+  the partition is dropped (``duplicate``), whatever it contains. In another partition
+  (another user) the learner drops it (:func:`streams.events.without_applied`). A pair's
+  row keeps no list of ids: its size is bounded however many events the pair gets.
 * A half arriving after its interaction was emitted without it (its window had expired)
   is emitted as its own single-modality interaction and counted ``late``: the learner
   then sees the pair twice, once per modality. Dropping it would lose a label; merging
   it would need retracting an update the learner has already made.
 * A second half of the same kind with a new id while one is waiting (a corrected review
   before the rating came) sends the waiting one alone (``superseded``) and waits with
-  the new one. A new event for a pair whose interaction already went out (a re-rating,
-  an edited review) starts a new interaction: every distinct valid event is learned
-  once, none is dropped for being about a known pair (docs/events.md, "Re-ratings").
+  the new one. A new event for a pair already emitted (a re-rating) starts a new
+  interaction: every distinct valid event is learned once (docs/events.md).
 * An invalid message goes to ``dead-letters`` with its reason code; the stream goes on.
-  So does a valid one whose processing fails: each message is joined in a sub-step that
-  is merged only if it succeeded, a failed one costs that message a ``processing_error``
-  dead letter, and an interaction the broker refuses goes to ``dead-letters`` itself;
-  the other messages of the batch go on either way.
+  So does a valid one whose processing fails: each message is joined in a sub-step,
+  merged only if it succeeded (else: a ``processing_error`` dead letter), and an
+  interaction the broker refuses is a dead letter itself; the batch goes on.
 
 **The clock.** A row's window starts at its record's Kafka timestamp. Expiry is checked
 once per batch of messages for each partition in it, and on *ticks*: a timer sends one
@@ -53,7 +48,7 @@ messages come again, while the local RocksDB table may already hold their effect
 step's table writes are made only *after* its emitted interactions are acknowledged by
 the broker: a row can say "emitted" only if the interaction really was. A crash in
 between re-emits the interaction on replay with the same event ids, which the learner
-drops (:func:`without_applied`, streams/agents/learn.py).
+drops (:func:`streams.events.without_applied`, streams/agents/learn.py).
 """
 
 from __future__ import annotations
@@ -66,7 +61,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -131,37 +126,6 @@ def id_key(partition: int, event_id: str) -> bytes:
     return orjson.dumps((partition, event_id))
 
 
-def learned_keys(event: InteractionEvent) -> list[str]:
-    """What the learner remembers of an applied interaction: its halves' event ids
-    (event ids are unique across the stream), or :func:`interaction_id` for one that
-    carries none (a foreign writer's)."""
-    ids = [i for i in (event.review_event_id, event.rating_event_id) if i is not None]
-    return ids or [interaction_id(event)]
-
-
-def without_applied(event: InteractionEvent, applied: Collection[str]) -> InteractionEvent | None:
-    """``event`` less its halves whose event id is in ``applied``; None when nothing is
-    left. The learner's rule for an event id it has already learned from: the same
-    interaction emitted again after a crash, or an id reused in another partition (another
-    user), where the join could not see the first one."""
-    keys = learned_keys(event)
-    if not any(k in applied for k in keys):
-        return event
-    review = event.review_event_id is not None and event.review_event_id not in applied
-    rating = event.rating_event_id is not None and event.rating_event_id not in applied
-    if not (review or rating):
-        return None
-    return InteractionEvent(
-        user_id=event.user_id,
-        item_id=event.item_id,
-        rating=event.rating if rating else None,
-        text=event.text if review else None,
-        event_time=event.event_time,
-        review_event_id=event.review_event_id if review else None,
-        rating_event_id=event.rating_event_id if rating else None,
-    )
-
-
 @dataclass
 class Emission:
     """An interaction to send, and the outcome labels it counts under."""
@@ -176,8 +140,8 @@ class JoinStep:
     (and waits for the broker's acknowledgement), sends ``dead_letters``, then calls
     :meth:`Joiner.apply`. A later message of the same step sees its earlier writes.
 
-    A step with a ``parent`` is one message's part of it: it reads through the parent's
-    writes and is merged into it (:meth:`merge`) only if the message went through."""
+    A step with a ``parent`` is one message's part: it sees the parent's writes and is
+    merged into it (:meth:`merge`) only if the message went through."""
 
     emits: list[Emission] = field(default_factory=list)
     writes: dict[bytes, bytes | None] = field(default_factory=dict)  # None: delete
@@ -185,15 +149,6 @@ class JoinStep:
     dead_letters: list[tuple[str, bytes]] = field(default_factory=list)  # (reason, message)
     outcomes: Counter[str] = field(default_factory=Counter)
     parent: JoinStep | None = None
-
-    def lookup(self, key: bytes) -> tuple[bool, bytes | None]:
-        """(found, value) of ``key`` among this step's writes and its parents'."""
-        step: JoinStep | None = self
-        while step is not None:
-            if key in step.writes:
-                return True, step.writes[key]
-            step = step.parent
-        return False, None
 
     def merge(self, sub: JoinStep) -> None:
         """Take over what the sub-step ``sub`` produced."""
@@ -269,19 +224,14 @@ class Joiner:
             event = validate(
                 topic, raw, rating_scale=self.rating_scale, max_text_chars=self.max_text_chars
             )
+            self._join(sub, partition, event, timestamp)
         except InvalidEvent as err:
             step.dead_letters.append((err.reason, dead_letter(raw, topic, err, now)))
         except Exception as err:  # a bug costs this message a dead letter, not the batch
-            logger.exception("validating a %s message failed", topic)
+            logger.exception("joining a %s message failed", topic)
             step.dead_letters.append((PROCESSING_ERROR, dead_letter(raw, topic, err, now)))
         else:
-            try:
-                self._join(sub, partition, event, timestamp)
-            except Exception as err:
-                logger.exception("joining %s event %r failed", topic, event.event_id)
-                step.dead_letters.append((PROCESSING_ERROR, dead_letter(raw, topic, err, now)))
-            else:
-                step.merge(sub)
+            step.merge(sub)
         if expire:
             self._expire(step, partition, now)
         return step
@@ -364,16 +314,8 @@ class Joiner:
         else:
             part["r"] = event.rating
         if row is None:
-            row = {
-                "p": partition,
-                "u": event.user_id,
-                "i": event.item_id,
-                REVIEW: None,
-                RATING: None,
-                "since": None,
-                "done": [],
-                "at": None,
-            }
+            row = {"p": partition, "u": event.user_id, "i": event.item_id, REVIEW: None}
+            row |= {RATING: None, "since": None, "done": [], "at": None}
         if row[other] is not None:  # the partner is waiting: both halves go out
             halves = {kind: part, other: row[other]}
             self._emit(step, row, halves[REVIEW], halves[RATING], ())
@@ -420,26 +362,19 @@ class Joiner:
             due, key = heapq.heappop(purges)
             try:
                 row = self._get(step, key)
+                at = None if row is None or row["since"] is not None else row["at"]
+                if at is not None and at + self.retention == due:  # else: stale entry
+                    self._write(step, partition, key, None)
             except Exception as err:
                 self._set_aside(step, partition, key, err, clock)
-                continue
-            if (
-                row is not None
-                and row["since"] is None
-                and row["at"] is not None
-                and row["at"] + self.retention == due
-            ):
-                self._write(step, partition, key, None)
 
     def _set_aside(
         self, step: JoinStep, partition: int, key: bytes, err: Exception, now: float
     ) -> None:
-        """A row the join cannot handle goes to ``dead-letters`` (as it was stored, topic
-        ``join-buffer``) and out of the table, so it does not fail every later tick."""
+        """A row that fails goes to ``dead-letters`` (topic ``join-buffer``), out of the way."""
         logger.exception("join row %r failed; it goes to dead-letters", key[:200])
-        found, raw = step.lookup(key)
-        raw = raw if found else self.store.get(key)
-        step.dead_letters.append((PROCESSING_ERROR, dead_letter(raw, BUFFER_TABLE, err, now)))
+        letter = dead_letter(self._raw(step, key), BUFFER_TABLE, err, now)
+        step.dead_letters.append((PROCESSING_ERROR, letter))
         self._write(step, partition, key, None)
 
     @staticmethod
@@ -491,9 +426,17 @@ class Joiner:
 
     # --- rows and the in-memory index -------------------------------------------------
 
+    def _raw(self, step: JoinStep, key: bytes) -> bytes | None:
+        """A row as the step (and the steps it belongs to) left it, else as stored."""
+        s: JoinStep | None = step
+        while s is not None:
+            if key in s.writes:
+                return s.writes[key]
+            s = s.parent
+        return self.store.get(key)
+
     def _get(self, step: JoinStep, key: bytes) -> dict[str, Any] | None:
-        found, raw = step.lookup(key)
-        raw = raw if found else self.store.get(key)
+        raw = self._raw(step, key)
         return None if raw is None else dict(orjson.loads(raw))
 
     def _ensure(self, partition: int, now: float) -> None:
@@ -563,9 +506,8 @@ def register(
     )
 
     async def deliver(step: JoinStep, now: float) -> None:
-        """Send the step's interactions, wait for the broker's acknowledgements, then send
-        its dead letters. Raises nothing: an interaction the producer or the broker
-        refuses becomes a dead letter itself (topic ``interactions``, replayable there)."""
+        """Send the interactions, wait for their acks, send the dead letters. Raises nothing:
+        a refused interaction is a dead letter itself (topic ``interactions``, replayable)."""
         letters = list(step.dead_letters)
 
         def refused(emission: Emission, err: BaseException) -> None:
@@ -575,10 +517,16 @@ def register(
 
         sent: list[tuple[Emission, Any]] = []
         for e in step.emits:
-            try:
-                value = e.event.dumps()
-                sent.append((e, await interactions.send(key=e.event.user_id.encode(), value=value)))
-            except Exception as err:  # e.g. MessageSizeTooLargeError, raised by send itself
+            try:  # MessageSizeTooLargeError, say, is raised by send itself
+                sent.append(
+                    (
+                        e,
+                        await interactions.send(
+                            key=e.event.user_id.encode(), value=e.event.dumps()
+                        ),
+                    )
+                )
+            except Exception as err:
                 refused(e, err)
         # acknowledged before the rows that record them are written
         acks = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
@@ -602,21 +550,11 @@ def register(
         latest: dict[int, Any] = {}  # partition -> an event of it (table writes)
         arrived: Counter[str] = Counter()
         for event in events:
-            message = event.message
-            latest[message.partition] = event
-            if message.topic == TICKS_TOPIC:
-                continue
-            arrived[message.topic] += 1
-            # each message in a sub-step of its own: a failure costs it a dead letter
-            joiner.on_message(
-                message.topic,
-                message.partition,
-                event.value,
-                message.timestamp,
-                now,
-                step=step,
-                expire=False,
-            )
+            m = event.message
+            latest[m.partition] = event
+            if m.topic != TICKS_TOPIC:  # a failure costs that message a dead letter, no more
+                arrived[m.topic] += 1
+                joiner.on_message(m.topic, m.partition, event.value, m.timestamp, now, step, False)
         for partition in latest:
             joiner.on_tick(partition, now, step=step)
         for topic, count in arrived.items():
@@ -633,13 +571,9 @@ def register(
                 await step_of(events)
             except Exception as err:  # a bug outside any one message: never lose the batch
                 logger.exception("a join batch failed; its messages go to dead-letters")
-                now = time.time()
-                for event in events:
-                    if event.message.topic == TICKS_TOPIC:
-                        continue
+                for e in (e for e in events if e.message.topic != TICKS_TOPIC):
                     with contextlib.suppress(Exception):
-                        letter = dead_letter(event.value, event.message.topic, err, now)
-                        await dead_letters.send(value=letter)
+                        await dead_letters.send(value=dead_letter(e.value, e.message.topic, err))
                         metrics.DEAD_LETTERS.labels(PROCESSING_ERROR).inc()
 
     def _context_of(latest: dict[int, Any], partition: int) -> AbstractContextManager[None]:

@@ -81,13 +81,15 @@ import orjson
 
 from streams import metrics
 from streams.agents.index import IndexFeeder
-from streams.agents.join import interaction_id, learned_keys, without_applied
+from streams.agents.join import interaction_id
 from streams.events import (
     DEAD_LETTERS_TOPIC,
     INTERACTIONS_TOPIC,
     PROCESSING_ERROR,
     InteractionEvent,
     dead_letter,
+    learned_keys,
+    without_applied,
 )
 from streams.tables import bytes_table, event_context, raw_topic
 

@@ -25,10 +25,8 @@ from streams.agents.join import (
     JoinStep,
     id_key,
     interaction_id,
-    learned_keys,
     register,
     row_key,
-    without_applied,
 )
 from streams.events import (
     DEFAULT_MAX_TEXT_CHARS,
@@ -39,7 +37,9 @@ from streams.events import (
     InteractionEvent,
     encode_rating,
     encode_review,
+    learned_keys,
     parse_dead_letter,
+    without_applied,
 )
 from streams.settings import WorkerSettings
 
