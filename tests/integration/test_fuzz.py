@@ -12,6 +12,7 @@ record of it, the ``interactions`` topic, and holds the learner store to it.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ from tests.integration.test_poison import Running, start_worker
 
 pytestmark = pytest.mark.integration
 
-SEED = 17
+SEED = int(os.environ.get("DREX_FUZZ_SEED", "17"))  # another seed: another stream
 # Characters ids and texts are drawn from: JSON's special characters, accents, CJK, RTL,
 # combining marks, joiners, a BOM, astral-plane emoji, white space inside (not at the
 # ends: the contract strips it).
