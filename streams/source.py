@@ -33,9 +33,12 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drex_store.learner import StoreInfo
+
+if TYPE_CHECKING:
+    from streams.settings import WorkerSettings
 
 FETCH_SECONDS = 10.0  # how long reading the one record at the stored offset may take
 
@@ -190,3 +193,25 @@ def inspect_topic_sync(
     from streams.broker import run_sync
 
     return run_sync(lambda: inspect_topic(bootstrap, topic, offset, identify, options))
+
+
+def interactions_view(settings: WorkerSettings) -> Callable[[int], TopicView]:
+    """The broker's ``interactions`` topic seen from a stored offset, through a client of
+    its own; called in the learner's thread."""
+    from streams.events import INTERACTIONS_TOPIC
+    from streams.producer import bootstrap_servers
+
+    servers = bootstrap_servers(settings.broker)
+
+    def view(offset: int) -> TopicView:
+        options = settings.aiokafka_options()
+        return inspect_topic_sync(servers, INTERACTIONS_TOPIC, offset, _record_id, options)
+
+    return view
+
+
+def _record_id(raw: bytes) -> str:
+    from streams.agents.join import interaction_id
+    from streams.events import InteractionEvent
+
+    return interaction_id(InteractionEvent.loads(raw))

@@ -77,7 +77,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-import orjson
 
 from streams import metrics
 from streams.agents.index import IndexFeeder
@@ -91,6 +90,8 @@ from streams.events import (
     learned_keys,
     without_applied,
 )
+from streams.heap import release_heap
+from streams.source import interactions_view
 from streams.tables import bytes_table, event_context, raw_topic
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ ITEM_EMBEDDINGS: Final = "item-embeddings"
 STORE_WAIT_SECONDS: Final = 120.0  # how long a new owner waits for the old one to let go
 RETRIES: Final = 3  # attempts at a micro-batch before its interactions are dead-lettered
 SWEEP_AT: Final = 4096  # cached reviews before the first sweep (then twice what it kept)
+TRIM_EVERY: Final = 30.0  # seconds between two release_heap calls
 
 
 @dataclass
@@ -142,6 +144,7 @@ class LearnerSession:
         self.last_checkpoint = time.time()
         self._encoder: Any = None
         self._sweep_at = SWEEP_AT
+        self._trim_at = 0.0  # monotonic time of the next release_heap
         self._save_encoder = False
         metrics.bind_gauge(metrics.CHECKPOINT_AGE, lambda: time.time() - self.last_checkpoint)
 
@@ -276,6 +279,9 @@ class LearnerSession:
         only: a take's reviews encoded ahead are not pending yet."""
         if not self.held:
             return
+        if time.monotonic() >= self._trim_at:
+            release_heap()
+            self._trim_at = time.monotonic() + TRIM_EVERY
         cache, budget = self.learner.cache, int(self.settings.review_cache_mb * 2**20)
         if len(cache) < self._sweep_at and cache.loaded_bytes <= budget and not force:
             return
@@ -573,38 +579,6 @@ def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> L
     return LearnWiring(session, learn, tables[0], tables[1], executor)
 
 
-def interactions_view(settings: WorkerSettings) -> Callable[[int], TopicView]:
-    """The broker's ``interactions`` topic seen from a stored offset, through a client of
-    its own (streams/source.py); called in the learner's thread."""
-    from streams.producer import bootstrap_servers
-    from streams.source import inspect_topic_sync
-
-    servers = bootstrap_servers(settings.broker)
-
-    def view(offset: int) -> TopicView:
-        options = settings.aiokafka_options()
-        return inspect_topic_sync(servers, INTERACTIONS_TOPIC, offset, _record_id, options)
-
-    return view
-
-
-def _record_id(raw: bytes) -> str:
-    return interaction_id(InteractionEvent.loads(raw))
-
-
 def _log_failure(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         logger.error("restoring the learner failed", exc_info=future.exception())
-
-
-def decode_embedding(value: bytes) -> Any:
-    """An embedding table value back to a float32 vector (for serving and tests)."""
-    import numpy as np
-
-    return np.frombuffer(value, dtype=np.float32)
-
-
-def parse_interaction(raw: bytes) -> InteractionEvent:
-    """An ``interactions`` message (for tools and tests)."""
-    obj = orjson.loads(raw)
-    return InteractionEvent(**obj)
