@@ -27,8 +27,8 @@ Keys (``id`` = user or item id, UTF-8)::
     r:<key>         an encoded review (formats.review_to_bytes) that some row's pending
                     message needs; key = formats.text_key of its text, the review cache's
                     own key; unreferenced ones are swept by gc
-    a:<id>          an applied interaction id -> "offset wall-time"; purged after the
-                    dedup retention
+    a:<id>          an applied event id (streams.events.learned_keys) -> "offset
+                    wall-time"; purged after the dedup retention
     m:index         JSON {"batch": b}: the learner batch the published item index reflects
     x:index         the published item index (drex_store.index.ItemIndex.to_bytes): the
                     stream's FAISS index, which servers load instead of building one
