@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -39,11 +38,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
+from streams.shutdown import die_with_parent
+
 HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
 
 _T = TypeVar("_T")
-_PR_SET_PDEATHSIG = 1
 
 
 class BrokerError(RuntimeError):
@@ -195,26 +195,6 @@ def create_topics(
     )
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM the child when the spawning thread ends.
-
-    ``prctl`` is looked up here, in the parent: the hook runs between fork and exec, where
-    loading a library could deadlock on a lock another thread held at fork time.
-    """
-    if sys.platform != "linux":
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    term = int(signal.SIGTERM)
-
-    def hook() -> None:  # pragma: no cover - runs in the child
-        prctl(_PR_SET_PDEATHSIG, term, 0, 0, 0)
-
-    return hook
-
-
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -333,7 +313,7 @@ class EmbeddedBroker:
         ]
         self._log_path = log_dir / f"tansu-{self._port}.log"
         self._log_file = open(self._log_path, "ab")  # noqa: SIM115 - closed in stop()
-        preexec = _die_with_parent_hook() if self.die_with_parent else None
+        preexec = die_with_parent() if self.die_with_parent else None
         try:
             self._proc = subprocess.Popen(
                 command,
