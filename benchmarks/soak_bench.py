@@ -4,10 +4,14 @@ A ``drex worker`` (a subprocess, as in production) against the embedded broker l
 stream sent at a fixed rate (``--rate`` events per second, reviews and ratings as
 ``drex produce`` plans them) for ``--minutes``. Every ``--every`` seconds the bench reads
 the worker's and the broker's resident set size (``VmRSS`` in ``/proc``) and the
-worker's metrics: interactions learned, reviews in the encoder cache. It prints the
-series and, after the warm-up (``--warmup`` minutes: the encoder, the first sweep of the
-review cache and the allocator's pools settle), the growth of the worker's RSS from the
-end of the warm-up to the end, in percent and MiB per 1,000 interactions learned.
+worker's metrics: interactions learned, reviews the learner's cache names and the MiB
+those loaded hold (``DREX_REVIEW_CACHE_MB`` bounds it). It prints the series and the
+growth of the worker's RSS after the warm-up (``--warmup`` minutes: the encoder, the
+first sweep of the review cache and the allocator's pools settle), in percent and MiB
+per 1,000 interactions learned. RSS is a sawtooth (a take's buffers come and go, the
+review cache fills and is swept, memtables fill and flush), so growth compares the
+median of the first two minutes after the warm-up with the median of the last two, and
+the peak is printed beside it.
 
 The goal of a bounded worker: < 10% growth after warm-up over 10 minutes. The embedded
 broker is memory only (it keeps every record it is sent), so its growth is the stream's
@@ -27,6 +31,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -42,6 +47,8 @@ from streams.metrics import scrape
 from streams.plan import plan_events
 from streams.producer import EventProducer
 from streams.worker import spawn
+
+WINDOW = 2.0  # minutes of samples whose median stands for the start and the end
 
 
 def rss_mib(pid: int) -> float:
@@ -142,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"worker pid {proc.pid}, sample every {args.every:g} s"
                 )
                 print(
-                    f"{'min':>6} {'worker MiB':>11} {'broker MiB':>11} {'learned':>9} {'cached':>7}"
+                    f"{'min':>6} {'worker MiB':>11} {'broker MiB':>11} {'learned':>9} "
+                    f"{'cached':>7} {'cache MiB':>10}"
                 )
                 samples: list[tuple[float, float, float]] = []  # minutes, RSS, learned
                 start = time.monotonic()
@@ -158,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     samples.append((elapsed / 60, worker, learned))
                     print(
                         f"{elapsed / 60:6.2f} {worker:11.0f} {rss_mib(broker_pid):11.0f} "
-                        f"{learned:9.0f} {m.get('drex_reviews_cached', 0.0):7.0f}",
+                        f"{learned:9.0f} {m.get('drex_reviews_cached', 0.0):7.0f} "
+                        f"{m.get('drex_review_cache_bytes', 0.0) / 2**20:10.0f}",
                         flush=True,
                     )
                     time.sleep(args.every)
@@ -167,16 +176,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 proc.terminate()
                 proc.wait(timeout=120)
-        after = [s for s in samples if s[0] >= args.warmup]
-        if len(after) < 2:
-            print("too few samples after the warm-up for a growth figure")
+        end = samples[-1][0] if samples else 0.0
+        first = [s for s in samples if args.warmup <= s[0] < args.warmup + WINDOW]
+        last = [s for s in samples if s[0] >= end - WINDOW and s[0] >= args.warmup + WINDOW]
+        if not first or not last:
+            print(f"too short for a growth figure: needs --minutes > --warmup + {2 * WINDOW:g}")
             return 1
-        (_, rss0, n0), (_, rss1, n1) = after[0], after[-1]
+        rss0, n0 = statistics.median(s[1] for s in first), statistics.median(s[2] for s in first)
+        rss1, n1 = statistics.median(s[1] for s in last), statistics.median(s[2] for s in last)
         per_k = (rss1 - rss0) / max(1.0, (n1 - n0) / 1000)
         print(
-            f"worker RSS after warm-up: {rss0:.0f} -> {rss1:.0f} MiB "
-            f"({100 * (rss1 - rss0) / rss0:+.1f}%, {per_k:+.1f} MiB per 1,000 interactions, "
-            f"{n1 - n0:.0f} learned); peak {max(s[1] for s in samples):.0f} MiB"
+            f"worker RSS after warm-up (medians of {WINDOW:g}-minute windows): {rss0:.0f} -> "
+            f"{rss1:.0f} MiB ({100 * (rss1 - rss0) / rss0:+.1f}%, {per_k:+.1f} MiB per 1,000 "
+            f"interactions, {n1 - n0:.0f} learned between them); peak after warm-up "
+            f"{max(s[1] for s in samples if s[0] >= args.warmup):.0f} MiB"
         )
         return 0
     finally:

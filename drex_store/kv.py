@@ -14,7 +14,7 @@ import bisect
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 
 class StoreLocked(RuntimeError):
@@ -110,6 +110,9 @@ class MemoryStore(_SingleWrites):
         pass
 
 
+WRITE_BUFFER_BYTES: Final = 16 << 20
+
+
 class RocksStore(_SingleWrites):
     """:class:`KeyValueStore` on RocksDB (rocksdict in raw mode)."""
 
@@ -133,6 +136,9 @@ class RocksStore(_SingleWrites):
         deadline = time.monotonic() + wait
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(not read_only)
+        # 16 MiB memtables (RocksDB's default 64): a take writes ~10 MiB of reviews, and
+        # each full memtable stays in the worker's memory until it is flushed
+        options.set_write_buffer_size(WRITE_BUFFER_BYTES)
         while True:
             try:
                 if read_only:
