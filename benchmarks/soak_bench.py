@@ -22,7 +22,9 @@ sample), repeated with new users, items and review texts each pass (see
 ``stream_bench.replay``) so that it never runs out, in time order.
 
     python benchmarks/soak_bench.py [--minutes 10] [--rate 40] [--every 15] [--warmup 2]
-        [--dataset FILE] [--threads 2] [--encoder DIR]
+        [--dataset FILE] [--threads 2] [--encoder DIR] [--worker-arg=--role=join]
+
+``--worker-arg=--role=join`` measures a join worker alone (no learner, no torch).
 """
 
 from __future__ import annotations
@@ -135,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             proc = spawn(command, log=log)
             try:
                 deadline = time.monotonic() + 300
-                while scrape(port).get("drex_owns_learner", 0.0) < 1.0:
+                join_only = "--role=join" in args.worker_arg  # no learner: "learned" stays 0
+                ready = "drex_join_partitions" if join_only else "drex_owns_learner"
+                while scrape(port).get(ready, 0.0) < 1.0:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"worker did not start; see {workdir / 'worker.log'}")
                     time.sleep(1.0)

@@ -211,7 +211,6 @@ def interactions_view(settings: WorkerSettings) -> Callable[[int], TopicView]:
 
 
 def _record_id(raw: bytes) -> str:
-    from streams.agents.join import interaction_id
-    from streams.events import InteractionEvent
+    from streams.events import InteractionEvent, interaction_id
 
     return interaction_id(InteractionEvent.loads(raw))

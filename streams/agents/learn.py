@@ -80,13 +80,13 @@ import numpy as np
 
 from streams import metrics
 from streams.agents.index import IndexFeeder
-from streams.agents.join import interaction_id
 from streams.events import (
     DEAD_LETTERS_TOPIC,
     INTERACTIONS_TOPIC,
     PROCESSING_ERROR,
     InteractionEvent,
     dead_letter,
+    interaction_id,
     learned_keys,
     without_applied,
 )

@@ -24,7 +24,6 @@ from streams.agents.join import (
     Joiner,
     JoinStep,
     id_key,
-    interaction_id,
     register,
     row_key,
 )
@@ -37,6 +36,7 @@ from streams.events import (
     InteractionEvent,
     encode_rating,
     encode_review,
+    interaction_id,
     learned_keys,
     parse_dead_letter,
     without_applied,
