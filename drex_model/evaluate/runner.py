@@ -10,6 +10,8 @@ For each seed: a 70:20:10 random split (train:test:valid); every model is fit on
     not rated in train or valid; the relevant ones are the user's test items rated >= 4;
   * ``paper`` (``paper_`` keys): the user's own test items only. On 5-core data most
     users have one or two test items, so every model scores near 1 here.
+- explanations (``expl_`` keys, DReX variants and the ``expl:`` baseline rows): each test
+  pair's explanation against the user's held-out review (:mod:`.explanations`).
 
 Results are the mean and standard deviation over seeds, written as ``results.json``,
 ``results.md`` and ``learning_curves.png`` under the output directory.
@@ -41,6 +43,13 @@ from drex_model.evaluate.data import (
     split_interactions,
 )
 from drex_model.evaluate.drex import DReXRecommender, EpochLog
+from drex_model.evaluate.explanations import (
+    TrainingWords,
+    baseline_explainers,
+    explained_pairs,
+    profile_explainer,
+    score_explainer,
+)
 from drex_model.evaluate.metrics import (
     RELEVANT_RATING,
     beyond_accuracy,
@@ -122,6 +131,10 @@ def evaluate(
     curves: dict[str, list[list[EpochLog]]] = {}
     for seed in opts.seeds:
         split = split_interactions(data, seed=seed)
+        words, pairs = TrainingWords(split.train), explained_pairs(split.test)
+        for name, explainer in baseline_explainers(words).items():  # training words only
+            figures = score_explainer(explainer, pairs, words.idf, words.default_idf)
+            per_seed.setdefault(f"expl:{name}", []).append(figures)
         for name in [*opts.variants, *opts.baselines]:
             t0 = time.perf_counter()
             model = _make(name, opts, cache, seed, device)
@@ -139,6 +152,7 @@ def evaluate(
                 metrics["rating_weight"] = model.blend.rating
                 metrics["content_weight"] = model.blend.content
                 metrics["cooccurrence_shrinkage"] = model.blend.shrinkage
+                metrics.update(_explanation_scores(model, pairs, words))
             for key, value in getattr(model, "chosen", {}).items():  # tuned on validation
                 metrics[key] = float(value)
             per_seed.setdefault(name, []).append(metrics)
@@ -238,6 +252,22 @@ def score(
         counts[x.item] = counts.get(x.item, 0.0) + 1.0
     out.update(beyond_accuracy(tops, len(items), counts, BEYOND_K))
     return out
+
+
+def _explanation_scores(
+    model: DReXRecommender, pairs: Sequence[Interaction], words: TrainingWords
+) -> dict[str, float]:
+    """The explanation metrics of a fitted DReX on the test pairs with text, from the
+    profiles as the server shows them."""
+    learner = model.learner
+    assert learner is not None
+    users = sorted({x.user for x in pairs})
+    items = sorted({x.item for x in pairs})
+    explainer = profile_explainer(
+        dict(zip(users, learner.keyword_profiles("users", users), strict=True)),
+        dict(zip(items, learner.keyword_profiles("items", items), strict=True)),
+    )
+    return score_explainer(explainer, pairs, words.idf, words.default_idf)
 
 
 def _score_matrix(
@@ -344,6 +374,15 @@ REPORT_COLUMNS = (
 )
 
 
+EXPLANATION_COLUMNS = (
+    "expl_coverage",
+    "expl_precision",
+    "expl_hit",
+    "expl_idf_precision",
+    "expl_distinct",
+)
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The results table (mean +- std over seeds) and the detail tables."""
     models: dict[str, dict[str, float]] = results["models"]
@@ -363,6 +402,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append("| model | " + " | ".join(columns) + " |")
         lines.append("|---|" + "---|" * len(columns))
         for name, m in models.items():
+            if not any(c in m for c in columns):  # e.g. an expl: row in a ranking table
+                continue
             cells = [
                 f"{m[c]:.4f} ± {m[c + '_std']:.4f}" if c in m and np.isfinite(m[c]) else "—"
                 for c in columns
@@ -384,6 +425,14 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines.append("Ranking over each user's test items (the paper's candidate set):")
     lines.append("")
     table([f"paper_{m}@{k}" for m in ("f1", "ndcg") for k in ks])
+    if any(c in m for m in models.values() for c in EXPLANATION_COLUMNS):
+        lines.append(
+            "Explanations of the test pairs with review text (at most 5 words) against "
+            "the user's own held-out review: precision, hit and idf-weighted precision "
+            "over the non-empty explanations (see docs/evaluation.md):"
+        )
+        lines.append("")
+        table(EXPLANATION_COLUMNS)
     lines.append(
         f"Run time {results['seconds']:.0f}s on {results['machine']['platform']} "
         f"({results['machine']['cpus']} CPUs, device {results['machine']['device']})."

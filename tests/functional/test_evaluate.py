@@ -52,6 +52,10 @@ def test_evaluate_writes_results_for_every_model(tiny_encoder_dir: Path, tmp_pat
         "popularity",
         "ease",
         "itemknn",
+        "expl:raw-count-overlap",
+        "expl:item-top-words",
+        "expl:item-tfidf",
+        "expl:corpus-top-words",
     }
     drex = results["models"]["drex"]
     for key in (
@@ -66,8 +70,13 @@ def test_evaluate_writes_results_for_every_model(tiny_encoder_dir: Path, tmp_pat
         "rmse_warm",
         "n_cold",
         "epochs",
+        "expl_coverage",
+        "expl_precision_std",
+        "expl_idf_precision",
     ):
         assert key in drex, key
+    assert 0 <= drex["expl_coverage"] <= 1
+    assert "| expl_coverage |" in (out / "results.md").read_text()
     assert 0 < drex["rmse"] < 2 and 0 <= drex["ndcg@10"] <= 1
     assert "mae" not in results["models"]["popularity"]
     for name in ("drex", "popularity", "ease"):  # every ranking row, beyond accuracy too
