@@ -11,7 +11,10 @@ after :func:`drex_model.text.preprocess`:
 - ``expl_idf_precision``: precision with each word weighted by its idf over the
   training reviews' word sets (a rare, specific word earns more than "great"), again
   over the non-empty explanations;
-- ``expl_distinct``: distinct explanations (the empty one included) per pair.
+- ``expl_distinct``: distinct explanations (the empty one included) per pair;
+- ``expl_diversity``: mean pairwise Jaccard distance of the non-empty explanations (the
+  first :data:`DIVERSITY_SAMPLE`), PETER/METER's feature diversity turned round so that
+  higher is more diverse.
 
 Baseline explainers (:func:`baseline_explainers`) read the training reviews only, so
 none of them sees the test review.
@@ -28,6 +31,7 @@ from drex_model.text import preprocess
 from drex_model.types import Interaction
 
 EXPLAIN_WORDS = 5  # words an explanation may show
+DIVERSITY_SAMPLE = 500  # explanations the pairwise diversity compares (quadratic cost)
 Explainer = Callable[[str, str], list[str]]
 
 
@@ -73,7 +77,22 @@ def explanation_metrics(
         "expl_hit": _mean(hit),
         "expl_idf_precision": _mean(weighted),
         "expl_distinct": len({tuple(e) for e in explanations}) / n if n else 0.0,
+        "expl_diversity": diversity([set(e) for e, _ in shown[:DIVERSITY_SAMPLE]]),
     }
+
+
+def diversity(explanations: Sequence[set[str]]) -> float:
+    """Mean Jaccard distance over all pairs of word sets; 0 for fewer than two.
+
+    >>> diversity([{"tone", "loud"}, {"tone"}, {"hum"}])
+    0.8333333333333334
+    """
+    distances = [
+        1.0 - len(a & b) / len(a | b)
+        for n, a in enumerate(explanations)
+        for b in explanations[n + 1 :]
+    ]
+    return _mean(distances)
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -380,6 +380,7 @@ EXPLANATION_COLUMNS = (
     "expl_hit",
     "expl_idf_precision",
     "expl_distinct",
+    "expl_diversity",
 )
 
 

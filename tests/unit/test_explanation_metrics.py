@@ -39,6 +39,7 @@ def test_precision_and_hit_average_over_non_empty_explanations_only() -> None:
     assert m["expl_hit"] == pytest.approx(1 / 2)
     assert m["expl_idf_precision"] == pytest.approx(1 / 4)  # equal weights: plain precision
     assert m["expl_distinct"] == pytest.approx(1.0)
+    assert m["expl_diversity"] == pytest.approx(1.0)  # {tone, price} and {cheap} share none
 
 
 def test_idf_weighting_makes_a_rare_word_count_more() -> None:
@@ -56,6 +57,14 @@ def test_no_explanation_at_all_scores_zero_with_zero_coverage() -> None:
     assert m["expl_precision"] == m["expl_hit"] == m["expl_idf_precision"] == 0.0
     assert m["expl_distinct"] == pytest.approx(1 / 2)
     assert explanation_metrics([], [], {}, 1.0)["expl_coverage"] == 0.0
+    assert m["expl_diversity"] == 0.0
+
+
+def test_diversity_is_mean_pairwise_jaccard_distance() -> None:
+    same = explanation_metrics([["tone"], ["tone"]], [set(), set()], {}, 1.0)
+    assert same["expl_diversity"] == 0.0 and same["expl_distinct"] == pytest.approx(1 / 2)
+    half = explanation_metrics([["tone", "loud"], ["tone"]], [set(), set()], {}, 1.0)
+    assert half["expl_diversity"] == pytest.approx(1 / 2)
 
 
 def _x(user: str, item: str, text: str | None) -> Interaction:
