@@ -182,22 +182,10 @@ def _identify(identify: Callable[[bytes], str], value: bytes | None) -> str:
         return ""
 
 
-def inspect_topic_sync(
-    bootstrap: Sequence[str],
-    topic: str,
-    offset: int,
-    identify: Callable[[bytes], str],
-    options: dict[str, Any] | None = None,
-) -> TopicView:
-    """:func:`inspect_topic` from sync code (the learner's thread)."""
-    from streams.broker import run_sync
-
-    return run_sync(lambda: inspect_topic(bootstrap, topic, offset, identify, options))
-
-
 def interactions_view(settings: WorkerSettings) -> Callable[[int], TopicView]:
     """The broker's ``interactions`` topic seen from a stored offset, through a client of
     its own; called in the learner's thread."""
+    from streams.broker import run_sync
     from streams.events import INTERACTIONS_TOPIC
     from streams.producer import bootstrap_servers
 
@@ -205,7 +193,9 @@ def interactions_view(settings: WorkerSettings) -> Callable[[int], TopicView]:
 
     def view(offset: int) -> TopicView:
         options = settings.aiokafka_options()
-        return inspect_topic_sync(servers, INTERACTIONS_TOPIC, offset, _record_id, options)
+        return run_sync(
+            lambda: inspect_topic(servers, INTERACTIONS_TOPIC, offset, _record_id, options)
+        )
 
     return view
 
