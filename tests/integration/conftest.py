@@ -12,7 +12,7 @@ import pytest
 from drex_model.evaluate.data import load_interactions
 from drex_model.evaluate.sample import write_sample
 from drex_model.types import Interaction
-from streams.broker import BrokerError, EmbeddedBroker, resolve_tansu_bin
+from streams.broker import BrokerError, EmbeddedBroker, free_port, resolve_tansu_bin
 
 
 @pytest.fixture(scope="session")
@@ -42,12 +42,13 @@ def unique_topic(request: pytest.FixtureRequest) -> Callable[[str], str]:
 
 @pytest.fixture
 def fresh_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    """A broker of this test's own: the worker's topic names are fixed."""
+    """A broker of this test's own (the worker's topic names are fixed), on a fixed port
+    so that a test can stop it and start it again there."""
     try:
         binary = resolve_tansu_bin()
     except BrokerError as exc:
         pytest.skip(f"no Tansu broker binary ({exc})")
-    with EmbeddedBroker(log_dir=tmp_path / "tansu", binary=binary) as running:
+    with EmbeddedBroker(free_port(), log_dir=tmp_path / "tansu", binary=binary) as running:
         yield running
 
 

@@ -19,30 +19,17 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from drex_model.types import Interaction
 from drex_store.learner import LearnerStore
-from streams.broker import BrokerError, EmbeddedBroker, free_port, resolve_tansu_bin
+from streams.broker import EmbeddedBroker
 from streams.plan import EventPlan, plan_events
 from tests.integration.harness import Worker, applied_total, send, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def restartable_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    """A broker of this test's own on a fixed port, so that it can come back on it."""
-    try:
-        binary = resolve_tansu_bin()
-    except BrokerError as exc:
-        pytest.skip(f"no Tansu broker binary ({exc})")
-    broker = EmbeddedBroker(free_port(), log_dir=tmp_path / "tansu", binary=binary)
-    with broker:
-        yield broker
 
 
 def restart(broker: EmbeddedBroker) -> None:
@@ -67,11 +54,11 @@ def stored(state: Path) -> tuple[int, Counter[str]]:
 
 def test_a_broker_restart_loses_no_interaction_both_ways(
     sample_rows: list[Interaction],
-    restartable_broker: EmbeddedBroker,
+    fresh_broker: EmbeddedBroker,
     tiny_encoder_dir: Path,
     tmp_path: Path,
 ) -> None:
-    broker = restartable_broker
+    broker = fresh_broker
     first, second, third = parts(sample_rows, 3)
     state = tmp_path / "state"
     expected: Counter[str] = Counter()
