@@ -1,19 +1,21 @@
 """Keyword profiles and explanations (paper section 3.6).
 
 A profile maps each word of an entity's reviews to the attention weight it received,
-summed over every occurrence the learner processed. The explanation for recommending
-item i to user u is the overlap of their top-k keywords (the rule is
-:func:`drex_model.scoring.shared_keywords`, which the server calls too).
+summed over every occurrence the learner processed; a profile with a decay below 1 (the
+users', ``DReXConfig.keyword_decay``) multiplies its weights by it before each review is
+added, so that it follows recent interests. The explanation of a recommendation is
+:func:`drex_model.reasons.explain`, which the server calls too.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 
-from drex_model.scoring import shared_keywords, top_keywords
+from drex_model.formats import fold_words
+from drex_model.scoring import top_keywords
 from drex_model.text import EncodedReview
 
 
@@ -36,7 +38,10 @@ def word_weights(review: EncodedReview, attn: torch.Tensor) -> dict[str, float]:
 class KeywordProfiles:
     """entity id -> {word: summed attention}; one instance per side (users or items)."""
 
-    def __init__(self) -> None:
+    def __init__(self, decay: float = 1.0) -> None:
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"keyword decay must be in (0, 1], not {decay}")
+        self.decay = decay
         self._profiles: dict[str, dict[str, float]] = {}
 
     def __len__(self) -> int:
@@ -45,10 +50,18 @@ class KeywordProfiles:
     def __contains__(self, entity: object) -> bool:
         return entity in self._profiles
 
-    def add(self, entity: str, weights: dict[str, float]) -> None:
-        profile = self._profiles.setdefault(entity, {})
+    def add(self, entity: str, weights: Mapping[str, float]) -> None:
+        """One review's words: the profile decays, then takes them in."""
+        if self.decay < 1.0:
+            self._profiles[entity] = fold_words(self._profiles.get(entity, {}), weights, self.decay)
+            return
+        profile = self._profiles.setdefault(entity, {})  # in place: items' can be large
         for word, w in weights.items():
             profile[word] = profile.get(word, 0.0) + w
+
+    def set(self, entity: str, profile: Mapping[str, float]) -> None:
+        """Replace an entity's profile (a stored one being restored)."""
+        self._profiles[entity] = dict(profile)
 
     def profile(self, entity: str) -> dict[str, float]:
         return dict(self._profiles.get(entity, {}))
@@ -62,17 +75,3 @@ class KeywordProfiles:
 
     def clear(self) -> None:
         self._profiles.clear()
-
-
-def explain(
-    users: KeywordProfiles, items: KeywordProfiles, user: str, item: str, k: int = 10
-) -> list[str]:
-    """Keywords in both the user's and the item's top-k, ordered by their summed rank.
-
-    >>> u, i = KeywordProfiles(), KeywordProfiles()
-    >>> u.add("ann", {"tone": 2.0, "price": 1.0, "cheap": 0.5})
-    >>> i.add("amp", {"tone": 3.0, "loud": 2.0, "cheap": 1.0})
-    >>> explain(u, i, "ann", "amp", k=3)
-    ['tone', 'cheap']
-    """
-    return shared_keywords(users.top(user, k), items.top(item, k), k)

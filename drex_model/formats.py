@@ -208,10 +208,30 @@ def keywords_from_bytes(raw: bytes) -> tuple[dict[str, float], dict[str, float]]
     return dict(data["learned"]), dict(data["pending"])
 
 
-def shown_profile(learned: Mapping[str, float], pending: Mapping[str, float]) -> dict[str, float]:
-    """The profile a reader shows: the learned weights plus the pending review's."""
-    out = dict(learned)
-    for word, weight in pending.items():
+def shown_profile(
+    learned: Mapping[str, float], pending: Mapping[str, float], decay: float = 1.0
+) -> dict[str, float]:
+    """The profile a reader shows: the learned one with the pending review's words folded
+    in, as the learner will fold them (:func:`fold_words`)."""
+    return fold_words(learned, pending, decay) if pending else dict(learned)
+
+
+DROP_BELOW = 1e-3  # a decayed keyword weight below this leaves its profile
+
+
+def fold_words(
+    profile: Mapping[str, float], words: Mapping[str, float], decay: float = 1.0
+) -> dict[str, float]:
+    """A profile after one review: its weights times ``decay`` (those that fall below
+    :data:`DROP_BELOW` dropped), plus the review's attention per word.
+
+    >>> fold_words({"tone": 1.0, "hum": 0.0015}, {"tone": 0.5}, decay=0.5)
+    {'tone': 1.0}
+    """
+    out = dict(profile)
+    if decay < 1.0:
+        out = {w: x * decay for w, x in out.items() if x * decay >= DROP_BELOW}
+    for word, weight in words.items():
         out[word] = out.get(word, 0.0) + weight
     return out
 

@@ -49,8 +49,9 @@ from drex_model.affinity import CoOccurrence, recent, review_vector
 from drex_model.entities import EntityTable, LookedUp, carry_sparse_state, t_batches
 from drex_model.explain import KeywordProfiles, word_weights
 from drex_model.model import DReX, DReXConfig, PreferenceInit
+from drex_model.reasons import QuoteBook, Vocabulary
 from drex_model.scoring import Blend
-from drex_model.text import ReviewCache, TextEncoder
+from drex_model.text import ReviewCache, TextEncoder, preprocess
 from drex_model.types import Interaction
 from drex_model.views import SIDES, LearnerViews
 
@@ -96,8 +97,10 @@ class DReXLearner(LearnerViews):
         self.model = DReX(config).to(self.device)
         self.users = EntityTable(config, self.generator, max(n_users_hint, 64)).to(self.device)
         self.items = EntityTable(config, self.generator, max(n_items_hint, 64)).to(self.device)
-        self.user_keywords = KeywordProfiles()
+        self.user_keywords = KeywordProfiles(config.keyword_decay)
         self.item_keywords = KeywordProfiles()
+        self.vocabulary = Vocabulary()  # corpus attention and sentiment per word
+        self.quotes = QuoteBook()  # recent sentences of each item's positive reviews
         self.track_keywords = True
         self.blend = Blend.from_config(config.to_dict())  # see ranking_scores
         self.cooccurrence = CoOccurrence(config.cooccurrence_window)
@@ -231,8 +234,10 @@ class DReXLearner(LearnerViews):
         table: EntityTable,
         rows: torch.Tensor,
         keywords: KeywordProfiles | None = None,
+        vocabulary: Vocabulary | None = None,
     ) -> torch.Tensor:
-        """Representations ``(B, D)`` with each row's pending message folded in."""
+        """Representations ``(B, D)`` with each row's pending message folded in; the
+        folded reviews' words go into ``keywords`` and ``vocabulary`` when given."""
         prev = torch.where(
             table.has_memory[rows, None], table.memory[rows], self._initial(side, table, rows)
         )  # (B, D)
@@ -253,9 +258,15 @@ class DReXLearner(LearnerViews):
         gru = self.model.memory.user if side == "users" else self.model.memory.item
         folded = gru(x, prev[pend])  # (P, D)
         if keywords is not None and attn is not None:
-            for row, j, a in zip(prow.tolist(), review_ids.tolist(), attn.detach(), strict=True):
+            ratings = rating.tolist()
+            for n, (row, j, a) in enumerate(
+                zip(prow.tolist(), review_ids.tolist(), attn.detach(), strict=True)
+            ):
                 if j >= 0:
-                    keywords.add(table.ids[row], word_weights(self.cache.get(j), a))
+                    weights = word_weights(self.cache.get(j), a)
+                    keywords.add(table.ids[row], weights)
+                    if vocabulary is not None:
+                        vocabulary.add(weights, None if math.isnan(ratings[n]) else ratings[n])
         return prev.index_copy(0, pend, folded)
 
     def _represent(self, table: EntityTable, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -421,7 +432,8 @@ class DReXLearner(LearnerViews):
         uk = self.user_keywords if self.track_keywords else None
         ik = self.item_keywords if self.track_keywords else None
         hu = self._current("users", self.users, urows, uk)  # (B, D) before this interaction
-        hi = self._current("items", self.items, irows, ik)  # (B, D)
+        vocabulary = self.vocabulary if self.track_keywords else None
+        hi = self._current("items", self.items, irows, ik, vocabulary)  # (B, D)
         pred, mlp, looked = self._predict_rows(urows, irows, hu, hi, mean)  # (B,) the scores
         rated = ~rating.isnan()
         if bool(rated.all()):
@@ -456,7 +468,15 @@ class DReXLearner(LearnerViews):
                 seen[x.item] = None
             if x.rating is not None and self.pref_nets is not None:
                 self._ratings[(x.user, x.item)] = x.rating
+            if self.track_keywords:
+                self._add_quotes(x)
         return pred.detach()
+
+    def _add_quotes(self, x: Interaction) -> None:
+        """The sentences of a positive review (rated at least one star below the top)
+        become quote candidates of its item."""
+        if x.text and x.rating is not None and x.rating >= self.config.rating_levels - 1:
+            self.quotes.add(x.item, x.text, x.rating, preprocess)
 
     def _add_content(
         self, urows: torch.Tensor, irows: torch.Tensor, review_ids: torch.Tensor
@@ -538,6 +558,10 @@ class DReXLearner(LearnerViews):
         the final pass of training)."""
         self.user_keywords.clear()
         self.item_keywords.clear()
+        self.vocabulary.clear()
+        self.quotes.clear()
+        for x in interactions:
+            self._add_quotes(x)
         if not self.config.use_text:
             return
         self.model.eval()
@@ -551,6 +575,7 @@ class DReXLearner(LearnerViews):
                     weights = word_weights(self.cache.get(j), a)
                     self.user_keywords.add(x.user, weights)
                     self.item_keywords.add(x.item, weights)
+                    self.vocabulary.add(weights, x.rating)
 
     # ---- state export -----------------------------------------------------------------
 

@@ -60,6 +60,12 @@ class DReXConfig:
     grad_clip: float = 1.0  # max gradient norm (0: off)
     # DReX-MLP (section 4): initial states from preference vectors via one-hidden-layer MLPs
     preference_init: bool = False
+    # Explanations (drex_model.reasons): a user's keyword profile decays by this at each
+    # new review; a keyword scores log p_item + user_weight log p_user - corpus_weight log p.
+    keyword_decay: float = 1.0
+    explain_user_weight: float = 1.0
+    explain_corpus_weight: float = 0.25
+    explain_smoothing: float = 2.0
 
     @classmethod
     def for_variant(cls, variant: str, **overrides: Any) -> DReXConfig:

@@ -23,18 +23,18 @@ from drex_model.entities import EntityTable
 from drex_model.explain import KeywordProfiles
 from drex_model.formats import shown_profile
 from drex_model.model import DReX, DReXConfig
-from drex_model.scoring import (
-    EXPLAIN_TOP,
-    HEAD_PARAMETERS,
-    Blend,
-    Head,
-    content_term,
-    lookup_sparse,
-    shared_keywords,
-    top_keywords,
-)
+from drex_model.reasons import ExplainWeights, QuoteBook, Reason, Vocabulary, explain
+from drex_model.scoring import HEAD_PARAMETERS, Blend, Head, content_term, lookup_sparse
 
 SIDES = ("users", "items")
+
+
+class Ranked(NamedTuple):
+    """One recommendation: the item, its predicted rating and why."""
+
+    item: str
+    rating: float
+    reason: Reason
 
 
 class Snapshot(NamedTuple):
@@ -57,6 +57,8 @@ class LearnerViews:
     items: EntityTable
     user_keywords: KeywordProfiles
     item_keywords: KeywordProfiles
+    vocabulary: Vocabulary
+    quotes: QuoteBook
     _seen: dict[str, dict[str, None]]
 
     # The learner computes these (drex_model/learner.py): the representation of rows
@@ -144,12 +146,13 @@ class LearnerViews:
 
     def rank(
         self, user: str, items: Sequence[str] | None = None, k: int = 10, exclude_seen: bool = True
-    ) -> list[tuple[str, float, list[str]]]:
-        """Top-k (item, predicted rating, keyword explanation) for ``user``: the list a
-        server of this state answers (``tests/functional/test_serving.py`` pins it).
+    ) -> list[Ranked]:
+        """Top-k (item, predicted rating, explanation) for ``user``: the list a server of
+        this state answers (``tests/functional/test_serving.py`` pins it).
 
-        Explanations draw on the profiles as shown (:meth:`keyword_profiles`: the
-        pending review's words included), as the server's do."""
+        Explanations (:func:`drex_model.reasons.explain`) draw on the profiles as shown
+        (:meth:`keyword_profiles`: the pending review's words included), as the server's
+        do."""
         candidates = list(items) if items is not None else list(self.items.ids)
         if exclude_seen:
             seen = self._seen.get(user, {})
@@ -160,15 +163,21 @@ class LearnerViews:
         raw, ranking = terms[0], self.blend.rank(*terms)[0]
         order = np.argsort(-ranking, kind="stable")[:k].tolist()
         lo, hi = 1.0, float(self.config.rating_levels)
-        user_top = top_keywords(self._shown_profiles("users", [user])[0], EXPLAIN_TOP)
-        profiles = self._shown_profiles("items", [candidates[j] for j in order])
+        chosen = [candidates[j] for j in order]
+        reasons = self.explain(user, chosen)
         return [
-            (
-                candidates[j],
-                float(np.clip(raw[0, j], lo, hi)),
-                shared_keywords(user_top, top_keywords(profile, EXPLAIN_TOP)),
-            )
-            for j, profile in zip(order, profiles, strict=True)
+            Ranked(item, float(np.clip(raw[0, j], lo, hi)), reason)
+            for item, j, reason in zip(chosen, order, reasons, strict=True)
+        ]
+
+    def explain(self, user: str, items: Sequence[str]) -> list[Reason]:
+        """Why each of ``items`` would be recommended to ``user`` (the server's rule)."""
+        user_profile = self._shown_profiles("users", [user])[0]
+        weights = ExplainWeights.from_config(self.config.to_dict())
+        mean = float(self._mean())
+        return [
+            explain(user_profile, profile, self.vocabulary, mean, weights, self.quotes.get(item))
+            for item, profile in zip(items, self._shown_profiles("items", items), strict=True)
         ]
 
     def _shown_profiles(self, side: str, ids: Sequence[str]) -> list[dict[str, float]]:
@@ -244,7 +253,8 @@ class LearnerViews:
         pending message is folded in, at the entity's next interaction; this way an
         entity with a single review has one already). Unknown ids raise ``KeyError``."""
         view = self._view(side, ids, with_keywords=True)
-        return [shown_profile(a, b) for a, b in zip(view.learned, view.pending, strict=True)]
+        decay = self.keywords(side).decay
+        return [shown_profile(a, b, decay) for a, b in zip(view.learned, view.pending, strict=True)]
 
     def snapshot(self, side: str, ids: Sequence[str]) -> Snapshot:
         """Representations, learned profiles and pending words of known ``ids`` in one
@@ -252,10 +262,10 @@ class LearnerViews:
         return self._view(side, ids, with_keywords=True)
 
     def load_keywords(self, side: str, profiles: Mapping[str, Mapping[str, float]]) -> None:
-        """Add learned profiles (as :meth:`snapshot` gave them) to a side's profiles."""
+        """Restore learned profiles (as :meth:`snapshot` gave them) of a side."""
         stored = self.keywords(side)
         for key, profile in profiles.items():
-            stored.add(key, dict(profile))
+            stored.set(key, profile)
 
     @torch.inference_mode()
     def _view(self, side: str, ids: Sequence[str], with_keywords: bool) -> Snapshot:

@@ -1,10 +1,10 @@
-"""Keyword profiles (word -> summed attention) and overlap explanations."""
+"""Keyword profiles (word -> summed attention), with and without decay."""
 
 from __future__ import annotations
 
 import torch
 
-from drex_model.explain import KeywordProfiles, explain, word_weights
+from drex_model.explain import KeywordProfiles, word_weights
 from drex_model.text import EncodedReview
 
 
@@ -20,12 +20,19 @@ def test_word_weights_sum_word_pieces_of_each_word() -> None:
     )
 
 
-def test_profiles_accumulate_and_explanations_are_the_top_k_overlap() -> None:
-    users, items = KeywordProfiles(), KeywordProfiles()
+def test_profiles_accumulate_per_review() -> None:
+    users = KeywordProfiles()
     users.add("ann", {"tone": 1.0, "price": 0.9})
     users.add("ann", {"tone": 0.5, "strap": 0.2})
-    items.add("amp", {"strap": 2.0, "tone": 1.0, "loud": 3.0})
     assert users.top("ann", 2) == [("tone", 1.5), ("price", 0.9)]
-    assert explain(users, items, "ann", "amp", k=3) == ["tone", "strap"]
-    assert explain(users, items, "ann", "amp", k=1) == []
-    assert explain(users, items, "nobody", "amp") == []
+    assert users.top("nobody") == []
+
+
+def test_a_decaying_profile_follows_recent_reviews() -> None:
+    users = KeywordProfiles(decay=0.5)
+    users.add("ann", {"tone": 1.0})
+    users.add("ann", {"strap": 0.8})
+    assert users.profile("ann") == {"tone": 0.5, "strap": 0.8}
+    for _ in range(10):  # a word not seen again fades out of the profile
+        users.add("ann", {"strap": 0.8})
+    assert "tone" not in users.profile("ann")

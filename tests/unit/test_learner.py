@@ -101,7 +101,7 @@ def test_learner_contract(variant: str, tiny_encoder: TextEncoder) -> None:
     ranked = learner.rank("u1", k=3)
     seen = {x.item for x in data if x.user == "u1"} | {"i2", "i4"}
     assert len(ranked) <= 3 and not seen & {item for item, _, _ in ranked}
-    assert all(isinstance(why, list) for _, _, why in ranked)
+    assert all(isinstance(r.reason.keywords, list) for r in ranked)
 
 
 def test_same_seed_same_scores(tiny_encoder: TextEncoder) -> None:
