@@ -1,8 +1,9 @@
 """A generated review dataset, so that drex runs on a fresh machine with no data.
 
 Users have tastes over product aspects, items have qualities on them; a rating follows
-how well an item's qualities meet a user's tastes, and the review names the aspects the
-user cares about with words that match the rating's sentiment. It is small and
+how well an item's qualities meet a user's tastes, and the review says, in short
+sentences, how the aspects the user cares about were ("The tone is warm."), with words
+that match the rating's sentiment. It is small and
 deterministic (by seed), and it has the structure that review-based models exploit.
 """
 
@@ -14,15 +15,45 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+# Per aspect: the nouns a review names it by, and the adjectives of a good and a bad
+# experience of it.
 ASPECTS = {
-    "sound": ["tone", "sound", "warm", "bright", "noise", "hum"],
-    "build": ["sturdy", "metal", "plastic", "solid", "flimsy", "build"],
-    "price": ["price", "cheap", "value", "expensive", "budget", "deal"],
-    "comfort": ["comfortable", "strap", "weight", "grip", "soft", "fit"],
-    "setup": ["tune", "setup", "easy", "manual", "install", "adjust"],
+    "sound": ["tone", "sound", "volume", "bass", "treble", "pickup"],
+    "build": ["build", "body", "metal", "finish", "case", "knob"],
+    "price": ["price", "value", "deal", "cost", "budget", "money"],
+    "comfort": ["strap", "weight", "grip", "fit", "cushion", "handle"],
+    "setup": ["setup", "manual", "tuning", "install", "cable", "adjustment"],
+}
+GOOD = {
+    "sound": ["warm", "bright", "clear", "rich"],
+    "build": ["sturdy", "solid", "durable"],
+    "price": ["fair", "reasonable", "unbeatable"],
+    "comfort": ["comfortable", "soft", "light"],
+    "setup": ["easy", "quick", "simple"],
+}
+BAD = {
+    "sound": ["muddy", "thin", "harsh", "buzzy"],
+    "build": ["flimsy", "cheap", "loose"],
+    "price": ["overpriced", "steep", "high"],
+    "comfort": ["heavy", "stiff", "awkward"],
+    "setup": ["confusing", "tricky", "fiddly"],
 }
 POSITIVE = ["great", "love", "excellent", "perfect", "recommend", "happy"]
 NEGATIVE = ["bad", "broke", "disappointed", "return", "poor", "waste"]
+PHRASES = {
+    "great": "Great purchase.",
+    "love": "I love it.",
+    "excellent": "Excellent quality overall.",
+    "perfect": "Perfect for what I need.",
+    "recommend": "I would recommend it.",
+    "happy": "Very happy with it.",
+    "bad": "Bad experience overall.",
+    "broke": "It broke within a month.",
+    "disappointed": "I am disappointed.",
+    "return": "I will return it.",
+    "poor": "Poor quality overall.",
+    "waste": "A waste of money.",
+}
 
 
 def generate(
@@ -30,6 +61,7 @@ def generate(
 ) -> list[dict[str, object]]:
     """Rows in the generic JSONL format (user, item, rating, text, timestamp)."""
     rng = np.random.default_rng(seed)
+    wording = np.random.default_rng(seed + 1)  # the text's own draws: ratings stay as they are
     names = list(ASPECTS)
     taste = rng.dirichlet(np.ones(len(names)) * 0.5, size=users)  # (users, aspects)
     quality = rng.normal(0.0, 1.0, size=(items, len(names)))  # (items, aspects)
@@ -43,17 +75,31 @@ def generate(
             fit = float(taste[u] @ quality[i])
             rating = int(np.clip(np.round(4.0 + 1.2 * fit + rng.normal(0, 0.5)), 1, 5))
             focus = rng.choice(len(names), size=2, replace=False, p=taste[u])
-            words = [str(w) for a in focus for w in rng.choice(ASPECTS[names[a]], 2)]
+            # The draws of the original word-list generator, kept so that ratings and
+            # timestamps stay as they were: 2 nouns per aspect, 2 mood words, a shuffle.
+            tokens: list[tuple[int, str]] = [
+                (n, str(w)) for n, a in enumerate(focus) for w in rng.choice(ASPECTS[names[a]], 2)
+            ]
             mood = POSITIVE if rating >= 4 else NEGATIVE
-            words += [str(w) for w in rng.choice(mood, 2)]
-            rng.shuffle(words)
+            tokens += [(2 + n, str(w)) for n, w in enumerate(rng.choice(mood, 2))]
+            rng.shuffle(tokens)  # type: ignore[arg-type]
+            sentences: dict[int, str] = {}
+            for group, word in tokens:  # each sentence where its first word fell
+                if group in sentences:
+                    continue
+                if group >= 2:
+                    sentences[group] = PHRASES[word]
+                    continue
+                good = rating >= 4 or (rating == 3 and wording.random() < 0.5)
+                adjective = wording.choice((GOOD if good else BAD)[names[focus[group]]])
+                sentences[group] = f"The {word} is {adjective}."
             t += int(rng.integers(60, 86_400))
             rows.append(
                 {
                     "user": f"u{u:04d}",
                     "item": f"i{i:04d}",
                     "rating": float(rating),
-                    "text": "The " + " and ".join(words) + ".",
+                    "text": " ".join(sentences.values()),
                     "timestamp": t,
                 }
             )
