@@ -82,7 +82,7 @@ def generate(
             ]
             mood = POSITIVE if rating >= 4 else NEGATIVE
             tokens += [(2 + n, str(w)) for n, w in enumerate(rng.choice(mood, 2))]
-            rng.shuffle(tokens)  # type: ignore[arg-type]
+            rng.shuffle(tokens)
             sentences: dict[int, str] = {}
             for group, word in tokens:  # each sentence where its first word fell
                 if group in sentences:
