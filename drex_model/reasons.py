@@ -23,13 +23,14 @@ which the item says what is talked about and the user how they talk::
 
 ``p_u / p`` is how distinctive the word is for the user, ``p_i / p`` for the item; with
 ``corpus_weight`` < 1 + ``user_weight`` a word must also be frequent for the item, not
-only rare. A user with no profile gets the item's own distinctive words (the fallback:
-every item with reviews has an explanation). Words that are **negative** (a negative
-valence in the VADER lexicon, or reviews holding the word rated below the mean by more
-than :data:`NEGATIVE_BELOW` stars, shrunk) never explain a recommendation; the item's
-distinctive negative words are returned apart, as ``cautions``. Negations ("not") are
-never keywords. Each keyword is an *aspect* (a word the lexicon knows as a noun and not
-as an adjective, with no valence: "tone", "peg") or an *opinion* (the rest: "love",
+only rare. The explanation is the :data:`ASPECT_WORDS` best aspects, then the best of
+the other words, :data:`EXPLAIN_WORDS` in all. A user with no profile gets the item's
+own distinctive words (the fallback: every item with reviews has an explanation).
+Words that are **negative** (a negative valence in the VADER lexicon, or reviews holding
+the word rated below the mean by more than :data:`NEGATIVE_BELOW` stars, shrunk) never
+explain a recommendation; the item's distinctive negative words are returned apart, as
+``cautions``. Negations ("not") are never keywords. Each keyword is an *aspect*
+(:func:`is_aspect`: "tone", "peg", "pickup") or an *opinion* (the rest: "love",
 "sturdy", "recommend").
 
 **Evidence.** :func:`pick_quote` returns the item's sentence that holds most keywords
@@ -48,6 +49,7 @@ from typing import Any, Final
 
 PROFILE_WORDS: Final = 64  # heaviest profile words the rule reads (the server keeps these)
 EXPLAIN_WORDS: Final = 5  # keywords an explanation shows
+ASPECT_WORDS: Final = 3  # of which the best aspects come first
 CAUTION_WORDS: Final = 3  # negative words returned apart
 NEGATIVE_BELOW: Final = -0.3  # stars: shrunk mean deviation of a word's reviews' ratings
 SENTIMENT_SHRINKAGE: Final = 5.0  # pseudo-count of that mean
@@ -125,17 +127,20 @@ def valence(word: str) -> float:
 
 @functools.cache
 def is_aspect(word: str) -> bool:
-    """A word the lexicon knows as a noun, not as an adjective, with no valence.
+    """A word the lexicon knows as a noun, with no valence and no comparative form
+    ("pickup" can modify a noun; "flimsy" has "flimsier", so it is an opinion).
 
-    >>> is_aspect("tone"), is_aspect("love"), is_aspect("flimsy")
-    (True, False, False)
+    >>> is_aspect("tone"), is_aspect("pickup"), is_aspect("love"), is_aspect("flimsy")
+    (True, True, False, False)
     """
     if valence(word):
         return False
     import lemminflect
 
     kinds = lemminflect.getAllLemmas(word)
-    return ("NOUN" in kinds or "PROPN" in kinds) and "ADJ" not in kinds
+    if "NOUN" not in kinds and "PROPN" not in kinds:
+        return False
+    return "JJR" not in lemminflect.getAllInflections(word, upos="ADJ")
 
 
 # --- the vocabulary -------------------------------------------------------------------------
@@ -296,7 +301,9 @@ def explain(
             - weights.corpus_weight * math.log(p)
         )
         scored.append((-score, word))
-    keywords = [w for _, w in sorted(scored)[:EXPLAIN_WORDS]]
+    ranked = [w for _, w in sorted(scored)]
+    first = [w for w in ranked if is_aspect(w)][:ASPECT_WORDS]
+    keywords = first + [w for w in ranked if w not in first][: EXPLAIN_WORDS - len(first)]
     return Reason(
         keywords=keywords,
         aspects=[w for w in keywords if is_aspect(w)],

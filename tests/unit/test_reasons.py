@@ -74,6 +74,13 @@ def test_at_most_the_shown_number_of_words_split_into_aspects_and_opinions() -> 
     assert is_aspect("tone") and not is_aspect("love") and not is_aspect("sturdy")
 
 
+def test_the_best_aspects_come_first() -> None:
+    item = {"love": 3.0, "great": 3.0, "recommend": 3.0, "tone": 1.0, "pickup": 0.9, "peg": 0.8}
+    reason = explain({}, item, corpus(), 4.5)
+    assert reason.keywords[:3] == ["tone", "pickup", "peg"]
+    assert reason.aspects == ["tone", "pickup", "peg"] and len(reason.opinions) == 2
+
+
 def test_the_weights_come_from_the_config() -> None:
     config = DReXConfig(explain_user_weight=0.5, explain_corpus_weight=0.0)
     weights = ExplainWeights.from_config(config.to_dict())
