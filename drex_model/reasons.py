@@ -33,8 +33,8 @@ explain a recommendation; the item's distinctive negative words are returned apa
 (:func:`is_aspect`: "tone", "peg", "pickup") or an *opinion* (the rest: "love",
 "sturdy", "recommend").
 
-**Evidence.** :func:`pick_quote` returns the item's sentence that holds most keywords
-(then the best rated, then the most recent), or none when no sentence holds one.
+**Evidence.** :func:`pick_quote` returns the item's sentence that holds the strongest
+keywords (then the best rated, then the most recent), or none when no sentence holds one.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ CAUTION_WORDS: Final = 3  # negative words returned apart
 NEGATIVE_BELOW: Final = -0.3  # stars: shrunk mean deviation of a word's reviews' ratings
 SENTIMENT_SHRINKAGE: Final = 5.0  # pseudo-count of that mean
 QUOTES_KEPT: Final = 16  # sentences kept per item
-QUOTE_CHARS: Final = (20, 200)  # a quote's length, in characters
+QUOTE_CHARS: Final = (15, 200)  # a quote's length, in characters
 NEGATIONS: Final = frozenset({"no", "nor", "not", "never"})
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
 
@@ -250,16 +250,17 @@ class QuoteBook:
 
 
 def pick_quote(quotes: Sequence[Quote], keywords: Sequence[str]) -> Quote | None:
-    """The sentence holding most keywords, then the best rated, then the most recent.
+    """The sentence whose keywords weigh most (the first keyword ``len(keywords)``, the
+    last 1: the aspects lead), then the best rated, then the most recent.
 
-    >>> qs = [Quote("Warm tone.", 5.0, ("warm", "tone")), Quote("Tone is fine.", 4.0, ("tone",))]
-    >>> pick_quote(qs, ["tone", "warm"]).text
+    >>> qs = [Quote("Warm tone.", 5.0, ("warm", "tone")), Quote("Love it.", 5.0, ("love",))]
+    >>> pick_quote(qs, ["tone", "love"]).text
     'Warm tone.'
     """
-    wanted = set(keywords)
+    weight = {w: len(keywords) - n for n, w in enumerate(keywords)}
     best, key = None, (0, 0.0, -1)
     for n, quote in enumerate(quotes):
-        candidate = (len(wanted.intersection(quote.words)), quote.rating, n)
+        candidate = (sum(weight.get(w, 0) for w in quote.words), quote.rating, n)
         if candidate[0] and candidate > key:
             best, key = quote, candidate
     return best

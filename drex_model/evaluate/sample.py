@@ -40,19 +40,19 @@ BAD = {
 }
 POSITIVE = ["great", "love", "excellent", "perfect", "recommend", "happy"]
 NEGATIVE = ["bad", "broke", "disappointed", "return", "poor", "waste"]
-PHRASES = {
-    "great": "Great purchase.",
+PHRASES = {  # no nouns, so that the aspects are what tells items apart
+    "great": "Great!",
     "love": "I love it.",
-    "excellent": "Excellent quality overall.",
-    "perfect": "Perfect for what I need.",
+    "excellent": "Excellent overall.",
+    "perfect": "Just perfect.",
     "recommend": "I would recommend it.",
     "happy": "Very happy with it.",
-    "bad": "Bad experience overall.",
-    "broke": "It broke within a month.",
+    "bad": "Really bad.",
+    "broke": "It broke quickly.",
     "disappointed": "I am disappointed.",
     "return": "I will return it.",
-    "poor": "Poor quality overall.",
-    "waste": "A waste of money.",
+    "poor": "Poor overall.",
+    "waste": "What a waste.",
 }
 
 
