@@ -9,8 +9,9 @@ Two granularities, because the streaming worker and a human need different thing
   :func:`export_rows` / :func:`import_rows`. A micro-batch only rewrites the rows it
   touched, and the dense blob only when an optimiser step happened.
 * **Folders** (:func:`save_checkpoint` / :func:`load_checkpoint`): everything in
-  ``model.safetensors``, ``entities.safetensors``, ``entities.json``, ``reviews.safetensors`` and
-  ``config.json``, for serving and for people.
+  ``model.safetensors``, ``entities.safetensors``, ``entities.json`` (ids, seen items,
+  keyword profiles, items' quotes, co-occurrence, the explanations' vocabulary),
+  ``reviews.safetensors`` and ``config.json``, for serving and for people.
 
 Only safetensors and JSON are ever written or read: nothing here unpickles, so loading a
 checkpoint cannot run code. Every blob carries :data:`FORMAT_VERSION`; a reader refuses
@@ -53,6 +54,7 @@ from drex_model.formats import (
 )
 from drex_model.learner import DReXLearner
 from drex_model.model import DReXConfig
+from drex_model.reasons import Quote
 from drex_model.text import EncodedReview, ReviewCache, TextEncoder
 
 _PARAMS: Final = ("init", "bias", "static")
@@ -400,7 +402,12 @@ def save_checkpoint(
             "seen": {r.id: r.seen for r in rows if r.seen},
             "keywords": {k: keywords.profile(k) for k in keywords.entities()},
         }
+    listing["items"]["quotes"] = {
+        i: [q.to_record() for q in learner.quotes.get(i)] for i in learner.quotes.items()
+    }
     listing["cooccurrence"] = export_cooccurrence(learner)
+    vocabulary = learner.vocabulary
+    listing["vocabulary"] = {"mass": vocabulary.mass, "words": vocabulary.words}
     from safetensors.torch import save_file
 
     save_file(tensors, str(out / ENTITIES_FILE), metadata={"format": str(FORMAT_VERSION)})
@@ -478,6 +485,11 @@ def load_checkpoint(
     import_cooccurrence(
         learner, {i: (u, p) for i, (u, p) in listing.get("cooccurrence", {}).items()}
     )
+    for item, quotes in listing["items"].get("quotes", {}).items():
+        learner.quotes.load(item, [Quote.from_record(q) for q in quotes])
+    vocabulary = listing.get("vocabulary", {"mass": 0.0, "words": {}})
+    learner.vocabulary.load(vocabulary["words"].items())
+    learner.vocabulary.mass = vocabulary["mass"]
     return learner
 
 

@@ -10,9 +10,14 @@ of a value is written down once and a server can read it without importing torch
   :func:`review_to_bytes`: u32 header length, JSON (words, shape), float16 tokens, int32
   word index per token; keyed by :func:`text_key` of its text;
 * a **representation**: float64 Unix time of the change, then float32 values;
-* a **keyword record**: JSON ``{"learned": {word: weight}, "pending": {word: weight}}``:
-  the profile as learned, and the words of the pending review under the current model
-  (serving shows their sum; a restore reads only the learned part);
+* a **keyword record**: JSON ``{"learned": {word: weight}, "pending": {word: weight},
+  "quotes": [[text, rating, [word, ...]], ...]}``: the profile as learned, the words of
+  the pending review under the current model (serving shows their sum; a restore reads
+  only the learned part), and an item's quotes (``drex_model.reasons.Quote``; absent in
+  users' records and in records written before quotes existed);
+* a **vocabulary row**: a word's ``[attention mass, rated reviews, rating sum]``
+  (``drex_model.reasons.Vocabulary``), as :func:`word_row_to_bytes`: u8 format version,
+  three float64;
 * the **dense blob**: safetensors bytes whose metadata holds the format, the config and
   the step (written by ``drex_model.checkpoint.dense_state_bytes``); read here with
   :func:`dense_metadata` and :func:`dense_arrays` (numpy).
@@ -26,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -34,12 +39,15 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from drex_model.reasons import Quote
+
 FORMAT_VERSION: Final = 1
 SIDES: Final = ("users", "items")
 # Row vectors of an entity, in this order, each (D,): see EntityRow.vectors.
 VECTORS: Final = ("memory", "init", "static", "m_init", "v_init", "m_static", "v_static")
 _HEADER: Final = struct.Struct("<I")
 _TIME: Final = struct.Struct("<d")
+_WORD_ROW: Final = struct.Struct("<B3d")
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -198,14 +206,36 @@ def representation_from_bytes(raw: bytes) -> tuple[float, FloatArray]:
     return at, np.frombuffer(raw, dtype="<f4", offset=_TIME.size).astype(np.float32)
 
 
-def keywords_to_bytes(learned: Mapping[str, float], pending: Mapping[str, float]) -> bytes:
-    return orjson.dumps({"learned": learned, "pending": pending})
+def keywords_to_bytes(
+    learned: Mapping[str, float],
+    pending: Mapping[str, float],
+    quotes: Sequence[Quote] | None = None,
+) -> bytes:
+    """A keyword record; ``quotes``: an item's (None: a user's, none kept)."""
+    record: dict[str, Any] = {"learned": learned, "pending": pending}
+    if quotes is not None:
+        record["quotes"] = [q.to_record() for q in quotes]
+    return orjson.dumps(record)
 
 
-def keywords_from_bytes(raw: bytes) -> tuple[dict[str, float], dict[str, float]]:
-    """(profile as learned, words of the pending review)."""
+def keywords_from_bytes(raw: bytes) -> tuple[dict[str, float], dict[str, float], list[Quote]]:
+    """(profile as learned, words of the pending review, quotes: [] when none kept)."""
     data = orjson.loads(raw)
-    return dict(data["learned"]), dict(data["pending"])
+    quotes = [Quote.from_record(q) for q in data.get("quotes", ())]
+    return dict(data["learned"]), dict(data["pending"]), quotes
+
+
+def word_row_to_bytes(row: Sequence[float]) -> bytes:
+    """A vocabulary row ``[attention mass, rated reviews, rating sum]``."""
+    mass, rated, rating_sum = row
+    return _WORD_ROW.pack(FORMAT_VERSION, mass, rated, rating_sum)
+
+
+def word_row_from_bytes(raw: bytes) -> list[float]:
+    """Inverse of :func:`word_row_to_bytes`."""
+    if len(raw) != _WORD_ROW.size or raw[0] != FORMAT_VERSION:
+        raise FormatError("a vocabulary row of another format version, or damaged")
+    return list(_WORD_ROW.unpack(raw)[1:])
 
 
 def shown_profile(

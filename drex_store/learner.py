@@ -15,14 +15,20 @@ Keys (``id`` = user or item id, UTF-8)::
                     Adam, SparseAdam step counts, step, config; rewritten after a step
     m:encoder       JSON: the identity of the text encoder the learner was built with
     u:<id> i:<id>   one entity row (formats.row_to_bytes)
-    ku:<id> ki:<id> keyword record (formats.keywords_to_bytes): learned + pending words
+    ku:<id> ki:<id> keyword record (formats.keywords_to_bytes): learned + pending words,
+                    and an item's quotes (written with it: quotes change only when the
+                    item had an interaction in the batch, and then its record is written)
+    w:<word>        a vocabulary row (formats.word_row_to_bytes): the word's attention
+                    mass, rated reviews and rating sum over every review folded in
+    m:words         JSON {"mass": m}: the vocabulary's total attention mass
     eu:<id> ei:<id> representation as the learner computed it after the entity's last
                     change (formats.representation_to_bytes; serving reads these)
     o:<id>          an item's co-occurrence row (formats.cooccurrence_to_bytes): users
                     who picked it, and by item id how many of them picked that one too
     c:<batch>       change record of micro-batch <batch> (12 digits): JSON {"users",
                     "items": ids written, "cooccurrence": item ids whose co-occurrence
-                    row was written, "dense": bool}; the last CHANGES_KEPT are kept,
+                    row was written, "words": words whose row was written, "dense":
+                    bool}; the last CHANGES_KEPT are kept,
                     so a serving replica reads only what changed since its last batch
     r:<key>         an encoded review (formats.review_to_bytes) that some row's pending
                     message needs; key = formats.text_key of its text, the review cache's
@@ -75,7 +81,10 @@ from drex_model.formats import (
     row_from_bytes,
     row_to_bytes,
     shown_profile,
+    word_row_from_bytes,
+    word_row_to_bytes,
 )
+from drex_model.reasons import Quote
 from drex_store.kv import KeyValueStore, MemoryStore, RocksStore, StoreLocked, WriteBatch
 
 __all__ = ["BatchWrite", "LearnerStore", "StoreInfo", "StoreLocked"]
@@ -86,6 +95,7 @@ DENSE: Final = b"m:dense"
 ENCODER: Final = b"m:encoder"
 INDEX_INFO: Final = b"m:index"
 INDEX: Final = b"x:index"
+WORDS_INFO: Final = b"m:words"
 _PREFIX: Final = {"users": b"u:", "items": b"i:"}
 _KEYWORDS: Final = {"users": b"ku:", "items": b"ki:"}
 _REPRESENTATION: Final = {"users": b"eu:", "items": b"ei:"}
@@ -93,6 +103,7 @@ _REVIEW: Final = b"r:"
 _APPLIED: Final = b"a:"
 _CHANGE: Final = b"c:"
 _COOCCURRENCE: Final = b"o:"
+_WORD: Final = b"w:"
 CHANGES_KEPT: Final = 1000
 
 
@@ -158,6 +169,12 @@ class BatchWrite:
     encoder: Mapping[str, Any] | None = None  # the encoder's identity, on the first write
     # item id -> (users who picked it, {item id: users who picked both}), changed rows
     cooccurrence: Mapping[str, tuple[float, Mapping[str, float]]] = field(default_factory=dict)
+    # item id -> its quotes, written into its keyword record (items of ``keywords`` only)
+    quotes: Mapping[str, Sequence[Quote]] = field(default_factory=dict)
+    # word -> [attention mass, rated reviews, rating sum], the rows changed, and the
+    # vocabulary's total mass after them (None: no row changed)
+    words: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    words_mass: float | None = None
 
 
 class LearnerStore:
@@ -243,15 +260,28 @@ class LearnerStore:
 
     def keyword_records(
         self, side: str, ids: Iterable[str] | None = None
-    ) -> Iterator[tuple[str, dict[str, float], dict[str, float]]]:
-        """(id, profile as learned, pending review's words) of ``ids`` (None: all)."""
+    ) -> Iterator[tuple[str, dict[str, float], dict[str, float], list[Quote]]]:
+        """(id, profile as learned, pending review's words, quotes) of ``ids`` (None:
+        all); a user has no quotes."""
         for entity, raw in self._entries(_KEYWORDS[side], ids):
-            learned, pending = keywords_from_bytes(raw)
-            yield entity, learned, pending
+            yield entity, *keywords_from_bytes(raw)
 
     def keyword_profiles(self, side: str) -> dict[str, dict[str, float]]:
-        """Every profile of a side as shown to people (learned + pending words)."""
-        return {k: shown_profile(a, b) for k, a, b in self.keyword_records(side)}
+        """Every profile of a side as shown to people (learned + pending words, folded
+        with the users' ``keyword_decay`` as the learner folds them)."""
+        config = self.saved_config() or {}
+        decay = float(config.get("keyword_decay", 1.0)) if side == "users" else 1.0
+        return {k: shown_profile(a, b, decay) for k, a, b, _ in self.keyword_records(side)}
+
+    def vocabulary(self, words: Iterable[str] | None = None) -> Iterator[tuple[str, list[float]]]:
+        """(word, [attention mass, rated reviews, rating sum]) of ``words`` (None: all)."""
+        for word, raw in self._entries(_WORD, words):
+            yield word, word_row_from_bytes(raw)
+
+    def vocabulary_mass(self) -> float:
+        """The vocabulary's total attention mass (0 before any word)."""
+        raw = self.kv.get(WORDS_INFO)
+        return 0.0 if raw is None else float(json.loads(raw)["mass"])
 
     def changes(self, after: int) -> list[dict[str, Any]] | None:
         """Change records of the batches after ``after``, oldest first; None when some
@@ -310,7 +340,13 @@ class LearnerStore:
                 wb.put(_PREFIX[side] + row.id.encode(), row_to_bytes(row))
         for side, profiles in batch.keywords.items():
             for entity, (learned, pending) in profiles.items():
-                wb.put(_KEYWORDS[side] + entity.encode(), keywords_to_bytes(learned, pending))
+                quotes = batch.quotes.get(entity) if side == "items" else None
+                value = keywords_to_bytes(learned, pending, quotes)
+                wb.put(_KEYWORDS[side] + entity.encode(), value)
+        for word, counts in batch.words.items():
+            wb.put(_WORD + word.encode(), word_row_to_bytes(counts))
+        if batch.words_mass is not None:
+            wb.put(WORDS_INFO, json.dumps({"mass": batch.words_mass}).encode())
         for side, vectors in batch.representations.items():
             for entity, vector in vectors.items():
                 wb.put(
@@ -323,6 +359,7 @@ class LearnerStore:
             "users": change.get("users", []),
             "items": change.get("items", []),
             "cooccurrence": list(batch.cooccurrence),
+            "words": list(batch.words),
             "dense": batch.dense is not None,
         }
         wb.put(_change_key(batch.info.batches), json.dumps(record).encode())

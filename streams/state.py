@@ -67,11 +67,19 @@ def restore(store: LearnerStore, learner: DReXLearner, encoder: Mapping[str, Any
                 import_rows(learner, side, chunk)
                 chunk = []
         import_rows(learner, side, chunk)
-        learner.load_keywords(side, {k: a for k, a, _ in store.keyword_records(side)})
+        records = list(store.keyword_records(side))
+        learner.load_keywords(side, {k: a for k, a, _, _ in records})
+        if side == "items":
+            for item, _, _, quotes in records:
+                if quotes:
+                    learner.quotes.load(item, quotes)
     import_cooccurrence(
         learner, {item: (users, pairs) for item, users, pairs in store.cooccurrence()}
     )
     learner.cooccurrence.take_changed()  # as stored: nothing to write back
+    learner.vocabulary.load(store.vocabulary())
+    # as the learner summed it: the sum of the rows may differ in the last bits
+    learner.vocabulary.mass = store.vocabulary_mass()
     return info
 
 
@@ -92,9 +100,12 @@ def batch_write(
     encoder: Mapping[str, Any] | None = None,
 ) -> BatchWrite:
     """Everything a micro-batch changed, read off ``learner``: the ``changed`` ids' rows,
-    keyword records and representations, the co-occurrence rows changed since the last
-    write, the reviews their pending messages need that the store lacks, and the dense
-    state when ``dense``."""
+    keyword records (items' with their quotes) and representations, the co-occurrence
+    rows and vocabulary rows changed since the last write, the reviews their pending
+    messages need that the store lacks, and the dense state when ``dense``.
+
+    Quotes change only for items with an interaction in the batch (``learn_many``), all
+    of which are in ``changed``, so their records carry them."""
     rows = {side: export_rows(learner, side, ids) for side, ids in changed.items()}
     views = {side: learner.snapshot(side, ids) for side, ids in changed.items()}
     needed = {
@@ -106,6 +117,8 @@ def batch_write(
     reviews = {
         key: review_to_bytes(review_arrays(needed[key])) for key in store.missing_reviews(needed)
     }
+    learner.quotes.changed.clear()  # written below with every item record
+    words = learner.vocabulary.drain()
     return BatchWrite(
         info=info,
         rows=rows,
@@ -127,6 +140,9 @@ def batch_write(
         cooccurrence=export_cooccurrence(
             learner, [learner.items.ids[r] for r in sorted(learner.cooccurrence.take_changed())]
         ),
+        quotes={item: learner.quotes.get(item) for item in changed.get("items", ())},
+        words=words,
+        words_mass=learner.vocabulary.mass if words else None,
     )
 
 

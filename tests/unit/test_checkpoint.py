@@ -168,6 +168,34 @@ def test_loading_never_unpickles(
         )
 
 
+def test_a_learner_loaded_from_a_checkpoint_explains_alike(
+    tiny_encoder: TextEncoder, tmp_path: Path
+) -> None:
+    """The folder carries the explanations' state (vocabulary, items' quotes, decaying
+    user profiles): every pair gets the same Reason after a load; a folder written
+    before that state existed still loads, with none."""
+    from tests.unit.quotable import reviewed
+
+    cfg = config(encoder_dim=tiny_encoder.hidden_size, keyword_decay=0.8)
+    source = DReXLearner(cfg, encoder=tiny_encoder, seed=0)
+    for n in range(4):
+        source.learn_many(reviewed(10, 10 * n, seed=n))
+    folder = save_checkpoint(source, tmp_path / "step-4")
+    again = load_checkpoint(folder, encoder=tiny_encoder)
+    assert again.vocabulary.words == source.vocabulary.words
+    assert again.vocabulary.mass == source.vocabulary.mass
+    users, items = list(source.users.ids), list(source.items.ids)
+    assert {i: again.quotes.get(i) for i in items} == {i: source.quotes.get(i) for i in items}
+    reasons = [source.explain(user, items) for user in users]
+    assert [again.explain(user, items) for user in users] == reasons
+    assert any(r.quote for rs in reasons for r in rs)
+    listing = json.loads((folder / "entities.json").read_text())
+    del listing["vocabulary"], listing["items"]["quotes"]
+    (folder / "entities.json").write_text(json.dumps(listing))
+    older = load_checkpoint(folder, encoder=tiny_encoder)
+    assert not older.vocabulary.words and not list(older.quotes.items())
+
+
 def test_views_do_not_register_ids(tiny_encoder: TextEncoder) -> None:
     learner = trained(tiny_encoder)
     n_items = len(learner.items)

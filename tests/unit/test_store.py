@@ -7,13 +7,27 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
-from drex_model.formats import VECTORS, EntityRow
+from drex_model.formats import (
+    VECTORS,
+    EntityRow,
+    FormatError,
+    keywords_from_bytes,
+    keywords_to_bytes,
+    word_row_from_bytes,
+    word_row_to_bytes,
+)
+from drex_model.reasons import Quote
+from drex_model.text import TextEncoder
 from drex_store.kv import KeyValueStore, MemoryStore, RocksStore, StoreLocked, WriteBatch
 from drex_store.learner import BatchWrite, LearnerStore, StoreInfo
+
+if TYPE_CHECKING:
+    from drex_model.text import TextEncoder
 
 
 @pytest.fixture(params=["memory", "rocksdb"])
@@ -78,7 +92,7 @@ def test_the_learner_store_keeps_a_batch_whole_and_sweeps_what_nothing_needs() -
     assert store.counts("items") == {"amp": 2, "cab": 2}
     assert store.missing_reviews(["r1", "r2"]) == {"r2"}
     # stored as learned, shown with the pending words
-    assert list(store.keyword_records("users")) == [("ann", {"tone": 1.0}, {"warm": 0.5})]
+    assert list(store.keyword_records("users")) == [("ann", {"tone": 1.0}, {"warm": 0.5}, [])]
     assert store.keyword_profiles("users") == {"ann": {"tone": 1.0, "warm": 0.5}}
     assert store.changes(0) == [
         {
@@ -86,11 +100,69 @@ def test_the_learner_store_keeps_a_batch_whole_and_sweeps_what_nothing_needs() -
             "users": ["ann"],
             "items": ["amp", "cab"],
             "cooccurrence": [],
+            "words": [],
             "dense": False,
         }
     ]
     assert store.gc(applied_older_than=0.0) == (1, 0)  # "old" is referenced by no row
     assert store.review("r1") == b"blob" and store.review("old") is None
+
+
+def test_vocabulary_rows_and_quotes_round_trip_and_the_change_record_names_the_words() -> None:
+    store = LearnerStore.in_memory()
+    quote = Quote("The warm tone fills the room.", 5.0, ("warm", "tone", "fill", "room"))
+    info = StoreInfo(offset=3, applied=4, batches=1)
+    store.commit(
+        BatchWrite(
+            info=info,
+            rows={"users": [row("ann", None)], "items": [row("amp", None), row("cab", None)]},
+            keywords={
+                "users": {"ann": ({"tone": 1.0}, {})},
+                "items": {"amp": ({"tone": 0.5}, {"warm": 0.2}), "cab": ({}, {})},
+            },
+            applied_ids=[],
+            dense=None,
+            quotes={"amp": [quote], "cab": []},
+            words={"tone": [1.5, 2.0, 9.0], "warm": [0.2, 0.0, 0.0]},
+            words_mass=1.7,
+        )
+    )
+    assert list(store.keyword_records("items")) == [
+        ("amp", {"tone": 0.5}, {"warm": 0.2}, [quote]),
+        ("cab", {}, {}, []),
+    ]
+    assert list(store.keyword_records("users")) == [("ann", {"tone": 1.0}, {}, [])]
+    assert dict(store.vocabulary()) == {"tone": [1.5, 2.0, 9.0], "warm": [0.2, 0.0, 0.0]}
+    assert list(store.vocabulary(["warm", "never"])) == [("warm", [0.2, 0.0, 0.0])]
+    assert store.vocabulary_mass() == 1.7
+    assert store.changes(0)[0]["words"] == ["tone", "warm"]  # type: ignore[index]
+    # a batch that changed no word leaves the rows and the mass alone
+    store.commit(
+        BatchWrite(
+            info=StoreInfo(offset=4, applied=5, batches=2),
+            rows={},
+            keywords={},
+            applied_ids=[],
+            dense=None,
+        )
+    )
+    assert store.changes(1)[0]["words"] == []  # type: ignore[index]
+    assert store.vocabulary_mass() == 1.7 and len(dict(store.vocabulary())) == 2
+
+
+def test_keyword_records_without_quotes_and_damaged_vocabulary_rows() -> None:
+    # written before items kept quotes: read as none
+    old = b'{"learned":{"tone":1.0},"pending":{}}'
+    assert keywords_from_bytes(old) == ({"tone": 1.0}, {}, [])
+    assert keywords_to_bytes({"tone": 1.0}, {}) == old  # a user's record has no quotes
+    quote = Quote("Easy setup for a beginner.", 4.0, ("easy", "setup", "beginner"))
+    assert keywords_from_bytes(keywords_to_bytes({}, {}, [quote]))[2] == [quote]
+    row = [0.1 + 0.2, 3.0, 13.0]  # float64 exactly
+    assert word_row_from_bytes(word_row_to_bytes(row)) == row
+    with pytest.raises(FormatError):
+        word_row_from_bytes(b"\x02" + word_row_to_bytes(row)[1:])
+    with pytest.raises(FormatError):
+        word_row_from_bytes(word_row_to_bytes(row)[:-1])
 
 
 def test_serving_imports_no_torch_and_nothing_from_streams() -> None:
@@ -131,3 +203,51 @@ def test_a_learner_restored_from_its_store_predicts_alike_and_checks_the_encoder
     assert copy.seen_in_order("u0") == source.seen_in_order("u0")
     with pytest.raises(CheckpointError, match="another text encoder"):
         restore(store, DReXLearner(config, seed=1), {**identity, "name": "other"})
+
+
+def test_a_learner_restored_from_its_store_explains_alike(tiny_encoder: TextEncoder) -> None:
+    """After each micro-batch written as the worker writes it (only the changed rows,
+    words and quotes), a learner restored from the store has the same vocabulary,
+    quotes and profiles, and so gives every pair the same Reason; and it keeps
+    learning into the same explanations."""
+    from drex_model.learner import DReXLearner
+    from drex_model.model import DReXConfig
+    from streams.state import batch_write, next_info, restore
+    from tests.unit.quotable import reviewed
+
+    config = DReXConfig.for_variant(
+        "drex",
+        dim=8,
+        dropout=0.0,
+        step_size=4,
+        encoder_dim=tiny_encoder.hidden_size,
+        keyword_decay=0.8,
+    )
+    identity = tiny_encoder.identity
+    source = DReXLearner(config, encoder=tiny_encoder, seed=0)
+    store = LearnerStore.in_memory()
+    info = StoreInfo()
+    for n in range(4):
+        data = reviewed(10, 10 * n, seed=n)
+        source.learn_many(data)
+        changed = {side: sorted(ids) for side, ids in source.changed.items()}
+        info = next_info(info, offset=10 * n + 9, applied=len(data), step=source.step)
+        store.commit(batch_write(store, source, info, changed, [], dense=True, encoder=identity))
+    assert not source.vocabulary.changed and not source.quotes.changed  # all written
+    copy = DReXLearner(config, encoder=tiny_encoder, seed=1)
+    restore(store, copy, identity)
+    assert copy.vocabulary.words == source.vocabulary.words
+    assert copy.vocabulary.mass == source.vocabulary.mass and not copy.vocabulary.changed
+    users, items = sorted(source.users.ids), sorted(source.items.ids)
+    assert {i: copy.quotes.get(i) for i in items} == {i: source.quotes.get(i) for i in items}
+    reasons = [source.explain(user, items) for user in users]
+    assert [copy.explain(user, items) for user in users] == reasons
+    assert any(r.quote for rs in reasons for r in rs) and any(
+        r.cautions for rs in reasons for r in rs
+    )
+    more = reviewed(10, 40, seed=9)
+    source.learn_many(more)
+    copy.learn_many(more)
+    assert [copy.explain(user, items) for user in users] == [
+        source.explain(user, items) for user in users
+    ]
