@@ -38,10 +38,40 @@ _ERROR = {
 }
 _NUMBER = {"type": "number"}
 _STRING = {"type": "string"}
-_KEYWORDS = {"type": "array", "items": _STRING, "description": "shared keywords"}
+_WORDS = {"type": "array", "items": _STRING}
+# Why the item suits the user (drex_model/reasons.py): the fields of both a recommended
+# item and a prediction.
+_REASON_FIELDS = ("explanation", "aspects", "opinions", "cautions", "quote")
+_REASON = {
+    "explanation": {
+        **_WORDS,
+        "description": "keywords, strongest first: the item's words this user is most likely "
+        "to write about it (distinctive for the item and the user, never negative); for "
+        "a fallback or a user without reviews, the item's own distinctive words",
+    },
+    "aspects": {**_WORDS, "description": 'the keywords that name a thing ("tone")'},
+    "opinions": {**_WORDS, "description": 'the other keywords ("sturdy", "love")'},
+    "cautions": {
+        **_WORDS,
+        "description": "the item's distinctive negative words (negative in the VADER "
+        "lexicon, or in reviews rated below the mean)",
+    },
+    "quote": {
+        "description": "a sentence of one of the item's positive reviews that holds most "
+        "keywords, with that review's rating; null when no sentence holds one",
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["text", "rating"],
+                "properties": {"text": _STRING, "rating": _NUMBER},
+            },
+            {"type": "null"},
+        ],
+    },
+}
 _RANKED = {
     "type": "object",
-    "required": ["item_id", "predicted_rating", "score", "explanation"],
+    "required": ["item_id", "predicted_rating", "score", *_REASON_FIELDS],
     "properties": {
         "item_id": _STRING,
         "predicted_rating": {**_NUMBER, "description": "clipped to the rating scale"},
@@ -50,11 +80,7 @@ _RANKED = {
             "description": "what the list is ordered by: the unclipped rating plus the "
             "exposure prior (personal), or the item's number of ratings (fallback)",
         },
-        "explanation": {
-            **_KEYWORDS,
-            "description": "keywords in both the user's and the item's keyword profile, "
-            "strongest first; for a fallback, the item's own top keywords",
-        },
+        **_REASON,
     },
 }
 _RECOMMENDATIONS = {
@@ -87,13 +113,13 @@ _SIMILAR = {
 }
 _PREDICTION = {
     "type": "object",
-    "required": ["user_id", "item_id", "predicted_rating", "score", "explanation"],
+    "required": ["user_id", "item_id", "predicted_rating", "score", *_REASON_FIELDS],
     "properties": {
         "user_id": _STRING,
         "item_id": _STRING,
         "predicted_rating": _NUMBER,
         "score": _NUMBER,
-        "explanation": _KEYWORDS,
+        **_REASON,
     },
 }
 

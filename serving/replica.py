@@ -12,10 +12,14 @@ really was in. A replica that fell further behind than the change records kept (
 starts) loads everything once.
 
 **What it holds.** Per user and item: the representation, the scalars the rating head
-reads (learnable bias, rating sum and count), the interaction count, the keyword
-profile's top words, the time of the last change; per user the items seen. From the
-dense network only the rating head. A pair is scored, ranked and explained by
-``drex_model.scoring`` (the learner ranks with the same code): ``W_u u + b`` and ``W_i i``
+reads (learnable bias, rating sum and count), the interaction count, the shown keyword
+profile's :data:`~drex_model.reasons.PROFILE_WORDS` heaviest words, the time of the last
+change; per user the items seen; per item its quotes; the explanations' vocabulary
+(every word's row, following the words each change record names). From the dense
+network only the rating head, and the config's explanation weights and users' keyword
+decay. A pair is scored and ranked by ``drex_model.scoring`` and explained by
+``drex_model.reasons.explain``, with the global mean rating the head reads (the learner
+ranks and explains with the same code and state): ``W_u u + b`` and ``W_i i``
 and each row's additive constant are kept per row (recomputed for changed rows, and for
 all rows when the head changed), so scoring a candidate costs D multiply-adds: numpy, no
 torch, on the request path.
@@ -43,7 +47,6 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -56,12 +59,21 @@ from drex_model.formats import (
     dense_arrays,
     dense_metadata,
 )
-from drex_model.scoring import Head, lookup_sparse, shared_keywords
+from drex_model.reasons import ExplainWeights, Reason, Vocabulary, explain
+from drex_model.scoring import Head, lookup_sparse
 from drex_store.index import ItemIndex, RWLock
 from drex_store.learner import LearnerStore
 from serving import metrics
 from serving.secondary import own_secondary
-from serving.tables import SideTable, map_labels, project, read_side, stream_index, write_side
+from serving.tables import (
+    SideTable,
+    load_cooccurrence,
+    map_labels,
+    project,
+    read_side,
+    stream_index,
+    write_side,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +91,39 @@ def head_of(dense: bytes) -> Head:
 
 
 @dataclass
+class ShownQuote:
+    """A sentence of one of the item's positive reviews, and that review's rating."""
+
+    text: str
+    rating: float
+
+
+@dataclass
 class Ranked:
-    """One recommended (or predicted) item."""
+    """One recommended (or predicted) item, and why (``drex_model.reasons.Reason``)."""
 
     item_id: str
     predicted_rating: float  # clipped to the rating scale
     score: float  # what the list is ordered by (rating + exposure prior)
-    explanation: list[str]  # keywords in both the user's and the item's profile
+    explanation: list[str]  # the keywords, strongest first
+    aspects: list[str]  # keywords that name a thing ("tone")
+    opinions: list[str]  # the other keywords ("sturdy")
+    cautions: list[str]  # the item's distinctive negative words
+    quote: ShownQuote | None  # a sentence that holds keywords (None: none does)
+
+    @classmethod
+    def of(cls, item_id: str, rating: float, score: float, reason: Reason) -> Ranked:
+        quote = reason.quote
+        return cls(
+            item_id,
+            rating,
+            score,
+            reason.keywords,
+            reason.aspects,
+            reason.opinions,
+            reason.cautions,
+            None if quote is None else ShownQuote(quote.text, quote.rating),
+        )
 
 
 @dataclass
@@ -111,6 +149,7 @@ class _Change:
     users: set[str] = field(default_factory=set)
     items: set[str] = field(default_factory=set)
     cooccurrence: set[str] = field(default_factory=set)
+    words: set[str] = field(default_factory=set)
     dense: bool = False
 
 
@@ -159,6 +198,9 @@ class Replica:
         self.learner_updated_at = 0.0
         self.refreshed_at = 0.0
         self.mean = 0.0
+        self.vocabulary = Vocabulary()  # the learner's, for explanations
+        self.weights = ExplainWeights()  # the learner's config's
+        self.keyword_decay = 1.0  # users' (DReXConfig.keyword_decay): their shown profile
         self.popular = np.zeros(0, dtype=np.int64)  # item rows, most-rated first
         self.average_top = np.zeros(0, dtype=np.int64)  # item rows, best for the mean user
         metrics.READY.set_function(lambda: float(self.ready))
@@ -216,6 +258,7 @@ class Replica:
                     change.users.update(record["users"])
                     change.items.update(record["items"])
                     change.cooccurrence.update(record.get("cooccurrence", []))
+                    change.words.update(record.get("words", []))
                     change.dense = change.dense or bool(record["dense"])
                 self._apply(store, change, dense if change.dense else None)
             self.batches = info.batches
@@ -238,16 +281,25 @@ class Replica:
         if snapshot is None:
             return False
         head = head_of(dense)
-        read = {side: read_side(store, side, None) for side in SIDES}
+        config = dense_metadata(dense)["config"]
+        decay = float(config.get("keyword_decay", 1.0))
+        read = {
+            side: read_side(store, side, None, decay if side == "users" else 1.0) for side in SIDES
+        }
+        vocabulary = Vocabulary()
+        vocabulary.load(store.vocabulary())
+        vocabulary.mass = store.vocabulary_mass()
         users, items = SideTable(head.dim), SideTable(head.dim)
         for side, table in (("users", users), ("items", items)):
             write_side(table, read[side], head, side)
         index, label_rows = stream_index(snapshot[1], items, list(read["items"].vectors))
         cooccurrence = CoOccurrence()
-        _load_cooccurrence(list(store.cooccurrence()), items, cooccurrence)
+        load_cooccurrence(list(store.cooccurrence()), items, cooccurrence)
         with self._lock.write():
             self.head, self.users, self.items, self.index = head, users, items, index
             self.cooccurrence = cooccurrence
+            self.vocabulary = vocabulary
+            self.weights, self.keyword_decay = ExplainWeights.from_config(config), decay
             self.label_rows = label_rows
             self.index_batch = snapshot[0]
             self._update_globals()
@@ -257,10 +309,12 @@ class Replica:
 
     def _apply(self, store: LearnerStore, change: _Change, dense: bytes | None) -> None:
         read = {
-            "users": read_side(store, "users", sorted(change.users)),
+            "users": read_side(store, "users", sorted(change.users), self.keyword_decay),
             "items": read_side(store, "items", sorted(change.items)),
         }
         co_rows = list(store.cooccurrence(sorted(change.cooccurrence)))
+        words = list(store.vocabulary(sorted(change.words)))
+        mass = store.vocabulary_mass()
         head = head_of(dense) if dense is not None else None
         assert self.index is not None
         with self._lock.write():
@@ -269,7 +323,9 @@ class Replica:
             assert self.head is not None
             write_side(self.users, read["users"], self.head, "users")
             write_side(self.items, read["items"], self.head, "items")
-            _load_cooccurrence(co_rows, self.items, self.cooccurrence)
+            load_cooccurrence(co_rows, self.items, self.cooccurrence)
+            self.vocabulary.load(words)
+            self.vocabulary.mass = mass
             if head is not None:  # the first layer changed: every row's projection too
                 for side, table in (("users", self.users), ("items", self.items)):
                     project(table, np.arange(len(table)), head, side)
@@ -391,7 +447,6 @@ class Replica:
             )
             pool = pool[self.items.has_vector[pool]]
             rating, rank = self._score(u, pool, head, user_id, cooc)
-            user_top = self.users.top.get(user_id, [])
             items: list[Ranked] = []
             taken: set[int] = set()
             for j in np.argsort(-rank, kind="stable").tolist():
@@ -402,8 +457,8 @@ class Replica:
                 item = self.items.ids[row]
                 if item in seen:
                     continue
-                explanation = shared_keywords(user_top, self.items.top.get(item, []))
-                items.append(Ranked(item, float(rating[j]), float(rank[j]), explanation))
+                reason = self._explain(user_id, item)
+                items.append(Ranked.of(item, float(rating[j]), float(rank[j]), reason))
                 if len(items) == k:
                     break
         metrics.RECOMMENDATIONS.labels("personal").inc()
@@ -412,12 +467,12 @@ class Replica:
     def _fallback(self, user_id: str, k: int) -> Recommendations:
         rows = self.popular[:k]
         rating = self._clip(self.mean + self.items.const[rows])
-        items = [
-            Ranked(
+        items = [  # explained as for a user without a profile: the item's own words
+            Ranked.of(
                 self.items.ids[r],
                 float(rating[n]),
                 float(self.items.rating_count[r]),
-                [w for w, _ in self.items.top.get(self.items.ids[r], [])[:5]],
+                self._explain(None, self.items.ids[r]),
             )
             for n, r in enumerate(rows)
         ]
@@ -431,9 +486,8 @@ class Replica:
             u = self._known(self.users, user_id, "user")
             i = self._known(self.items, item_id, "item")
             rating, rank = self._score(u, np.asarray([i]), head, user_id)
-            return Ranked(
-                item_id, float(rating[0]), float(rank[0]), self._explain(user_id, item_id)
-            )
+            reason = self._explain(user_id, item_id)
+            return Ranked.of(item_id, float(rating[0]), float(rank[0]), reason)
 
     def similar(self, item_id: str, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` items nearest to ``item_id`` in the index; ``KeyError`` if unknown."""
@@ -456,7 +510,7 @@ class Replica:
                 int(n),
                 float(table.rating_sum[r] / n) if n > 0 else None,
                 float(table.updated[r]),
-                table.top.get(entity_id, [])[:k],
+                list(table.keywords.get(entity_id, {}).items())[:k],
             )
 
     def item_vectors(self) -> tuple[list[str], npt.NDArray[np.float32]]:
@@ -528,19 +582,15 @@ class Replica:
             raise KeyError(f"unknown {what}: {entity_id!r}")
         return r
 
-    def _explain(self, user_id: str, item_id: str) -> list[str]:
-        return shared_keywords(self.users.top.get(user_id, []), self.items.top.get(item_id, []))
-
-
-def _load_cooccurrence(
-    records: Sequence[tuple[str, float, dict[str, float]]], items: SideTable, into: CoOccurrence
-) -> None:
-    """Co-occurrence rows read from the store (``LearnerStore.cooccurrence``) into
-    ``into``, by ``items`` rows (under the write lock: it may add item rows)."""
-    if not records:
-        return
-    every = sorted({i for i, _, _ in records} | {j for _, _, pairs in records for j in pairs})
-    rows = dict(zip(every, items.rows(every).tolist(), strict=True))
-    into.load(
-        (rows[i], users, {rows[j]: c for j, c in pairs.items()}) for i, users, pairs in records
-    )
+    def _explain(self, user_id: str | None, item_id: str) -> Reason:
+        """:func:`drex_model.reasons.explain` of the pair, from the state the learner
+        explains it with (``user_id`` None: a user without a profile). Under the read
+        lock."""
+        return explain(
+            self.users.keywords.get(user_id, {}) if user_id is not None else {},
+            self.items.keywords.get(item_id, {}),
+            self.vocabulary,
+            self.mean,
+            self.weights,
+            self.items.quotes.get(item_id, ()),
+        )

@@ -31,6 +31,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from drex_model.reasons import is_aspect
 from serving import metrics
 from serving.openapi import PUBLIC_PATHS, spec
 from serving.replica import NotReady, Recommendations, Replica
@@ -163,6 +164,10 @@ async def predict(request: web.Request) -> web.Response:
             "predicted_rating": ranked.predicted_rating,
             "score": ranked.score,
             "explanation": ranked.explanation,
+            "aspects": ranked.aspects,
+            "opinions": ranked.opinions,
+            "cautions": ranked.cautions,
+            "quote": ranked.quote,
         }
     )
 
@@ -294,6 +299,13 @@ async def _refresh_forever(app: web.Application) -> None:
         await asyncio.sleep(interval)
 
 
+async def _warm_up(app: web.Application) -> None:
+    """Read the explanation rule's word lists (VADER's lexicon and lemminflect's tables,
+    which ``is_aspect`` of a noun without valence loads: about 2 s) before serving, not
+    in the first request that explains."""
+    await asyncio.get_running_loop().run_in_executor(None, is_aspect, "tone")
+
+
 async def _refresher(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(_refresh_forever(app))
     yield
@@ -320,6 +332,7 @@ def build_app(
     app[REFRESH_INTERVAL] = refresh_interval
     app[API_KEY] = api_key.encode()
     app[CLIENT_TIMEOUT] = client_timeout
+    app.on_startup.append(_warm_up)
     app.cleanup_ctx.append(_refresher)
     app.add_routes(
         [

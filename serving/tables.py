@@ -2,7 +2,8 @@
 
 :class:`SideTable` holds what the rating head and the explanations read per user or
 item (representation, its first-layer projection, bias, rating sums, the score's
-constant, review content, keyword tops, seen items) in growable arrays;
+constant, review content, the shown keyword profile's heaviest words, an item's quotes,
+seen items) in growable arrays;
 :func:`read_side` reads a side's changed values from the learner store and
 :func:`write_side` applies them;
 :func:`stream_index` turns the worker's published item index into this replica's.
@@ -12,22 +13,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from drex_model.affinity import CoOccurrence
 from drex_model.formats import (
     EntityRow,
     representation_from_bytes,
     row_from_bytes,
     shown_profile,
 )
+from drex_model.reasons import PROFILE_WORDS, Quote
 from drex_model.scoring import Head, top_keywords
 from drex_store.index import ItemIndex
 from drex_store.learner import LearnerStore
-
-TOP_KEYWORDS: Final = 20  # keyword profile words kept per entity (explanations use 10)
 
 
 class SideTable:
@@ -47,7 +48,10 @@ class SideTable:
         self.updated = np.zeros(0)
         self.const = np.zeros(0)  # per-row constant of the score (biases, deviation)
         self.content = np.zeros((0, 0), dtype=np.float32)  # (N, H) review content, unit
-        self.top: dict[str, list[tuple[str, float]]] = {}
+        # the shown profile's PROFILE_WORDS heaviest words, heaviest first: all that
+        # reasons.explain reads of a profile, so explanations are the learner's
+        self.keywords: dict[str, dict[str, float]] = {}
+        self.quotes: dict[str, list[Quote]] = {}  # items only
         self.seen: dict[str, frozenset[str]] = {}
 
     def __len__(self) -> int:
@@ -88,11 +92,16 @@ class SideRead:
     rows: dict[str, EntityRow] = field(default_factory=dict)
     vectors: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
     updated: dict[str, float] = field(default_factory=dict)
-    top: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    keywords: dict[str, dict[str, float]] = field(default_factory=dict)
+    quotes: dict[str, list[Quote]] = field(default_factory=dict)
 
 
-def read_side(store: LearnerStore, side: str, ids: Iterable[str] | None) -> SideRead:
-    """Rows, representations and keyword tops of ``ids`` (None: all) of one side."""
+def read_side(
+    store: LearnerStore, side: str, ids: Iterable[str] | None, decay: float = 1.0
+) -> SideRead:
+    """Rows, representations, keyword profiles (their :data:`PROFILE_WORDS` heaviest
+    words, the pending review's folded in with ``decay``, as the learner shows them) and
+    items' quotes of ``ids`` (None: all) of one side."""
     out = SideRead()
     for entity, raw in store.rows(side, ids):
         out.rows[entity] = row_from_bytes(raw)
@@ -100,8 +109,11 @@ def read_side(store: LearnerStore, side: str, ids: Iterable[str] | None) -> Side
         at, vector = representation_from_bytes(raw)
         out.vectors[entity] = vector
         out.updated[entity] = at
-    for entity, learned, pending in store.keyword_records(side, ids):
-        out.top[entity] = top_keywords(shown_profile(learned, pending), TOP_KEYWORDS)
+    for entity, learned, pending, quotes in store.keyword_records(side, ids):
+        profile = shown_profile(learned, pending, decay)
+        out.keywords[entity] = dict(top_keywords(profile, PROFILE_WORDS))
+        if side == "items":
+            out.quotes[entity] = quotes
     return out
 
 
@@ -131,8 +143,10 @@ def write_side(table: SideTable, read: SideRead, head: Head, side: str) -> None:
                 norm = float(np.linalg.norm(content))
                 table.content[r] = content / norm if norm > 0 else content
     for k in ids:
-        if k in read.top:
-            table.top[k] = read.top[k]
+        if k in read.keywords:
+            table.keywords[k] = read.keywords[k]
+        if k in read.quotes:
+            table.quotes[k] = read.quotes[k]
         if side == "users":
             table.seen[k] = frozenset(read.rows[k].seen)
 
@@ -171,3 +185,17 @@ def map_labels(
 def project(table: SideTable, rows: npt.NDArray[np.int64], head: Head, side: str) -> None:
     """The head's first layer applied to rows' representations (users carry its bias)."""
     table.hidden[rows] = head.project(side, table.vectors[rows])
+
+
+def load_cooccurrence(
+    records: Sequence[tuple[str, float, dict[str, float]]], items: SideTable, into: CoOccurrence
+) -> None:
+    """Co-occurrence rows read from the store (``LearnerStore.cooccurrence``) into
+    ``into``, by ``items`` rows (under the write lock: it may add item rows)."""
+    if not records:
+        return
+    every = sorted({i for i, _, _ in records} | {j for _, _, pairs in records for j in pairs})
+    rows = dict(zip(every, items.rows(every).tolist(), strict=True))
+    into.load(
+        (rows[i], users, {rows[j]: c for j, c in pairs.items()}) for i, users, pairs in records
+    )

@@ -30,7 +30,7 @@ from tests.functional.streamed import sample_events
 class Stream:
     """A learner session over a temporary state folder, fed batch by batch."""
 
-    def __init__(self, tmp: Path, encoder: Path) -> None:
+    def __init__(self, tmp: Path, encoder: Path, overrides: tuple[str, ...] = ()) -> None:
         self.settings = WorkerSettings(
             state_dir=str(tmp / "state"),
             encoder=str(encoder),
@@ -38,6 +38,7 @@ class Stream:
             device="cpu",
             torch_threads=1,
             checkpoint_every=0,
+            model_overrides=overrides,
         )
         self.session = LearnerSession(self.settings, IndexFeeder(publish_every=0.0))
         self.events = sample_events(tmp / "sample.jsonl", users=60, groups=7)
@@ -51,8 +52,11 @@ class Stream:
 
 
 @pytest.fixture
-def stream(tmp_path: Path, tiny_encoder_dir: Path) -> Iterator[Stream]:
-    s = Stream(tmp_path, tiny_encoder_dir)
+def stream(
+    tmp_path: Path, tiny_encoder_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[Stream]:
+    """A stream; indirect parametrisation gives it DReXConfig overrides."""
+    s = Stream(tmp_path, tiny_encoder_dir, getattr(request, "param", ()))
     yield s
     s.session.release(save_index=False)
 
@@ -268,23 +272,47 @@ def test_the_replica_answers_from_the_index_the_stream_publishes(
     assert replica.recommend(user, k=5).kind == "personal"
 
 
+@pytest.mark.parametrize(
+    "stream", [(), ("keyword_decay=0.7",)], indirect=True, ids=["no-decay", "decaying-users"]
+)
 def test_the_server_recommends_what_the_learner_ranks(stream: Stream, replica: Replica) -> None:
     """Serve what was evaluated: for the same state (two micro-batches, no optimiser step
     yet, so every stored representation is the learner's current one) the server's top-k
     is ``DReXLearner.rank``'s: the same items in the same order, the same predicted
-    ratings and explanations. The catalogue is small enough for the candidates (FAISS
+    ratings and the same reasons (keywords, aspects, opinions, cautions, quote), though
+    the replica keeps only each profile's heaviest words and follows the vocabulary
+    through change records. The catalogue is small enough for the candidates (FAISS
     neighbours, the average user's top, the most rated) to hold every item."""
     stream.feed(60)
-    stream.feed(60)
+    assert replica.refresh()
+    stream.feed(60)  # the second batch's words and quotes reach the replica incrementally
     assert replica.refresh()
     learner = stream.session.learner
     assert len(replica.items) <= replica.candidates
+    assert replica.vocabulary.words == learner.vocabulary.words
+    assert replica.vocabulary.mass == learner.vocabulary.mass
+    quoted = cautioned = 0
     for user in list(learner.users.ids)[:20]:
         want = learner.rank(user, k=10)
         got = replica.recommend(user, k=10).items
-        assert [r.item_id for r in got] == [item for item, _, _ in want], user
-        assert [r.predicted_rating for r in got] == pytest.approx([r for _, r, _ in want], abs=1e-4)
-        assert [r.explanation for r in got] == [words for _, _, words in want], user
+        assert [r.item_id for r in got] == [r.item for r in want], user
+        assert [r.predicted_rating for r in got] == pytest.approx(
+            [r.rating for r in want], abs=1e-4
+        )
+        for served, ranked in zip(got, want, strict=True):
+            reason = ranked.reason
+            assert served.explanation == reason.keywords, (user, served.item_id)
+            assert (served.aspects, served.opinions) == (reason.aspects, reason.opinions)
+            assert served.cautions == reason.cautions
+            quote = None if reason.quote is None else (reason.quote.text, reason.quote.rating)
+            shown = None if served.quote is None else (served.quote.text, served.quote.rating)
+            assert shown == quote, (user, served.item_id)
+            quoted += quote is not None
+            cautioned += bool(reason.cautions)
+        # a pair's prediction is explained by the same rule
+        item = want[0].item
+        assert replica.predict(user, item).explanation == learner.explain(user, [item])[0].keywords
+    assert quoted and cautioned  # the comparison covered quotes and cautions
 
 
 # --- guards: the API key, clients that leave mid-request -------------------------------
