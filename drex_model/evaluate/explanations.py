@@ -16,8 +16,18 @@ after :func:`drex_model.text.preprocess`:
   first :data:`DIVERSITY_SAMPLE`), PETER/METER's feature diversity turned round so that
   higher is more diverse.
 
+- ``expl_mean_idf``: the mean idf of the words shown (how specific they are, whether
+  or not the review holds them).
+
+DReX's explanations are :meth:`DReXLearner.explain`'s (:func:`drex_model.reasons.explain`,
+the rule the server calls), read by :func:`explain_pairs` from the state after training.
 Baseline explainers (:func:`baseline_explainers`) read the training reviews only, so
 none of them sees the test review.
+
+The explanations of a **recommended top-k** (:func:`recommendation_metrics`, ``rec_``
+keys) are scored on what a user is shown: coverage, distinct explanations, negative
+words shown, quotes; and, for a recommended item that the user reviewed in test, the
+same precision, hit and idf precision against that review.
 """
 
 from __future__ import annotations
@@ -26,13 +36,17 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
-from drex_model.scoring import EXPLAIN_TOP, shared_keywords, top_keywords
+from drex_model.reasons import NEGATIONS, Reason
+from drex_model.scoring import top_keywords
 from drex_model.text import preprocess
 from drex_model.types import Interaction
 
 EXPLAIN_WORDS = 5  # words an explanation may show
+EXPLAIN_TOP = 10  # profile words the raw-count-overlap baseline draws from
 DIVERSITY_SAMPLE = 500  # explanations the pairwise diversity compares (quadratic cost)
 Explainer = Callable[[str, str], list[str]]
+# DReXLearner.explain: a user and items -> one Reason per item
+Explains = Callable[[str, Sequence[str]], Sequence[Reason]]
 
 
 def idf_weights(documents: Sequence[set[str]]) -> dict[str, float]:
@@ -70,6 +84,7 @@ def explanation_metrics(
         hit.append(float(bool(matched)))
         weighted.append(sum(idf.get(w, default_idf) for w in matched) / sum(weight))
     n = len(explanations)
+    shown_idf = [idf.get(w, default_idf) for words, _ in shown for w in words]
     return {
         "expl_pairs": float(n),
         "expl_coverage": len(shown) / n if n else 0.0,
@@ -78,6 +93,7 @@ def explanation_metrics(
         "expl_idf_precision": _mean(weighted),
         "expl_distinct": len({tuple(e) for e in explanations}) / n if n else 0.0,
         "expl_diversity": diversity([set(e) for e, _ in shown[:DIVERSITY_SAMPLE]]),
+        "expl_mean_idf": _mean(shown_idf),
     }
 
 
@@ -116,13 +132,82 @@ def score_explainer(
     return explanation_metrics(explanations, references, idf, default_idf)
 
 
-def profile_explainer(
-    users: Mapping[str, Mapping[str, float]], items: Mapping[str, Mapping[str, float]]
-) -> Explainer:
-    """DReX's rule (:func:`drex_model.scoring.shared_keywords`) over keyword profiles."""
-    user_top = {k: top_keywords(p, EXPLAIN_TOP) for k, p in users.items()}
-    item_top = {k: top_keywords(p, EXPLAIN_TOP) for k, p in items.items()}
-    return lambda user, item: shared_keywords(user_top.get(user, []), item_top.get(item, []))
+def explain_pairs(explain: Explains, pairs: Sequence[tuple[str, str]]) -> list[Reason]:
+    """The :class:`Reason` of each (user, item) pair, one ``explain`` call per user."""
+    by_user: dict[str, list[int]] = {}
+    for n, (user, _) in enumerate(pairs):
+        by_user.setdefault(user, []).append(n)
+    out: dict[int, Reason] = {}
+    for user, rows in by_user.items():
+        reasons = explain(user, [pairs[n][1] for n in rows])
+        out.update(zip(rows, reasons, strict=True))
+    return [out[n] for n in range(len(pairs))]
+
+
+def score_reasons(
+    reasons: Sequence[Reason],
+    pairs: Sequence[Interaction],
+    idf: Mapping[str, float],
+    default_idf: float,
+) -> dict[str, float]:
+    """:func:`explanation_metrics` of the reasons' keywords (at most EXPLAIN_WORDS) on
+    ``pairs`` (each with text), plus ``expl_quote_coverage``: the share with a quote."""
+    references = [set(preprocess(x.text or "")) for x in pairs]
+    out = explanation_metrics(
+        [r.keywords[:EXPLAIN_WORDS] for r in reasons], references, idf, default_idf
+    )
+    out["expl_quote_coverage"] = _mean([float(r.quote is not None) for r in reasons])
+    return out
+
+
+def recommendation_metrics(
+    recommended: Sequence[tuple[str, str, Reason]],
+    reviews: Mapping[tuple[str, str], str],
+    negative: Callable[[str], bool],
+    idf: Mapping[str, float],
+    default_idf: float,
+) -> dict[str, float]:
+    """``rec_`` metrics of the explanations of recommended (user, item, reason) rows.
+
+    ``reviews``: the held-out review text of a (user, item) pair, where there is one;
+    ``negative``: whether a word is negative (``Vocabulary.negative`` at the mean rating).
+
+    - ``rec_expl_count``: recommendations explained;
+    - ``rec_expl_coverage``: share with a non-empty explanation (the goal is 1);
+    - ``rec_expl_distinct``: distinct explanations per recommendation;
+    - ``rec_expl_diversity``: as ``expl_diversity``, over the recommendations;
+    - ``rec_expl_negative``: recommendations whose keywords hold a negative word or a
+      negation (the rule never shows one: the goal is 0; a count, not a share);
+    - ``rec_quote_coverage``: share with a quote;
+    - ``rec_expl_reviewed``: recommendations the user reviewed in test, and over those
+      ``rec_expl_precision``, ``rec_expl_hit``, ``rec_expl_idf_precision`` against the
+      review (0 with none).
+    """
+    keywords = [r.keywords[:EXPLAIN_WORDS] for _, _, r in recommended]
+    every = explanation_metrics(keywords, [set() for _ in keywords], idf, default_idf)
+    reviewed = [
+        (k, reviews[(u, i)])
+        for k, (u, i, _) in zip(keywords, recommended, strict=True)
+        if (u, i) in reviews
+    ]
+    against = explanation_metrics(
+        [k for k, _ in reviewed], [set(preprocess(t)) for _, t in reviewed], idf, default_idf
+    )
+    n = len(recommended)
+    return {
+        "rec_expl_count": float(n),
+        "rec_expl_coverage": every["expl_coverage"],
+        "rec_expl_distinct": every["expl_distinct"],
+        "rec_expl_diversity": every["expl_diversity"],
+        "rec_expl_negative": float(
+            sum(any(w in NEGATIONS or negative(w) for w in k) for k in keywords)
+        ),
+        "rec_quote_coverage": _mean([float(r.quote is not None) for _, _, r in recommended]),
+        "rec_expl_reviewed": float(len(reviewed)),
+        "rec_expl_precision": against["expl_precision"],
+        "rec_expl_hit": against["expl_hit"],
+        "rec_expl_idf_precision": against["expl_idf_precision"],
+    }
 
 
 class TrainingWords:
@@ -148,7 +233,8 @@ class TrainingWords:
 def baseline_explainers(words: TrainingWords) -> dict[str, Explainer]:
     """Explainers built from training words only (model names in the results):
 
-    - ``raw-count-overlap``: DReX's overlap rule on raw word counts instead of attention;
+    - ``raw-count-overlap``: the words in both the user's and the item's top-10 by raw
+      count (:func:`shared_keywords`; DReX's rule before :mod:`drex_model.reasons`);
     - ``item-top-words``: the item's most frequent words;
     - ``item-tfidf``: the item's words by count x idf;
     - ``corpus-top-words``: the corpus's most frequent words, the same for every pair.
@@ -175,3 +261,20 @@ def baseline_explainers(words: TrainingWords) -> dict[str, Explainer]:
         "item-tfidf": item_tfidf,
         "corpus-top-words": lambda user, item: list(corpus),
     }
+
+
+def shared_keywords(
+    user_top: Sequence[tuple[str, float]],
+    item_top: Sequence[tuple[str, float]],
+    k: int = EXPLAIN_TOP,
+) -> list[str]:
+    """Keywords in both the user's and the item's top-``k`` (each heaviest first),
+    ordered by their summed rank, then alphabetically.
+
+    >>> shared_keywords([("tone", 2.0), ("price", 1.0), ("cheap", 0.5)],
+    ...                 [("tone", 3.0), ("loud", 2.0), ("cheap", 1.0)], k=3)
+    ['tone', 'cheap']
+    """
+    user_rank = {w: r for r, (w, _) in enumerate(user_top[:k])}
+    shared = [(user_rank[w] + r, w) for r, (w, _) in enumerate(item_top[:k]) if w in user_rank]
+    return [w for _, w in sorted(shared)]

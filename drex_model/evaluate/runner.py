@@ -11,7 +11,9 @@ For each seed: a 70:20:10 random split (train:test:valid); every model is fit on
   * ``paper`` (``paper_`` keys): the user's own test items only. On 5-core data most
     users have one or two test items, so every model scores near 1 here.
 - explanations (``expl_`` keys, DReX variants and the ``expl:`` baseline rows): each test
-  pair's explanation against the user's held-out review (:mod:`.explanations`).
+  pair's explanation against the user's held-out review; and (``rec_`` keys, DReX
+  variants) the explanations of each ranked user's recommended top-10
+  (:mod:`.explanations`).
 
 Results are the mean and standard deviation over seeds, written as ``results.json``,
 ``results.md`` and ``learning_curves.png`` under the output directory.
@@ -19,6 +21,7 @@ Results are the mean and standard deviation over seeds, written as ``results.jso
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -46,9 +49,11 @@ from drex_model.evaluate.drex import DReXRecommender, EpochLog
 from drex_model.evaluate.explanations import (
     TrainingWords,
     baseline_explainers,
+    explain_pairs,
     explained_pairs,
-    profile_explainer,
+    recommendation_metrics,
     score_explainer,
+    score_reasons,
 )
 from drex_model.evaluate.metrics import (
     RELEVANT_RATING,
@@ -143,7 +148,8 @@ def evaluate(
                 curves.setdefault(name, []).append(model.history)
             else:
                 model.fit(split.train, split.valid)
-            metrics = score(model, split.train, split.valid, split.test, data, opts.ks)
+            tops: dict[str, list[str]] = {}
+            metrics = score(model, split.train, split.valid, split.test, data, opts.ks, tops)
             metrics["seconds"] = time.perf_counter() - t0
             if isinstance(model, DReXRecommender):
                 metrics["epochs"] = float(len(model.history))
@@ -152,7 +158,7 @@ def evaluate(
                 metrics["rating_weight"] = model.blend.rating
                 metrics["content_weight"] = model.blend.content
                 metrics["cooccurrence_shrinkage"] = model.blend.shrinkage
-                metrics.update(_explanation_scores(model, pairs, words))
+                metrics.update(_explanation_scores(model, split.train, pairs, words, tops))
             for key, value in getattr(model, "chosen", {}).items():  # tuned on validation
                 metrics[key] = float(value)
             per_seed.setdefault(name, []).append(metrics)
@@ -206,8 +212,10 @@ def score(
     test: Sequence[Interaction],
     catalogue: Sequence[Interaction],
     ks: Sequence[int],
+    tops: dict[str, list[str]] | None = None,
 ) -> dict[str, float]:
-    """Test metrics of a fitted model (see the module docstring)."""
+    """Test metrics of a fitted model (see the module docstring); ``tops``, when given,
+    receives each ranked user's top-:data:`BEYOND_K` (the users with a relevant test item)."""
     out: dict[str, float] = {}
     rated = [x for x in test if x.rating is not None]
     y = np.array([x.rating for x in rated], dtype=np.float64)
@@ -234,13 +242,13 @@ def score(
     users = sorted(u for u, t in tests.items() if max(t.values()) >= RELEVANT_RATING)
     scores = _score_matrix(model, users, items)
     column = {item: j for j, item in enumerate(items)}
-    realistic, paper, tops = [], [], []
+    realistic, paper, top_items = [], [], []
     for row, user in enumerate(users):
         keep = np.array([j for j, i in enumerate(items) if i not in seen.get(user, ())])
         relevant = {i for i, r in tests[user].items() if r >= RELEVANT_RATING}
         realistic.append((scores[row, keep], np.array([items[j] in relevant for j in keep])))
         best = np.argsort(-scores[row, keep], kind="stable")[:BEYOND_K]
-        tops.append([items[j] for j in keep[best]])
+        top_items.append([items[j] for j in keep[best]])
         own = list(tests[user])
         paper.append(
             (scores[row, [column[i] for i in own]], np.array([i in relevant for i in own]))
@@ -250,24 +258,37 @@ def score(
     counts: dict[str, float] = {}
     for x in train:
         counts[x.item] = counts.get(x.item, 0.0) + 1.0
-    out.update(beyond_accuracy(tops, len(items), counts, BEYOND_K))
+    out.update(beyond_accuracy(top_items, len(items), counts, BEYOND_K))
+    if tops is not None:
+        tops.update(zip(users, top_items, strict=True))
     return out
 
 
 def _explanation_scores(
-    model: DReXRecommender, pairs: Sequence[Interaction], words: TrainingWords
+    model: DReXRecommender,
+    train: Sequence[Interaction],
+    pairs: Sequence[Interaction],
+    words: TrainingWords,
+    tops: dict[str, list[str]],
 ) -> dict[str, float]:
-    """The explanation metrics of a fitted DReX on the test pairs with text, from the
-    profiles as the server shows them."""
+    """The explanation metrics of a fitted DReX, by the server's rule
+    (:meth:`DReXLearner.explain`) from the state after training: on the test pairs with
+    text (``expl_``) and on each ranked user's recommended top-k (``rec_``, negative
+    words judged at the training ratings' mean, the one the learner holds)."""
     learner = model.learner
     assert learner is not None
-    users = sorted({x.user for x in pairs})
-    items = sorted({x.item for x in pairs})
-    explainer = profile_explainer(
-        dict(zip(users, learner.keyword_profiles("users", users), strict=True)),
-        dict(zip(items, learner.keyword_profiles("items", items), strict=True)),
-    )
-    return score_explainer(explainer, pairs, words.idf, words.default_idf)
+    reasons = explain_pairs(learner.explain, [(x.user, x.item) for x in pairs])
+    out = score_reasons(reasons, pairs, words.idf, words.default_idf)
+    shown = [(user, item) for user, items in tops.items() for item in items]
+    reviews = {(x.user, x.item): x.text or "" for x in pairs}
+    ratings = [x.rating for x in train if x.rating is not None]
+    mean = float(np.mean(ratings)) if ratings else 3.0  # the learner's after its pass
+    recommended = [
+        (u, i, r) for (u, i), r in zip(shown, explain_pairs(learner.explain, shown), strict=True)
+    ]
+    negative = functools.partial(learner.vocabulary.negative, mean=mean)
+    out.update(recommendation_metrics(recommended, reviews, negative, words.idf, words.default_idf))
+    return out
 
 
 def _score_matrix(
@@ -381,6 +402,19 @@ EXPLANATION_COLUMNS = (
     "expl_idf_precision",
     "expl_distinct",
     "expl_diversity",
+    "expl_mean_idf",
+    "expl_quote_coverage",
+)
+RECOMMENDED_COLUMNS = (
+    "rec_expl_coverage",
+    "rec_expl_distinct",
+    "rec_expl_diversity",
+    "rec_expl_negative",
+    "rec_quote_coverage",
+    "rec_expl_reviewed",
+    "rec_expl_precision",
+    "rec_expl_hit",
+    "rec_expl_idf_precision",
 )
 
 
@@ -434,6 +468,14 @@ def render_markdown(results: dict[str, Any]) -> str:
         )
         lines.append("")
         table(EXPLANATION_COLUMNS)
+    if any(c in m for m in models.values() for c in RECOMMENDED_COLUMNS):
+        lines.append(
+            f"Explanations of each ranked user's recommended top-{BEYOND_K}: negative words "
+            "shown (a count); precision, hit and idf precision over the recommended items "
+            "the user reviewed in test (rec_expl_reviewed of them):"
+        )
+        lines.append("")
+        table(RECOMMENDED_COLUMNS)
     lines.append(
         f"Run time {results['seconds']:.0f}s on {results['machine']['platform']} "
         f"({results['machine']['cpus']} CPUs, device {results['machine']['device']})."

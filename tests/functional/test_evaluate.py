@@ -76,6 +76,10 @@ def test_evaluate_writes_results_for_every_model(tiny_encoder_dir: Path, tmp_pat
     ):
         assert key in drex, key
     assert 0 <= drex["expl_coverage"] <= 1
+    for key in ("rec_expl_coverage", "rec_expl_distinct", "rec_quote_coverage", "rec_expl_hit"):
+        assert 0 <= drex[key] <= 1, key
+    assert drex["rec_expl_negative"] == 0  # the rule never shows a negative word
+    assert "| rec_expl_negative |" in (out / "results.md").read_text()
     assert "| expl_coverage |" in (out / "results.md").read_text()
     assert 0 < drex["rmse"] < 2 and 0 <= drex["ndcg@10"] <= 1
     assert "mae" not in results["models"]["popularity"]

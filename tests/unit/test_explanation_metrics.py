@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 
 from drex_model.evaluate.explanations import (
     TrainingWords,
     baseline_explainers,
+    explain_pairs,
     explained_pairs,
     explanation_metrics,
     idf_weights,
-    profile_explainer,
+    recommendation_metrics,
     score_explainer,
+    score_reasons,
+    shared_keywords,
     unseen_idf,
 )
+from drex_model.reasons import Quote, Reason
 from drex_model.types import Interaction
 
 
@@ -105,11 +110,63 @@ def test_score_explainer_compares_with_the_held_out_review() -> None:
     assert m["expl_hit"] == 1.0
 
 
-def test_profile_explainer_uses_the_overlap_rule_capped_at_five_words() -> None:
-    shared = ["bass", "crisp", "hum", "loud", "mellow", "tone", "treble"]
-    profile = {w: float(10 - n) for n, w in enumerate(shared)}
-    explain = profile_explainer({"u": profile}, {"i": profile})
-    m = score_explainer(explain, [_x("u", "i", "bass crisp hum loud mellow")], {}, 1.0)
-    assert explain("u", "i") == shared  # the rule keeps all; the metric shows five
-    assert m["expl_precision"] == 1.0
-    assert explain("u", "unknown") == []
+def _reason(*keywords: str, quote: bool = False) -> Reason:
+    said = Quote("Warm tone, no hum.", 5.0, keywords) if quote else None
+    return Reason(list(keywords), [], list(keywords), [], said)
+
+
+def test_explain_pairs_asks_once_per_user_and_keeps_the_pairs_order() -> None:
+    calls: list[tuple[str, list[str]]] = []
+
+    def explain(user: str, items: Sequence[str]) -> list[Reason]:
+        calls.append((user, list(items)))
+        return [_reason(user, item) for item in items]
+
+    reasons = explain_pairs(explain, [("ann", "amp"), ("bob", "amp"), ("ann", "pick")])
+    assert [r.keywords for r in reasons] == [["ann", "amp"], ["bob", "amp"], ["ann", "pick"]]
+    assert calls == [("ann", ["amp", "pick"]), ("bob", ["amp"])]
+
+
+def test_score_reasons_shows_five_keywords_and_counts_quotes() -> None:
+    many = _reason("bass", "crisp", "hum", "loud", "mellow", "tone", quote=True)
+    pairs = [_x("u", "i", "bass crisp hum loud mellow"), _x("u", "j", "nothing here")]
+    m = score_reasons([many, _reason()], pairs, {}, 1.0)
+    assert m["expl_precision"] == 1.0  # "tone", the sixth, is not shown
+    assert m["expl_coverage"] == pytest.approx(1 / 2)
+    assert m["expl_quote_coverage"] == pytest.approx(1 / 2)
+    assert m["expl_mean_idf"] == 1.0
+
+
+def test_recommendation_metrics_count_negatives_and_score_only_reviewed_items() -> None:
+    rows = [
+        ("ann", "amp", _reason("tone", "warm", quote=True)),
+        ("ann", "pick", _reason("tone", "warm")),  # the same words: not distinct
+        ("bob", "amp", _reason("hum", "tone")),  # "hum" is negative here
+        ("bob", "cable", _reason("not", "short")),  # a negation
+        ("cat", "amp", _reason()),
+    ]
+    reviews = {("ann", "pick"): "Warm and bright", ("cat", "amp"): "loud"}
+    m = recommendation_metrics(rows, reviews, lambda w: w == "hum", {"warm": 3.0}, 1.0)
+    assert m["rec_expl_count"] == 5.0
+    assert m["rec_expl_coverage"] == pytest.approx(4 / 5)
+    assert m["rec_expl_distinct"] == pytest.approx(4 / 5)  # the empty one counts once
+    assert m["rec_expl_negative"] == 2.0
+    assert m["rec_quote_coverage"] == pytest.approx(1 / 5)
+    assert m["rec_expl_reviewed"] == 2.0
+    # over the reviewed and explained: ("ann", "pick") only, "warm" in, "tone" out
+    assert m["rec_expl_precision"] == pytest.approx(1 / 2)
+    assert m["rec_expl_hit"] == 1.0
+    assert m["rec_expl_idf_precision"] == pytest.approx(3 / 4)
+
+
+def test_recommendation_metrics_of_nothing_are_zero() -> None:
+    m = recommendation_metrics([], {}, lambda w: False, {}, 1.0)
+    assert m["rec_expl_count"] == m["rec_expl_coverage"] == m["rec_quote_coverage"] == 0.0
+    assert m["rec_expl_hit"] == 0.0 and m["rec_expl_reviewed"] == 0.0
+
+
+def test_shared_keywords_are_in_both_top_k_by_summed_rank() -> None:
+    user = [("tone", 3.0), ("cheap", 2.0), ("loud", 1.0)]
+    item = [("loud", 3.0), ("tone", 2.0), ("hum", 1.0)]
+    assert shared_keywords(user, item) == ["tone", "loud"]  # ranks 0+1, then 2+0
+    assert shared_keywords(user, item, k=2) == ["tone"]
