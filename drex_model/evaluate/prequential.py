@@ -32,11 +32,11 @@ from drex_model.evaluate.metrics import (
     rating_metrics,
 )
 from drex_model.evaluate.next_item import NextItemTracker, StreamingItemKNN, next_item_metrics
+from drex_model.evaluate.stream_explanations import DReXStream, explanation_lines
 from drex_model.types import Interaction
 
 if TYPE_CHECKING:
     from drex_model.evaluate.runner import EvaluateOptions
-    from drex_model.learner import DReXLearner
 
 # Baselines with a one-pass form (running estimates); ``mf`` needs epochs and a split.
 PREQUENTIAL_BASELINES: Final = ("global-mean", "bias", "popularity", "itemknn")
@@ -125,21 +125,6 @@ class StreamModel(Protocol):
     def scores(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
         """Ranking scores ``(U, I)`` from the current state; learns nothing."""
         ...
-
-
-class DReXStream:
-    """A :class:`DReXLearner` fed micro-batches, as the worker feeds it."""
-
-    predicts_ratings = True
-
-    def __init__(self, learner: DReXLearner) -> None:
-        self.learner = learner
-
-    def learn(self, batch: Sequence[Interaction]) -> np.ndarray:
-        return self.learner.learn_many(batch)
-
-    def scores(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
-        return self.learner.ranking_scores(users, items)
 
 
 class RunningBaseline:
@@ -432,11 +417,10 @@ def prequential(
 
     for seed in opts.seeds:
         for name in opts.variants:
-            learner = DReXLearner(config(name), cache=cache, seed=seed, device=device)
-            run = run_stream(
-                DReXStream(learner), stream, settings, tests, opts.progress, f"{name} seed {seed}"
-            )
+            drex = DReXStream(DReXLearner(config(name), cache=cache, seed=seed, device=device))
+            run = run_stream(drex, stream, settings, tests, opts.progress, f"{name} seed {seed}")
             record(name, seed, run)
+            per_seed[name][-1].update(drex.metrics())  # explanations (stream_explanations)
     for name in opts.baselines:  # deterministic: one run, whatever the seeds
         model = StreamingItemKNN() if name == "itemknn" else RunningBaseline(name)
         run = run_stream(model, stream, settings, tests, opts.progress, name)
@@ -544,6 +528,7 @@ def render_prequential(results: dict[str, Any]) -> str:
                 cells.append(f"{np.mean(values):.4f}" if values else "—")
             lines.append(f"| {end} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += explanation_lines(models)
     lines.append(
         f"Run time {results['seconds']:.0f}s on {results['machine']['platform']} "
         f"({results['machine']['cpus']} CPUs, device {results['machine']['device']})."
