@@ -29,9 +29,6 @@ The first layer is linear, so ``W_u u + b`` and ``W_i i`` are computed once per 
 (:meth:`Head.project`) and every additive term folds into one constant per row
 (:meth:`Head.constants`): a pair then costs D multiply-adds.
 
-The explanation of (u, i) is :func:`shared_keywords`: the words in both top-10 keyword
-profiles, by summed rank.
-
 Notation: U users, I items, D embedding size.
 """
 
@@ -45,7 +42,6 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.floating[Any]]
-EXPLAIN_TOP: Final = 10  # profile words an explanation draws from
 # The dense network's parameters the score reads, by their state_dict names.
 HEAD_PARAMETERS: Final = (
     "head.hidden.weight",
@@ -302,23 +298,6 @@ def exposure_prior(item_rating_count: npt.ArrayLike, weight: float) -> npt.NDArr
     if not weight:
         return np.zeros(count.shape)
     return weight * np.log1p(count)
-
-
-def shared_keywords(
-    user_top: Sequence[tuple[str, float]],
-    item_top: Sequence[tuple[str, float]],
-    k: int = EXPLAIN_TOP,
-) -> list[str]:
-    """The explanation of a pair: keywords in both the user's and the item's top-``k``
-    (each heaviest first), ordered by their summed rank, then alphabetically.
-
-    >>> shared_keywords([("tone", 2.0), ("price", 1.0), ("cheap", 0.5)],
-    ...                 [("tone", 3.0), ("loud", 2.0), ("cheap", 1.0)], k=3)
-    ['tone', 'cheap']
-    """
-    user_rank = {w: r for r, (w, _) in enumerate(user_top[:k])}
-    shared = [(user_rank[w] + r, w) for r, (w, _) in enumerate(item_top[:k]) if w in user_rank]
-    return [w for _, w in sorted(shared)]
 
 
 def top_keywords(profile: Mapping[str, float], k: int) -> list[tuple[str, float]]:
