@@ -6,9 +6,10 @@ Starts the embedded broker, a worker and the HTTP server as child processes; str
 dataset as separate review and rating events (with a few review-only, rating-only,
 duplicated and malformed ones, as real producers send); shows the learner's progress
 (interactions/s, prequential MAE and RMSE) while it learns; then prints recommendations
-with keyword explanations for the most active users, and the API and metrics URLs. It
-keeps serving until Ctrl-C (or ``--serve-for`` seconds), then stops the server, the
-worker and the broker, in that order, and removes its temporary state.
+with their explanations (keywords, a quote from a review, cautions) for the most active
+users, and the API and metrics URLs. It keeps serving until Ctrl-C (or ``--serve-for``
+seconds), then stops the server, the worker and the broker, in that order, and removes
+its temporary state.
 
 The children run in their own sessions, so Ctrl-C reaches only this process, which
 stops them cleanly; nothing is left running. SIGTERM and SIGHUP (``kill``, a closed
@@ -242,11 +243,25 @@ def _show(stack: Stack, users: list[str], per_user: dict[str, int], k: int) -> N
             say(f"  (no recommendations: {body})")
             continue
         for n, item in enumerate(body["items"], 1):
-            because = ", ".join(item["explanation"]) or "(no shared keywords yet)"
+            because = ", ".join(item["explanation"]) or "(no keywords yet)"
             say(
                 f"  {n}. {item['item_id']:<14} predicted {item['predicted_rating']:.2f}"
                 f"   because: {because}"
             )
+            for line in _evidence(item):
+                say(f"      {line}")
+
+
+def _evidence(item: dict[str, Any]) -> list[str]:
+    """The lines under a recommended item: its quote with the review's rating, and its
+    cautions, when it has them."""
+    lines = []
+    quote = item.get("quote")
+    if quote:
+        lines.append(f'"{quote["text"]}" ({quote["rating"]:g}★ review)')
+    if item.get("cautions"):
+        lines.append(f"but some reviews mention: {', '.join(item['cautions'])}")
+    return lines
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

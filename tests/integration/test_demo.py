@@ -57,7 +57,8 @@ def test_demo_learns_recommends_with_explanations_and_leaves_nothing_running(
     assert re.search(r"learned \d+ interactions", out), out
     reasons = re.findall(r"because: (.+)", out)
     assert len(reasons) == 3 * 5  # 3 users x 5 recommendations
-    assert any(r != "(no shared keywords yet)" for r in reasons), out
+    assert any(r != "(no keywords yet)" for r in reasons), out
+    assert re.search(r'^ {6}".+" \(\d(\.\d+)?★ review\)$', out, re.MULTILINE), out  # quotes
     assert out.rstrip().endswith("stopped")
     _assert_nothing_listens(out)
 

@@ -82,6 +82,8 @@ def test_stream_then_serve_recommendations_and_metrics(
         assert all(body["kind"] == "personal" and len(body["items"]) == 10 for _, body in lists)
         explained = [r for _, body in lists for r in body["items"] if r["explanation"]]
         assert len(explained) >= 10, "the sample's reviews share aspect words"
+        assert any(r["quote"] for r in explained), "a sentence of a positive review holds some"
+        assert all(set(r["explanation"]) == {*r["aspects"], *r["opinions"]} for r in explained)
         status, body = get(f"{url}/users/somebody-new/recommendations?k=3")
         assert status == 200 and body["kind"] == "fallback" and len(body["items"]) == 3
         status, body = get(f"{url}/users/{users[0]}/recommendations?k=0")

@@ -69,8 +69,14 @@ def check_learner(
         info = store.info()
         users, items = store.counts("users"), store.counts("items")
         profiles = {side: store.keyword_profiles(side) for side in ("users", "items")}
+        learned = [sum(a.values()) for _, a, _, _ in store.keyword_records("items")]
+        vocabulary, mass = dict(store.vocabulary()), store.vocabulary_mass()
     finally:
         store.close()
+    # every review folded into an item's profile went into the vocabulary once, and the
+    # stored rows are the ones the last batches changed: their sum is the stored mass
+    assert mass == pytest.approx(sum(learned)) and mass > 0
+    assert mass == pytest.approx(sum(row[0] for row in vocabulary.values()))
     assert info.applied == truth.interactions
     assert users == truth.per_user
     assert items == truth.per_item
