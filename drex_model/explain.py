@@ -10,13 +10,15 @@ added, so that it follows recent interests. The explanation of a recommendation 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from drex_model.formats import fold_words
 from drex_model.scoring import top_keywords
 from drex_model.text import EncodedReview
+from drex_model.types import Interaction
 
 
 def word_weights(review: EncodedReview, attn: torch.Tensor) -> dict[str, float]:
@@ -75,3 +77,29 @@ class KeywordProfiles:
 
     def clear(self) -> None:
         self._profiles.clear()
+
+
+@torch.inference_mode()
+def rebuild(learner: Any, interactions: Sequence[Interaction], chunk: int = 256) -> None:
+    """A ``DReXLearner``'s keyword profiles, vocabulary and quotes from scratch (typed
+    ``Any``: the learner imports this module): each review's
+    attention under the current model, summed per word into its user's and its item's
+    profile and into the vocabulary, in stream order (so users' profiles decay as online)."""
+    for kept in (learner.user_keywords, learner.item_keywords, learner.vocabulary, learner.quotes):
+        kept.clear()
+    for x in interactions:
+        learner._add_quotes(x)
+    if not learner.config.use_text:
+        return
+    learner.model.eval()
+    review_ids = learner._review_ids(interactions, progress=False).tolist()
+    for s in range(0, len(interactions), chunk):
+        ids = review_ids[s : s + chunk]
+        tokens, mask = learner.cache.batch(ids)
+        _, attn = learner.model.review(tokens.to(learner.device), mask.to(learner.device))
+        for x, j, a in zip(interactions[s : s + chunk], ids, attn, strict=True):
+            if j >= 0:
+                weights = word_weights(learner.cache.get(j), a)
+                learner.user_keywords.add(x.user, weights)
+                learner.item_keywords.add(x.item, weights)
+                learner.vocabulary.add(weights, x.rating)

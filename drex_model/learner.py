@@ -47,7 +47,7 @@ from torch import nn
 
 from drex_model.affinity import CoOccurrence, recent, review_vector
 from drex_model.entities import EntityTable, LookedUp, carry_sparse_state, t_batches
-from drex_model.explain import KeywordProfiles, word_weights
+from drex_model.explain import KeywordProfiles, rebuild, word_weights
 from drex_model.model import DReX, DReXConfig, PreferenceInit
 from drex_model.reasons import QuoteBook, Vocabulary
 from drex_model.scoring import Blend
@@ -551,31 +551,10 @@ class DReXLearner(LearnerViews):
 
     # ---- prediction -------------------------------------------------------------------
 
-    @torch.inference_mode()
     def rebuild_keywords(self, interactions: Sequence[Interaction], chunk: int = 256) -> None:
-        """Keyword profiles from scratch: each review's attention under the current model,
-        summed per word into its user's and its item's profile (the paper takes them from
-        the final pass of training)."""
-        self.user_keywords.clear()
-        self.item_keywords.clear()
-        self.vocabulary.clear()
-        self.quotes.clear()
-        for x in interactions:
-            self._add_quotes(x)
-        if not self.config.use_text:
-            return
-        self.model.eval()
-        review_ids = self._review_ids(interactions, progress=False).tolist()
-        for s in range(0, len(interactions), chunk):
-            ids = review_ids[s : s + chunk]
-            tokens, mask = self.cache.batch(ids)
-            _, attn = self.model.review(tokens.to(self.device), mask.to(self.device))
-            for x, j, a in zip(interactions[s : s + chunk], ids, attn, strict=True):
-                if j >= 0:
-                    weights = word_weights(self.cache.get(j), a)
-                    self.user_keywords.add(x.user, weights)
-                    self.item_keywords.add(x.item, weights)
-                    self.vocabulary.add(weights, x.rating)
+        """Keyword profiles, vocabulary and quotes from scratch, under the current model
+        (:func:`drex_model.explain.rebuild`; the paper takes them from the final pass)."""
+        rebuild(self, interactions, chunk)
 
     # ---- state export -----------------------------------------------------------------
 
