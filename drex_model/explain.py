@@ -82,9 +82,9 @@ class KeywordProfiles:
 @torch.inference_mode()
 def rebuild(learner: Any, interactions: Sequence[Interaction], chunk: int = 256) -> None:
     """A ``DReXLearner``'s keyword profiles, vocabulary and quotes from scratch (typed
-    ``Any``: the learner imports this module): each review's
-    attention under the current model, summed per word into its user's and its item's
-    profile and into the vocabulary, in stream order (so users' profiles decay as online)."""
+    ``Any``: the learner imports this module): each review's attention under the current
+    model, summed per word into its user's and its item's profile and into the
+    vocabulary, in stream order (so users' profiles decay as they do online)."""
     for kept in (learner.user_keywords, learner.item_keywords, learner.vocabulary, learner.quotes):
         kept.clear()
     for x in interactions:
