@@ -285,6 +285,9 @@ def test_prequential_writes_results_and_repeats_exactly(
         assert 0.0 < models[name]["coverage@10"] <= 1.0 and models[name]["distinct@10"] > 0.0
         assert models[name]["logpop@10"] > 0.0
     assert models["bias"]["rmse"] < models["global-mean"]["rmse"]
+    assert 0.0 < models["drex"]["expl_coverage"] <= 1.0  # explained before each batch
+    assert "expl_coverage" not in models["bias"]
+    assert "| expl_coverage |" in (out / "results.md").read_text()
     windows = saved["curves"]["drex"][0]["windows"]
     assert [w["end"] for w in windows] == [100, 200, 240]
     assert [c["seed"] for c in saved["curves"]["drex"]] == [0, 1]
