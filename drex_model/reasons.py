@@ -40,6 +40,7 @@ keywords (then the best rated, then the most recent), or none when no sentence h
 from __future__ import annotations
 
 import functools
+import heapq
 import importlib.resources
 import math
 import re
@@ -279,19 +280,22 @@ def explain(
 ) -> Reason:
     """The explanation of recommending the item of profile ``item`` to the user of
     profile ``user`` (see the module doc); ``mean`` is the global mean rating."""
-    user_top = dict(_heaviest(user))
+    user_top = _heaviest(user)
     item_top = _heaviest(item)
     n_user = sum(user_top.values())
-    n_item = sum(w for _, w in item_top)
+    n_item = sum(item_top.values())
     a = weights.smoothing
+    rows, total, valences = vocabulary.words, vocabulary.mass + 1.0, _valences()
     scored: list[tuple[float, str]] = []
     cautions: list[tuple[float, str]] = []
-    for word, weight in item_top:
+    for word, weight in item_top.items():  # Vocabulary.share and .negative, inlined
         if word in NEGATIONS:
             continue
-        p = vocabulary.share(word)
+        row = rows.get(word)
+        p = ((row[0] if row else 0.0) + 0.1) / total
         p_item = (weight + a * p) / (n_item + a)
-        if vocabulary.negative(word, mean):
+        sentiment = (row[2] - row[1] * mean) / (row[1] + SENTIMENT_SHRINKAGE) if row else 0.0
+        if valences.get(word, 0.0) < 0 or sentiment < NEGATIVE_BELOW:
             if p_item > p:  # distinctive for the item
                 cautions.append((-math.log(p_item / p), word))
             continue
@@ -314,6 +318,8 @@ def explain(
     )
 
 
-def _heaviest(profile: Mapping[str, float]) -> list[tuple[str, float]]:
+def _heaviest(profile: Mapping[str, float]) -> Mapping[str, float]:
     """The :data:`PROFILE_WORDS` heaviest words of a profile (ties by word)."""
-    return sorted(profile.items(), key=lambda kv: (-kv[1], kv[0]))[:PROFILE_WORDS]
+    if len(profile) <= PROFILE_WORDS:
+        return profile
+    return dict(heapq.nsmallest(PROFILE_WORDS, profile.items(), key=lambda kv: (-kv[1], kv[0])))
