@@ -51,7 +51,7 @@ def reasons_of(
     items = sorted({x.item for x in pairs})
     user_profile = dict(zip(users, learner.keyword_profiles("users", users), strict=True))
     item_profile = dict(zip(items, learner.keyword_profiles("items", items), strict=True))
-    mean = float(learner._mean())
+    mean = learner.mean_rating()
     return [
         explain(
             user_profile[x.user],

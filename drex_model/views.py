@@ -170,11 +170,15 @@ class LearnerViews:
             for item, j, reason in zip(chosen, order, reasons, strict=True)
         ]
 
+    def mean_rating(self) -> float:
+        """The global mean rating that scores and explanations read now."""
+        return float(self._mean())
+
     def explain(self, user: str, items: Sequence[str]) -> list[Reason]:
         """Why each of ``items`` would be recommended to ``user`` (the server's rule)."""
         user_profile = self._shown_profiles("users", [user])[0]
         weights = ExplainWeights.from_config(self.config.to_dict())
-        mean = float(self._mean())
+        mean = self.mean_rating()
         return [
             explain(user_profile, profile, self.vocabulary, mean, weights, self.quotes.get(item))
             for item, profile in zip(items, self._shown_profiles("items", items), strict=True)

@@ -158,7 +158,7 @@ def evaluate(
                 metrics["rating_weight"] = model.blend.rating
                 metrics["content_weight"] = model.blend.content
                 metrics["cooccurrence_shrinkage"] = model.blend.shrinkage
-                metrics.update(_explanation_scores(model, split.train, pairs, words, tops))
+                metrics.update(_explanation_scores(model, pairs, words, tops))
             for key, value in getattr(model, "chosen", {}).items():  # tuned on validation
                 metrics[key] = float(value)
             per_seed.setdefault(name, []).append(metrics)
@@ -266,7 +266,6 @@ def score(
 
 def _explanation_scores(
     model: DReXRecommender,
-    train: Sequence[Interaction],
     pairs: Sequence[Interaction],
     words: TrainingWords,
     tops: dict[str, list[str]],
@@ -274,19 +273,17 @@ def _explanation_scores(
     """The explanation metrics of a fitted DReX, by the server's rule
     (:meth:`DReXLearner.explain`) from the state after training: on the test pairs with
     text (``expl_``) and on each ranked user's recommended top-k (``rec_``, negative
-    words judged at the training ratings' mean, the one the learner holds)."""
+    words judged at the learner's own mean rating, as :meth:`explain` judges them)."""
     learner = model.learner
     assert learner is not None
     reasons = explain_pairs(learner.explain, [(x.user, x.item) for x in pairs])
     out = score_reasons(reasons, pairs, words.idf, words.default_idf)
     shown = [(user, item) for user, items in tops.items() for item in items]
     reviews = {(x.user, x.item): x.text or "" for x in pairs}
-    ratings = [x.rating for x in train if x.rating is not None]
-    mean = float(np.mean(ratings)) if ratings else 3.0  # the learner's after its pass
     recommended = [
         (u, i, r) for (u, i), r in zip(shown, explain_pairs(learner.explain, shown), strict=True)
     ]
-    negative = functools.partial(learner.vocabulary.negative, mean=mean)
+    negative = functools.partial(learner.vocabulary.negative, mean=learner.mean_rating())
     out.update(recommendation_metrics(recommended, reviews, negative, words.idf, words.default_idf))
     return out
 
