@@ -488,8 +488,7 @@ def load_checkpoint(
     for item, quotes in listing["items"].get("quotes", {}).items():
         learner.quotes.load(item, [Quote.from_record(q) for q in quotes])
     vocabulary = listing.get("vocabulary", {"mass": 0.0, "words": {}})
-    learner.vocabulary.load(vocabulary["words"].items())
-    learner.vocabulary.mass = vocabulary["mass"]
+    learner.vocabulary.load(vocabulary["words"].items(), vocabulary["mass"])
     return learner
 
 

@@ -49,7 +49,7 @@ from drex_model.affinity import CoOccurrence, recent, review_vector
 from drex_model.entities import EntityTable, LookedUp, carry_sparse_state, t_batches
 from drex_model.explain import KeywordProfiles, rebuild, word_weights
 from drex_model.model import DReX, DReXConfig, PreferenceInit
-from drex_model.reasons import QuoteBook, Vocabulary
+from drex_model.reasons import ExplainWeights, QuoteBook, Vocabulary
 from drex_model.scoring import Blend
 from drex_model.text import ReviewCache, TextEncoder, preprocess
 from drex_model.types import Interaction
@@ -103,6 +103,7 @@ class DReXLearner(LearnerViews):
         self.quotes = QuoteBook()  # recent sentences of each item's positive reviews
         self.track_keywords = True
         self.blend = Blend.from_config(config.to_dict())  # see ranking_scores
+        self.explain_weights = ExplainWeights.from_config(config.to_dict())
         self.cooccurrence = CoOccurrence(config.cooccurrence_window)
         self.step = 0
         self._accumulated = 0  # rated interactions in the gradient not yet stepped

@@ -169,12 +169,16 @@ class Vocabulary:
             self.mass += weight
             self.changed.add(word)
 
-    def load(self, rows: Iterable[tuple[str, Sequence[float]]]) -> None:
-        """Rows as :meth:`drain` gave them (restores a stored vocabulary; replaces)."""
+    def load(self, rows: Iterable[tuple[str, Sequence[float]]], mass: float | None = None) -> None:
+        """Rows as :meth:`drain` gave them (restores a stored vocabulary; replaces), and
+        the total ``mass`` as stored with them (None: adjusted by the rows' change; the
+        learner's own running sum may differ from that in the last bits)."""
         for word, row in rows:
             old = self.words.get(word)
             self.mass += float(row[0]) - (old[0] if old else 0.0)
             self.words[word] = [float(v) for v in row]
+        if mass is not None:
+            self.mass = mass
 
     def drain(self) -> dict[str, list[float]]:
         """The rows changed since the last drain."""

@@ -52,6 +52,7 @@ class LearnerViews:
     model: DReX
     device: torch.device
     blend: Blend  # the ranking's weights; drex evaluate may choose them
+    explain_weights: ExplainWeights  # the explanation rule's, from the config
     cooccurrence: CoOccurrence
     users: EntityTable
     items: EntityTable
@@ -177,10 +178,16 @@ class LearnerViews:
     def explain(self, user: str, items: Sequence[str]) -> list[Reason]:
         """Why each of ``items`` would be recommended to ``user`` (the server's rule)."""
         user_profile = self._shown_profiles("users", [user])[0]
-        weights = ExplainWeights.from_config(self.config.to_dict())
         mean = self.mean_rating()
         return [
-            explain(user_profile, profile, self.vocabulary, mean, weights, self.quotes.get(item))
+            explain(
+                user_profile,
+                profile,
+                self.vocabulary,
+                mean,
+                self.explain_weights,
+                self.quotes.get(item),
+            )
             for item, profile in zip(items, self._shown_profiles("items", items), strict=True)
         ]
 

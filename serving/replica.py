@@ -287,8 +287,7 @@ class Replica:
             side: read_side(store, side, None, decay if side == "users" else 1.0) for side in SIDES
         }
         vocabulary = Vocabulary()
-        vocabulary.load(store.vocabulary())
-        vocabulary.mass = store.vocabulary_mass()
+        vocabulary.load(store.vocabulary(), store.vocabulary_mass())
         users, items = SideTable(head.dim), SideTable(head.dim)
         for side, table in (("users", users), ("items", items)):
             write_side(table, read[side], head, side)
@@ -324,8 +323,7 @@ class Replica:
             write_side(self.users, read["users"], self.head, "users")
             write_side(self.items, read["items"], self.head, "items")
             load_cooccurrence(co_rows, self.items, self.cooccurrence)
-            self.vocabulary.load(words)
-            self.vocabulary.mass = mass
+            self.vocabulary.load(words, mass)
             if head is not None:  # the first layer changed: every row's projection too
                 for side, table in (("users", self.users), ("items", self.items)):
                     project(table, np.arange(len(table)), head, side)

@@ -77,9 +77,7 @@ def restore(store: LearnerStore, learner: DReXLearner, encoder: Mapping[str, Any
         learner, {item: (users, pairs) for item, users, pairs in store.cooccurrence()}
     )
     learner.cooccurrence.take_changed()  # as stored: nothing to write back
-    learner.vocabulary.load(store.vocabulary())
-    # as the learner summed it: the sum of the rows may differ in the last bits
-    learner.vocabulary.mass = store.vocabulary_mass()
+    learner.vocabulary.load(store.vocabulary(), store.vocabulary_mass())
     return info
 
 
