@@ -14,8 +14,7 @@ after :func:`drex_model.text.preprocess`:
 - ``expl_distinct``: distinct explanations (the empty one included) per pair;
 - ``expl_diversity``: mean pairwise Jaccard distance of the non-empty explanations (the
   first :data:`DIVERSITY_SAMPLE`), PETER/METER's feature diversity turned round so that
-  higher is more diverse.
-
+  higher is more diverse;
 - ``expl_mean_idf``: the mean idf of the words shown (how specific they are, whether
   or not the review holds them).
 
@@ -36,13 +35,23 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
-from drex_model.reasons import NEGATIONS, Reason
+from drex_model.reasons import EXPLAIN_WORDS, NEGATIONS, Reason
 from drex_model.scoring import top_keywords
 from drex_model.text import preprocess
 from drex_model.types import Interaction
 
-EXPLAIN_WORDS = 5  # words an explanation may show
 EXPLAIN_TOP = 10  # profile words the raw-count-overlap baseline draws from
+# the metrics' columns in results.md, drex evaluate's and drex replay's
+EXPLANATION_COLUMNS = (
+    "expl_coverage",
+    "expl_precision",
+    "expl_hit",
+    "expl_idf_precision",
+    "expl_distinct",
+    "expl_diversity",
+    "expl_mean_idf",
+    "expl_quote_coverage",
+)
 DIVERSITY_SAMPLE = 500  # explanations the pairwise diversity compares (quadratic cost)
 Explainer = Callable[[str, str], list[str]]
 # DReXLearner.explain: a user and items -> one Reason per item

@@ -47,6 +47,7 @@ from drex_model.evaluate.data import (
 )
 from drex_model.evaluate.drex import DReXRecommender, EpochLog
 from drex_model.evaluate.explanations import (
+    EXPLANATION_COLUMNS,
     TrainingWords,
     baseline_explainers,
     explain_pairs,
@@ -392,16 +393,6 @@ REPORT_COLUMNS = (
 )
 
 
-EXPLANATION_COLUMNS = (
-    "expl_coverage",
-    "expl_precision",
-    "expl_hit",
-    "expl_idf_precision",
-    "expl_distinct",
-    "expl_diversity",
-    "expl_mean_idf",
-    "expl_quote_coverage",
-)
 RECOMMENDED_COLUMNS = (
     "rec_expl_coverage",
     "rec_expl_distinct",

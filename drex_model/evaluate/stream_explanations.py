@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from drex_model.evaluate.explanations import (
+    EXPLANATION_COLUMNS,
     explain_pairs,
     explained_pairs,
     idf_weights,
@@ -64,8 +65,6 @@ class DReXStream:
 
 def explanation_lines(models: Mapping[str, Mapping[str, float]]) -> list[str]:
     """The markdown table of the ``expl_`` metrics of the models that have them."""
-    from drex_model.evaluate.runner import EXPLANATION_COLUMNS
-
     rows = {name: m for name, m in models.items() if "expl_coverage" in m}
     if not rows:
         return []
