@@ -1,16 +1,25 @@
-"""The OpenAPI 3.1 description of ``drex serve`` (served at ``/openapi.json``).
+"""The operations of ``drex serve`` and their OpenAPI 3.1 description (``/openapi.json``).
 
-Written out here rather than generated, so that it says what clients may rely on;
-tests/functional/test_serving.py checks that every route of the application is described
-and that the responses match their schemas. A server with an API key (``DREX_API_KEY``)
-serves ``spec(api_key=True)``: the same document with its security schemes, and a 401
-answer on every operation but those of :data:`PUBLIC_PATHS`.
+Generated, not written by hand: :data:`OPERATIONS` names each operation's query model,
+request body and answers (serving/schemas.py), the server routes and validates by the
+same table (``serving.server.build_app``), and :func:`spec` takes the schemas from the
+models' ``model_json_schema``. A server with an API key (``DREX_API_KEY``) serves
+``spec(api_key=True)``: the same document with its security schemes, and a 401 answer
+on every operation but those of :data:`PUBLIC_PATHS`. docs/api.md is written from this
+document by ``scripts/api_docs.py``.
 """
 
 from __future__ import annotations
 
 import copy
+import re
+from dataclasses import dataclass, field
 from typing import Any, Final
+
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode as Mode
+
+from serving import schemas
 
 # Answered without the API key: probes (an orchestrator's liveness and readiness checks,
 # Prometheus' scrape) and this document. None of them says anything about a user or item.
@@ -24,176 +33,219 @@ _SECURITY_SCHEMES = {
         "description": "the server's DREX_API_KEY",
     },
 }
+_REF = "#/components/schemas/{model}"
+TEXT: Final = "text"  # an answer that is not JSON (Prometheus' exposition format)
 
-_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-        }
-    },
-}
-_NUMBER = {"type": "number"}
-_STRING = {"type": "string"}
-_WORDS = {"type": "array", "items": _STRING}
-# Why the item suits the user (drex_model/reasons.py): the fields of both a recommended
-# item and a prediction.
-_REASON_FIELDS = ("explanation", "aspects", "opinions", "cautions", "quote")
-_REASON = {
-    "explanation": {
-        **_WORDS,
-        "description": "keywords, strongest first: the item's words this user is most likely "
-        "to write about it (distinctive for the item and the user, never negative); for "
-        "a fallback or a user without reviews, the item's own distinctive words",
-    },
-    "aspects": {**_WORDS, "description": 'the keywords that name a thing ("tone")'},
-    "opinions": {**_WORDS, "description": 'the other keywords ("sturdy", "love")'},
-    "cautions": {
-        **_WORDS,
-        "description": "the item's distinctive negative words (negative in the VADER "
-        "lexicon, or in reviews rated below the mean)",
-    },
-    "quote": {
-        "description": "a sentence of one of the item's positive reviews that holds most "
-        "keywords, with that review's rating; null when no sentence holds one",
-        "oneOf": [
-            {
-                "type": "object",
-                "required": ["text", "rating"],
-                "properties": {"text": _STRING, "rating": _NUMBER},
-            },
-            {"type": "null"},
-        ],
-    },
-}
-_RANKED = {
-    "type": "object",
-    "required": ["item_id", "predicted_rating", "score", *_REASON_FIELDS],
-    "properties": {
-        "item_id": _STRING,
-        "predicted_rating": {**_NUMBER, "description": "clipped to the rating scale"},
-        "score": {
-            **_NUMBER,
-            "description": "what the list is ordered by: the unclipped rating plus the "
-            "exposure prior (personal), or the item's number of ratings (fallback)",
-        },
-        **_REASON,
-    },
-}
-_RECOMMENDATIONS = {
-    "type": "object",
-    "required": ["user_id", "kind", "fallback_reason", "items"],
-    "properties": {
-        "user_id": _STRING,
-        "kind": {"enum": ["personal", "fallback"]},
-        "fallback_reason": {"type": ["string", "null"], "enum": ["unknown_user", None]},
-        "items": {"type": "array", "items": _RANKED},
-    },
-}
-_SIMILAR = {
-    "type": "object",
-    "required": ["item_id", "items"],
-    "properties": {
-        "item_id": _STRING,
-        "items": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["item_id", "score"],
-                "properties": {
-                    "item_id": _STRING,
-                    "score": {**_NUMBER, "description": "inner product"},
-                },
-            },
-        },
-    },
-}
-_PREDICTION = {
-    "type": "object",
-    "required": ["user_id", "item_id", "predicted_rating", "score", *_REASON_FIELDS],
-    "properties": {
-        "user_id": _STRING,
-        "item_id": _STRING,
-        "predicted_rating": _NUMBER,
-        "score": _NUMBER,
-        **_REASON,
-    },
-}
+_BAD_QUERY = "an unknown query parameter (unknown_parameter), or a bad value (bad_<name>)"
+_UNREADY = "the replica has not read the learner store yet (not_ready)"
 
 
-def _profile(key: str) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": [key, "interactions", "ratings", "mean_rating", "updated_at", "keywords"],
-        "properties": {
-            key: _STRING,
-            "interactions": {"type": "integer"},
-            "ratings": {"type": "integer"},
-            "mean_rating": {"type": ["number", "null"]},
-            "updated_at": {**_NUMBER, "description": "Unix time of the last change"},
-            "keywords": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["word", "weight"],
-                    "properties": {"word": _STRING, "weight": _NUMBER},
-                },
-            },
-        },
+@dataclass(frozen=True)
+class Operation:
+    """One route: what it takes and what it answers, by status."""
+
+    operation_id: str
+    method: str
+    path: str
+    summary: str
+    # status -> (the answer's model, or TEXT, or None for no body; what it means)
+    responses: dict[int, tuple[Any, str]]
+    query: type[schemas.Query] = schemas.Query
+    body: Any = None  # the request body's type (a model, or e.g. list[Model])
+    description: str = ""
+    tags: tuple[str, ...] = field(default=())
+
+    @property
+    def path_params(self) -> list[str]:
+        return re.findall(r"{(\w+)}", self.path)
+
+    @property
+    def public(self) -> bool:
+        return self.path in PUBLIC_PATHS
+
+
+def _errors(*statuses: int) -> dict[int, tuple[Any, str]]:
+    meaning = {
+        400: _BAD_QUERY,
+        404: "unknown id (unknown_user, unknown_item)",
+        503: _UNREADY,
     }
+    return {s: (schemas.Error, meaning[s]) for s in statuses}
 
 
-def _profile_path(entity: str, whose: str) -> dict[str, Any]:
-    key = f"{entity}_id"
-    return {
-        "get": {
-            "summary": f"{whose} top keywords and counts",
-            "parameters": [_path_param(key), _K],
-            "responses": {
-                "200": _json(_profile(key), "the profile"),
-                "400": _BAD,
-                "404": _json(_ERROR, f"unknown {entity}"),
-                "503": _UNREADY,
-            },
+def _profile(side: str, model: type[schemas.Answer]) -> Operation:
+    entity = side[:-1]
+    return Operation(
+        f"get{entity.title()}Profile",
+        "get",
+        f"/{side}/{{{entity}_id}}/profile",
+        f"A {entity}'s top keywords and counts",
+        {200: (model, "the profile"), **_errors(400, 404, 503)},
+        query=schemas.KQuery,
+        tags=(side,),
+    )
+
+
+OPERATIONS: Final[tuple[Operation, ...]] = (
+    Operation(
+        "getRecommendations",
+        "get",
+        "/users/{user_id}/recommendations",
+        "Top-k items for a user, with predicted ratings and reasons",
+        {200: (schemas.Recommendations, "recommendations (or a flagged fallback)")}
+        | _errors(400, 503),
+        query=schemas.RecommendationsQuery,
+        description="Items the user interacted with are left out unless include_seen is "
+        "true, and so are the items of exclude. An unknown user gets the most-rated items "
+        "(kind fallback, fallback_reason unknown_user); an empty store, an empty list.",
+        tags=("users",),
+    ),
+    Operation(
+        "getSimilarItems",
+        "get",
+        "/items/{item_id}/similar",
+        "Nearest items by representation (FAISS inner product)",
+        {200: (schemas.Similar, "neighbours, nearest first")} | _errors(400, 404, 503),
+        query=schemas.PageQuery,
+        tags=("items",),
+    ),
+    Operation(
+        "predict",
+        "post",
+        "/predict",
+        "Predicted rating and explanation of a (user, item) pair",
+        {
+            200: (schemas.Prediction, "the prediction"),
+            400: (schemas.Error, "the body is not JSON (bad_json) or not a pair (bad_body)"),
+            404: (schemas.Error, "unknown user or item (unknown_user, unknown_item)"),
+            408: (schemas.Error, "the body did not arrive in time (request_timeout)"),
+            503: (schemas.Error, _UNREADY),
+        },
+        body=schemas.PredictRequest,
+        tags=("pairs",),
+    ),
+    _profile("users", schemas.UserProfile),
+    _profile("items", schemas.ItemProfile),
+    Operation(
+        "getHealth",
+        "get",
+        "/healthz",
+        "Liveness: 200 while the process answers",
+        {200: (schemas.Health, "the process answers")} | _errors(400),
+        tags=("probes",),
+    ),
+    Operation(
+        "getReadiness",
+        "get",
+        "/readyz",
+        "Readiness: 200 once the replica has read the learner store, even an empty one",
+        {
+            200: (schemas.Ready, "ready, with sizes and staleness"),
+            503: (schemas.NotReadyAnswer, "no learner store to read yet"),
         }
-    }
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-_K = {
-    "name": "k",
-    "in": "query",
-    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
-}
-_BAD = _json(_ERROR, "malformed request (bad k, bad body)")
-_UNREADY = _json(_ERROR, "no model loaded yet")
-
-
-def _path_param(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": _STRING}
+        | _errors(400),
+        tags=("probes",),
+    ),
+    Operation(
+        "getMetrics",
+        "get",
+        "/metrics",
+        "Prometheus metrics",
+        {200: (TEXT, "text exposition format")} | _errors(400),
+        tags=("probes",),
+    ),
+    Operation(
+        "getOpenApi",
+        "get",
+        "/openapi.json",
+        "This document",
+        {200: (dict[str, Any], "OpenAPI 3.1")} | _errors(400),
+        tags=("probes",),
+    ),
+)
 
 
 def spec(api_key: bool = False) -> dict[str, Any]:
     """The OpenAPI document of a server without an API key, or with one (``api_key``)."""
     document = _document()
     if api_key:
-        document["components"] = {"securitySchemes": copy.deepcopy(_SECURITY_SCHEMES)}
+        document["components"]["securitySchemes"] = copy.deepcopy(_SECURITY_SCHEMES)
         for path, operations in document["paths"].items():
             if path in PUBLIC_PATHS:
                 continue
             for operation in operations.values():
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]  # either one
-                operation["responses"]["401"] = _json(_ERROR, "no API key, or a wrong one")
+                operation["responses"]["401"] = _content(
+                    {"$ref": _REF.format(model="Error")},
+                    "no API key, or a wrong one (unauthorized)",
+                )
     return document
 
 
+def _schemas_of(types: list[tuple[Any, Mode]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """JSON schemas of ``types`` (each with its mode: "validation" for what the server
+    reads, "serialization" for what it writes), referring to the shared definitions."""
+    adapters = [(n, mode, TypeAdapter(t)) for n, (t, mode) in enumerate(types)]
+    found, definitions = TypeAdapter.json_schemas(adapters, ref_template=_REF)
+    return [found[(n, mode)] for n, mode, _ in adapters], definitions.get("$defs", {})
+
+
+def _content(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _parameter(model: type[BaseModel], name: str, where: str) -> dict[str, Any]:
+    schema = dict(schemas.field_schema(model, name))
+    description = schema.pop("description", "")
+    schema.pop("title", None)
+    parameter: dict[str, Any] = {"name": name, "in": where, "schema": schema}
+    if where == "path":
+        parameter["required"] = True
+    if description:
+        parameter["description"] = description
+    if schema.get("type") == "array":
+        parameter["style"], parameter["explode"] = "form", True
+    return parameter
+
+
 def _document() -> dict[str, Any]:
+    # every schema in one pass, so that shared models are defined once
+    wanted: list[tuple[Any, Mode]] = []
+    for op in OPERATIONS:
+        if op.body is not None:
+            wanted.append((op.body, "validation"))
+        for model, _ in op.responses.values():
+            if model not in (TEXT, None):
+                wanted.append((model, "serialization"))
+    found, definitions = _schemas_of(wanted)
+    schema_of = iter(found)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        operation: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary}
+        if op.description:
+            operation["description"] = op.description
+        if op.tags:
+            operation["tags"] = list(op.tags)
+        parameters = [_parameter(schemas.Ids, p, "path") for p in op.path_params]
+        parameters += [_parameter(op.query, q, "query") for q in op.query.model_fields]
+        if parameters:
+            operation["parameters"] = parameters
+        if op.body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": next(schema_of)}},
+            }
+        responses: dict[str, Any] = {}
+        for status, (model, description) in op.responses.items():
+            if model is TEXT:
+                content = {"text/plain": {"schema": {"type": "string"}}}
+                responses[str(status)] = {"description": description, "content": content}
+            elif model is None:
+                responses[str(status)] = {"description": description}
+            else:
+                responses[str(status)] = _content(next(schema_of), description)
+        operation["responses"] = responses
+        paths.setdefault(op.path, {})[op.method] = operation
     return {
         "openapi": "3.1.0",
         "info": {
@@ -202,89 +254,6 @@ def _document() -> dict[str, Any]:
             "description": "Recommendations with predicted ratings and keyword explanations "
             "from the DReX streaming learner.",
         },
-        "paths": {
-            "/users/{user_id}/recommendations": {
-                "get": {
-                    "summary": "Top-k items for a user, excluding rated ones by default",
-                    "parameters": [
-                        _path_param("user_id"),
-                        _K,
-                        {
-                            "name": "include_seen",
-                            "in": "query",
-                            "schema": {"type": "boolean", "default": False},
-                        },
-                    ],
-                    "responses": {
-                        "200": _json(_RECOMMENDATIONS, "recommendations (or a flagged fallback)"),
-                        "400": _BAD,
-                        "503": _UNREADY,
-                    },
-                }
-            },
-            "/items/{item_id}/similar": {
-                "get": {
-                    "summary": "Nearest items by representation (FAISS)",
-                    "parameters": [_path_param("item_id"), _K],
-                    "responses": {
-                        "200": _json(_SIMILAR, "neighbours, nearest first"),
-                        "400": _BAD,
-                        "404": _json(_ERROR, "unknown item"),
-                        "503": _UNREADY,
-                    },
-                }
-            },
-            "/predict": {
-                "post": {
-                    "summary": "Predicted rating and explanation of a (user, item) pair",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["user_id", "item_id"],
-                                    "properties": {"user_id": _STRING, "item_id": _STRING},
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": _json(_PREDICTION, "the prediction"),
-                        "400": _BAD,
-                        "404": _json(_ERROR, "unknown user or item"),
-                        "503": _UNREADY,
-                    },
-                }
-            },
-            "/users/{user_id}/profile": _profile_path("user", "A user's"),
-            "/items/{item_id}/profile": _profile_path("item", "An item's"),
-            "/healthz": {
-                "get": {
-                    "summary": "Liveness",
-                    "responses": {"200": {"description": "the process answers"}},
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "summary": "Readiness: 200 once the learner's state is loaded",
-                    "responses": {
-                        "200": {"description": "ready, with sizes and staleness"},
-                        "503": {"description": "not ready yet"},
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text exposition format"}},
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "responses": {"200": {"description": "OpenAPI 3.1"}},
-                }
-            },
-        },
+        "paths": paths,
+        "components": {"schemas": definitions},
     }

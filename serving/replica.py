@@ -47,6 +47,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -64,6 +65,7 @@ from drex_model.scoring import Head, lookup_sparse
 from drex_store.index import ItemIndex, RWLock
 from drex_store.learner import LearnerStore
 from serving import metrics
+from serving.schemas import ItemProfile, Ranked, Recommendations, UserProfile
 from serving.secondary import own_secondary
 from serving.tables import (
     SideTable,
@@ -78,70 +80,17 @@ from serving.tables import (
 logger = logging.getLogger(__name__)
 
 SIDES: Final = ("users", "items")
+MISSING_LOG_EVERY: Final = 30.0  # seconds between warnings that there is no store yet
 FloatArray = npt.NDArray[np.float64]
 
 
 class NotReady(RuntimeError):
-    """The replica has no model yet (no store, or the learner has written nothing)."""
+    """The replica has not read a learner store yet (there is none, so far)."""
 
 
 def head_of(dense: bytes) -> Head:
     """The scoring head of a dense blob (the learner's network and config)."""
     return Head.from_parameters(dense_arrays(dense), dense_metadata(dense)["config"])
-
-
-@dataclass
-class ShownQuote:
-    """A sentence of one of the item's positive reviews, and that review's rating."""
-
-    text: str
-    rating: float
-
-
-@dataclass
-class Ranked:
-    """One recommended (or predicted) item, and why (``drex_model.reasons.Reason``)."""
-
-    item_id: str
-    predicted_rating: float  # clipped to the rating scale
-    score: float  # what the list is ordered by (rating + exposure prior)
-    explanation: list[str]  # the keywords, strongest first
-    aspects: list[str]  # keywords that name a thing ("tone")
-    opinions: list[str]  # the other keywords ("sturdy")
-    cautions: list[str]  # the item's distinctive negative words
-    quote: ShownQuote | None  # a sentence that holds keywords (None: none does)
-
-    @classmethod
-    def of(cls, item_id: str, rating: float, score: float, reason: Reason) -> Ranked:
-        quote = reason.quote
-        return cls(
-            item_id,
-            rating,
-            score,
-            reason.keywords,
-            reason.aspects,
-            reason.opinions,
-            reason.cautions,
-            None if quote is None else ShownQuote(quote.text, quote.rating),
-        )
-
-
-@dataclass
-class Recommendations:
-    user_id: str
-    kind: str  # "personal" or "fallback"
-    reason: str | None  # why a fallback: "unknown_user"
-    items: list[Ranked] = field(default_factory=list)
-
-
-@dataclass
-class Profile:
-    id: str
-    interactions: int
-    ratings: int
-    mean_rating: float | None
-    updated_at: float
-    keywords: list[tuple[str, float]]
 
 
 @dataclass
@@ -201,6 +150,10 @@ class Replica:
         self.vocabulary = Vocabulary()  # the learner's, for explanations
         self.weights = ExplainWeights()  # the learner's config's
         self.keyword_decay = 1.0  # users' (DReXConfig.keyword_decay): their shown profile
+        self.empty = False  # read a store that holds no model yet: serve it, empty
+        self.waiting = f"no learner store at {self.learner_dir} yet"  # why not ready
+        self.missing_log_every = MISSING_LOG_EVERY
+        self._missing_logged = -float("inf")  # monotonic time of the last such warning
         self.popular = np.zeros(0, dtype=np.int64)  # item rows, most-rated first
         self.average_top = np.zeros(0, dtype=np.int64)  # item rows, best for the mean user
         metrics.READY.set_function(lambda: float(self.ready))
@@ -215,7 +168,9 @@ class Replica:
 
     @property
     def ready(self) -> bool:
-        return self.head is not None
+        """Serving what the learner store holds: its model, or nothing at all when the
+        worker has created the store but not learned a batch yet."""
+        return self.head is not None or self.empty
 
     def close(self) -> None:
         if self._store is not None:
@@ -244,9 +199,12 @@ class Replica:
             if info.batches == self.batches and self.ready:
                 return False
             dense = store.dense()
-            if dense is None:
+            if dense is None:  # a worker opened the store and has learned nothing yet
+                if not self.empty:
+                    logger.info("the learner store at %s holds no model yet", self.learner_dir)
+                self.empty = True
                 return False
-            behind = self.ready and info.batches > self.batches
+            behind = self.head is not None and info.batches > self.batches
             changes = store.changes(self.batches) if behind else None
             if changes is None:  # first load, behind the oldest change record kept, or
                 # a store that went back (replaced or restored from elsewhere)
@@ -269,8 +227,18 @@ class Replica:
 
     def _open(self) -> LearnerStore | None:
         if self._store is None:
-            if not (self.learner_dir / "CURRENT").exists():
-                return None  # the worker has not created its store yet
+            if not (self.learner_dir / "CURRENT").exists():  # no worker created it yet
+                now = time.monotonic()
+                if now - self._missing_logged >= self.missing_log_every:
+                    self._missing_logged = now
+                    logger.warning(
+                        "no learner store at %s (STATE_DIR/learner, or --learner-dir): not "
+                        "ready until a worker creates it (said again every %g s meanwhile)",
+                        self.learner_dir,
+                        self.missing_log_every,
+                    )
+                return None
+            logger.info("following the learner store at %s", self.learner_dir)
             self.secondary_dir.mkdir(parents=True, exist_ok=True)
             self._store = LearnerStore.open_secondary(self.learner_dir, self.secondary_dir)
         return self._store
@@ -279,6 +247,7 @@ class Replica:
         """Everything, once; False while the worker has published no item index yet."""
         snapshot = store.index_snapshot()
         if snapshot is None:
+            self.waiting = "the learner store has no published item index yet"
             return False
         head = head_of(dense)
         config = dense_metadata(dense)["config"]
@@ -399,9 +368,11 @@ class Replica:
 
     # --- queries --------------------------------------------------------------------------
 
-    def _require(self) -> Head:
-        if self.head is None or self.index is None:
-            raise NotReady("the replica has not loaded a model yet")
+    def _require(self) -> Head | None:
+        """The head; None for an empty store (no one is known); :class:`NotReady` before
+        the replica has read a store."""
+        if not self.ready:
+            raise NotReady(self.waiting)
         return self.head
 
     @property
@@ -410,18 +381,31 @@ class Replica:
             return self.exposure_override
         return self.head.blend.exposure if self.head is not None else 0.0
 
-    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> Recommendations:
-        """Top-``k`` items for a user: FAISS candidates, items often picked with the
-        user's, and popular items, re-ranked by the learner's blend. An unknown user
+    def recommend(
+        self,
+        user_id: str,
+        k: int = 10,
+        exclude_seen: bool = True,
+        offset: int = 0,
+        exclude: Collection[str] = frozenset(),
+    ) -> Recommendations:
+        """The ranks ``offset + 1 .. offset + k`` for a user (the same items as those
+        places of ``k + offset``'s list): FAISS candidates, items often picked with the
+        user's, and popular items, re-ranked by the learner's blend; the items of
+        ``exclude`` (and, with ``exclude_seen``, the user's) left out. An unknown user
         gets the most-rated items, flagged as a fallback."""
         head = self._require()
+        if head is None:  # an empty store: no one known, nothing to recommend
+            return self._fallback(user_id, k, offset, exclude)
         assert self.index is not None
+        n = offset + k
         with self._lock.read():
             u = self.users.index.get(user_id)
             if u is None or not self.users.has_vector[u]:
-                return self._fallback(user_id, k)
+                return self._fallback(user_id, k, offset, exclude)
             seen = self.users.seen.get(user_id, frozenset()) if exclude_seen else frozenset()
-            want = max(self.candidates, 4 * k) + len(seen)
+            skip = seen | frozenset(exclude)
+            want = max(self.candidates, 4 * n) + len(skip)
             labels = self.index.search_labels(self.users.vectors[u], want)
             label_rows = self.label_rows
             neighbours = label_rows[labels[labels < len(label_rows)]]
@@ -440,42 +424,59 @@ class Replica:
                     neighbours[neighbours >= 0],
                     picked_with,
                     self.average_top,
-                    self.popular[: self.popular_candidates + k],
+                    self.popular[: self.popular_candidates + n + len(exclude)],
                 ]
             )
             pool = pool[self.items.has_vector[pool]]
             rating, rank = self._score(u, pool, head, user_id, cooc)
-            items: list[Ranked] = []
+            ranked: list[int] = []  # positions in pool, best first
             taken: set[int] = set()
             for j in np.argsort(-rank, kind="stable").tolist():
                 row = int(pool[j])
                 if row in taken:
                     continue
                 taken.add(row)
-                item = self.items.ids[row]
-                if item in seen:
+                if self.items.ids[row] in skip:
                     continue
+                ranked.append(j)
+                if len(ranked) == n:
+                    break
+            items = []  # only the page shown is explained
+            for j in ranked[offset:]:
+                item = self.items.ids[int(pool[j])]
                 reason = self._explain(user_id, item)
                 items.append(Ranked.of(item, float(rating[j]), float(rank[j]), reason))
-                if len(items) == k:
-                    break
         metrics.RECOMMENDATIONS.labels("personal").inc()
-        return Recommendations(user_id, "personal", None, items)
+        return Recommendations(
+            user_id=user_id, kind="personal", fallback_reason=None, offset=offset, items=items
+        )
 
-    def _fallback(self, user_id: str, k: int) -> Recommendations:
-        rows = self.popular[:k]
-        rating = self._clip(self.mean + self.items.const[rows])
-        items = [  # explained as for a user without a profile: the item's own words
-            Ranked.of(
-                self.items.ids[r],
-                float(rating[n]),
-                float(self.items.rating_count[r]),
-                self._explain(None, self.items.ids[r]),
-            )
-            for n, r in enumerate(rows)
-        ]
+    def _fallback(
+        self, user_id: str, k: int, offset: int, exclude: Collection[str]
+    ) -> Recommendations:
+        rows = self.popular[: offset + k + len(exclude)].tolist()
+        rows = [r for r in rows if self.items.ids[r] not in exclude][offset : offset + k]
+        items = []
+        if rows:  # explained as for a user without a profile: the item's own words
+            assert self.head is not None
+            rating = self.head.clip(self.mean + self.items.const[rows])
+            items = [
+                Ranked.of(
+                    self.items.ids[r],
+                    float(rating[n]),
+                    float(self.items.rating_count[r]),
+                    self._explain(None, self.items.ids[r]),
+                )
+                for n, r in enumerate(rows)
+            ]
         metrics.RECOMMENDATIONS.labels("fallback").inc()
-        return Recommendations(user_id, "fallback", "unknown_user", items)
+        return Recommendations(
+            user_id=user_id,
+            kind="fallback",
+            fallback_reason="unknown_user",
+            offset=offset,
+            items=items,
+        )
 
     def predict(self, user_id: str, item_id: str) -> Ranked:
         """The predicted rating of a known pair; ``KeyError`` names an unknown id."""
@@ -483,6 +484,7 @@ class Replica:
         with self._lock.read():
             u = self._known(self.users, user_id, "user")
             i = self._known(self.items, item_id, "item")
+            assert head is not None  # ids are known: a model is loaded
             rating, rank = self._score(u, np.asarray([i]), head, user_id)
             reason = self._explain(user_id, item_id)
             return Ranked.of(item_id, float(rating[0]), float(rank[0]), reason)
@@ -490,25 +492,27 @@ class Replica:
     def similar(self, item_id: str, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` items nearest to ``item_id`` in the index; ``KeyError`` if unknown."""
         self._require()
-        assert self.index is not None
-        if item_id not in self.index:
+        if self.index is None or item_id not in self.index:
             raise KeyError(f"unknown item: {item_id!r}")
         return self.index.similar(item_id, k)
 
-    def profile(self, side: str, entity_id: str, k: int = 10) -> Profile:
+    def profile(self, side: str, entity_id: str, k: int = 10) -> UserProfile | ItemProfile:
         """Keywords and counts of a user or item; ``KeyError`` if unknown."""
         self._require()
         table = self.users if side == "users" else self.items
         with self._lock.read():
             r = self._known(table, entity_id, side[:-1])
             n = float(table.rating_count[r])
-            return Profile(
-                entity_id,
-                int(table.count[r]),
-                int(n),
-                float(table.rating_sum[r] / n) if n > 0 else None,
-                float(table.updated[r]),
-                list(table.keywords.get(entity_id, {}).items())[:k],
+            words = list(table.keywords.get(entity_id, {}).items())[:k]
+            return (UserProfile if side == "users" else ItemProfile).model_validate(
+                {
+                    f"{side[:-1]}_id": entity_id,
+                    "interactions": int(table.count[r]),
+                    "ratings": int(n),
+                    "mean_rating": float(table.rating_sum[r] / n) if n > 0 else None,
+                    "updated_at": float(table.updated[r]),
+                    "keywords": [{"word": w, "weight": x} for w, x in words],
+                }
             )
 
     def item_vectors(self) -> tuple[list[str], npt.NDArray[np.float32]]:
@@ -523,6 +527,7 @@ class Replica:
         head = self._require()
         with self._lock.read():
             u = self._known(self.users, user_id, "user")
+            assert head is not None
             rows = np.flatnonzero(self.items.has_vector[: len(self.items)])
             _, rank = self._score(u, rows, head, user_id)
             return [self.items.ids[r] for r in rows], rank
@@ -570,9 +575,6 @@ class Replica:
         index = self.items.index
         items = [index[i] for i in self.users.seen.get(user_id, ()) if i in index]
         return self.cooccurrence.scores(items, len(self.items), head.blend.shrinkage)
-
-    def _clip(self, values: npt.ArrayLike) -> FloatArray:
-        return self._require().clip(values)
 
     def _known(self, table: SideTable, entity_id: str, what: str) -> int:
         r = table.index.get(entity_id)

@@ -5,17 +5,21 @@ the event loop from memory (numpy and one FAISS search: about a millisecond); th
 replica's refresh (RocksDB reads) runs in a thread every ``refresh_interval`` seconds and
 holds the state alone only while it writes what it read.
 
+The routes are serving/openapi.py's ``OPERATIONS``: each handler is bound to its
+operation's models (serving/schemas.py), which parse its query string (an unknown
+parameter is a 400, not ignored) and body and serialise its answer, and from which
+``/openapi.json`` is generated; so the document says what the server does.
+
 Errors are JSON, ``{"error": {"code": ..., "message": ...}}``, with 400 for a malformed
 request, 401 without the API key (when the server has one), 404 for an unknown id (except
 recommendations: an unknown user gets the popular items, flagged ``"kind": "fallback"``),
-408 for a body that arrives too slowly, 503 until the replica has a model. The routes are
-described in OpenAPI 3.1 at ``/openapi.json`` (serving/openapi.py).
+405 with ``Allow`` for a wrong method, 408 for a body that arrives too slowly, 503 until
+the replica has read the learner store.
 
 Clients that misbehave are not server errors: one that disconnects before its request is
 read is counted with status 499 (nginx's "client closed request"), not 500, and a slow
 one is cut off after ``client_timeout`` seconds (:func:`server_options` for the headers,
-the body read in :func:`predict`).
-"""
+:func:`_body` for the body)."""
 
 from __future__ import annotations
 
@@ -30,15 +34,15 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from drex_model.reasons import is_aspect
-from serving import metrics
-from serving.openapi import PUBLIC_PATHS, spec
-from serving.replica import NotReady, Recommendations, Replica
+from serving import metrics, schemas
+from serving.openapi import OPERATIONS, PUBLIC_PATHS, Operation, spec
+from serving.replica import NotReady, Replica
 
 logger = logging.getLogger(__name__)
 
-MAX_K: Final = 100
 REPLICA: Final = web.AppKey("replica", Replica)
 REFRESH_INTERVAL: Final = web.AppKey("refresh_interval", float)
 API_KEY: Final = web.AppKey("api_key", bytes)  # b"": no key required
@@ -46,6 +50,10 @@ CLIENT_TIMEOUT: Final = web.AppKey("client_timeout", float)
 # not an HTTP status anyone receives: the client left before its request was read
 CLIENT_CLOSED: Final = 499
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Answer = BaseModel | web.StreamResponse
+# an operation's code: the request, its query (the operation's model) and its body (the
+# operation's body type, None without one) -> its answer (a model is sent as JSON)
+Route = Callable[[web.Request, Any, Any], Awaitable[Answer]]
 
 
 class ApiError(Exception):
@@ -67,60 +75,41 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def _k(request: web.Request, default: int = 10) -> int:
-    raw = request.query.get("k", str(default))
-    try:
-        k = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_k", f"k must be an integer, got {raw!r}") from None
-    if not 1 <= k <= MAX_K:
-        raise ApiError(400, "bad_k", f"k must be between 1 and {MAX_K}, got {k}")
-    return k
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    raw = request.query.get(name, "false").lower()
-    if raw not in {"true", "false", "1", "0"}:
-        raise ApiError(400, f"bad_{name}", f"{name} must be true or false, got {raw!r}")
-    return raw in {"true", "1"}
+def _answer(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(body=schemas.dump(model), status=status, content_type="application/json")
 
 
 def _replica(request: web.Request) -> Replica:
     replica = request.app[REPLICA]
     if not replica.ready:
-        raise ApiError(503, "not_ready", "the replica has not loaded the learner's state yet")
+        raise ApiError(503, "not_ready", "the replica has not read the learner store yet")
     return replica
-
-
-def _recommendations(recs: Recommendations) -> dict[str, Any]:
-    return {
-        "user_id": recs.user_id,
-        "kind": recs.kind,
-        "fallback_reason": recs.reason,
-        "items": recs.items,  # dataclasses: orjson serialises them natively
-    }
 
 
 # --- routes -------------------------------------------------------------------------------
 
 
-async def recommendations(request: web.Request) -> web.Response:
-    replica = _replica(request)
-    k = _k(request)
-    include_seen = _flag(request, "include_seen")
-    recs = replica.recommend(request.match_info["user_id"], k, exclude_seen=not include_seen)
-    return _json(_recommendations(recs))
+async def recommendations(
+    request: web.Request, query: schemas.RecommendationsQuery, body: None
+) -> schemas.Recommendations:
+    return _replica(request).recommend(
+        request.match_info["user_id"],
+        query.k,
+        exclude_seen=not query.include_seen,
+        offset=query.offset,
+        exclude=frozenset(query.exclude),
+    )
 
 
-async def similar(request: web.Request) -> web.Response:
+async def similar(request: web.Request, query: schemas.PageQuery, body: None) -> schemas.Similar:
     replica = _replica(request)
     item_id = request.match_info["item_id"]
-    k = _k(request)
     try:
-        hits = replica.similar(item_id, k)
+        hits = replica.similar(item_id, query.k + query.offset)[query.offset :]
     except KeyError as err:
         raise ApiError(404, "unknown_item", f"no item {item_id!r}") from err
-    return _json({"item_id": item_id, "items": [{"item_id": i, "score": s} for i, s in hits]})
+    neighbours = [schemas.Neighbour(item_id=i, score=s) for i, s in hits]
+    return schemas.Similar(item_id=item_id, offset=query.offset, items=neighbours)
 
 
 async def _body(request: web.Request) -> bytes:
@@ -137,92 +126,99 @@ async def _body(request: web.Request) -> bytes:
         ) from None
 
 
-async def predict(request: web.Request) -> web.Response:
-    # the body first: a client that is slow or leaves mid-body is told (408) or counted
-    # (499) as such whether or not the replica is ready
-    raw = await _body(request)
+async def predict(
+    request: web.Request, query: schemas.Query, body: schemas.PredictRequest
+) -> schemas.Prediction:
     replica = _replica(request)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as err:
-        raise ApiError(400, "bad_json", f"the body is not JSON: {err}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_body", "the body must be an object {user_id, item_id}")
-    for field in ("user_id", "item_id"):
-        if not isinstance(body.get(field), str) or not body[field]:
-            raise ApiError(400, "bad_body", f"{field} must be a non-empty string")
-    user_id, item_id = body["user_id"], body["item_id"]
+    user_id, item_id = body.user_id, body.item_id
     try:
         ranked = replica.predict(user_id, item_id)
     except KeyError as err:
         what = "user" if user_id not in replica.users.index else "item"
         raise ApiError(404, f"unknown_{what}", str(err.args[0])) from err
-    return _json(
-        {
-            "user_id": user_id,
-            "item_id": item_id,
-            "predicted_rating": ranked.predicted_rating,
-            "score": ranked.score,
-            "explanation": ranked.explanation,
-            "aspects": ranked.aspects,
-            "opinions": ranked.opinions,
-            "cautions": ranked.cautions,
-            "quote": ranked.quote,
-        }
-    )
+    return schemas.Prediction(user_id=user_id, **dict(ranked))
 
 
-def _profile_route(side: str) -> Handler:
+def _profile_route(side: str) -> Route:
     key = "user_id" if side == "users" else "item_id"
 
-    async def profile(request: web.Request) -> web.Response:
+    async def profile(request: web.Request, query: schemas.KQuery, body: None) -> BaseModel:
         replica = _replica(request)
         entity = request.match_info[key]
-        k = _k(request)
         try:
-            p = replica.profile(side, entity, k)
+            return replica.profile(side, entity, query.k)
         except KeyError as err:
             raise ApiError(404, f"unknown_{side[:-1]}", f"no {side[:-1]} {entity!r}") from err
-        return _json(
-            {
-                key: p.id,
-                "interactions": p.interactions,
-                "ratings": p.ratings,
-                "mean_rating": p.mean_rating,
-                "updated_at": p.updated_at,
-                "keywords": [{"word": w, "weight": x} for w, x in p.keywords],
-            }
-        )
 
     return profile
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+async def healthz(request: web.Request, query: schemas.Query, body: None) -> schemas.Health:
+    return schemas.Health(status="ok")
 
 
-async def readyz(request: web.Request) -> web.Response:
+async def readyz(request: web.Request, query: schemas.Query, body: None) -> Answer:
     replica = request.app[REPLICA]
     if not replica.ready:
-        return _json({"status": "not_ready", "reason": "waiting for the learner's state"}, 503)
-    return _json(
-        {
-            "status": "ready",
-            "users": len(replica.users),
-            "items": len(replica.items),
-            "learner_batches": replica.batches,
-            "learner_interactions": replica.applied,
-            "staleness_seconds": time.time() - replica.learner_updated_at,
-        }
+        reason = f"no learner store at {replica.learner_dir} yet"
+        return _answer(schemas.NotReadyAnswer(status="not_ready", reason=reason), 503)
+    updated = replica.learner_updated_at
+    return schemas.Ready(
+        status="ready",
+        users=len(replica.users),
+        items=len(replica.items),
+        learner_batches=max(replica.batches, 0),
+        learner_interactions=replica.applied,
+        staleness_seconds=time.time() - updated if updated else None,
     )
 
 
-async def metrics_route(request: web.Request) -> web.Response:
+async def metrics_route(request: web.Request, query: schemas.Query, body: None) -> Answer:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def openapi(request: web.Request) -> web.Response:
+async def openapi(request: web.Request, query: schemas.Query, body: None) -> Answer:
     return _json(spec(api_key=bool(request.app[API_KEY])))
+
+
+HANDLERS: Final[dict[str, Route]] = {
+    "getRecommendations": recommendations,
+    "getSimilarItems": similar,
+    "predict": predict,
+    "getUserProfile": _profile_route("users"),
+    "getItemProfile": _profile_route("items"),
+    "getHealth": healthz,
+    "getReadiness": readyz,
+    "getMetrics": metrics_route,
+    "getOpenApi": openapi,
+}
+
+
+def _bind(operation: Operation, route: Route) -> Handler:
+    """``route`` behind its operation's models: the query parsed by the operation's query
+    model, the body (read first: a slow client gets 408 whatever it sent) by its body
+    type, and a model answered as JSON (the spec's schema is that model's)."""
+    body_type = TypeAdapter(operation.body) if operation.body is not None else None
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raw = await _body(request) if body_type is not None else b""
+        query = schemas.parse_query(operation.query, request.query)
+        body = None
+        if body_type is not None:
+            try:
+                body = body_type.validate_json(raw)
+            except ValidationError as err:
+                first = err.errors()[0]
+                if first["type"] == "json_invalid":
+                    raise ApiError(
+                        400, "bad_json", f"the body is not JSON: {first['msg']}"
+                    ) from None
+                where = ".".join(str(p) for p in first["loc"]) or "the body"
+                raise ApiError(400, "bad_body", f"{where}: {first['msg']}") from None
+        answer = await route(request, query, body)
+        return _answer(answer) if isinstance(answer, BaseModel) else answer
+
+    return handler
 
 
 # --- the application ----------------------------------------------------------------------
@@ -245,6 +241,8 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         response.headers.update(err.headers)
         if err.close:
             response.force_close()
+    except schemas.RequestError as err:
+        response = _json({"error": {"code": err.code, "message": err.message}}, 400)
     except ConnectionError:  # the client left mid-request: nobody reads this answer
         logger.debug("%s %s: the client disconnected", request.method, request.path)
         response = web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
@@ -255,6 +253,8 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
             {"error": {"code": err.reason.lower().replace(" ", "_"), "message": err.text}},
             err.status,
         )
+        if "Allow" in err.headers:  # a 405 says which methods the path takes (RFC 9110)
+            response.headers["Allow"] = err.headers["Allow"]
     except Exception:
         logger.exception("%s %s failed", request.method, request.path)
         response = _json({"error": {"code": "internal", "message": "internal error"}}, 500)
@@ -334,19 +334,9 @@ def build_app(
     app[CLIENT_TIMEOUT] = client_timeout
     app.on_startup.append(_warm_up)
     app.cleanup_ctx.append(_refresher)
-    app.add_routes(
-        [
-            web.get("/users/{user_id}/recommendations", recommendations),
-            web.get("/users/{user_id}/profile", _profile_route("users")),
-            web.get("/items/{item_id}/similar", similar),
-            web.get("/items/{item_id}/profile", _profile_route("items")),
-            web.post("/predict", predict),
-            web.get("/healthz", healthz),
-            web.get("/readyz", readyz),
-            web.get("/metrics", metrics_route),
-            web.get("/openapi.json", openapi),
-        ]
-    )
+    for operation in OPERATIONS:
+        handler = _bind(operation, HANDLERS[operation.operation_id])
+        app.router.add_route(operation.method.upper(), operation.path, handler)
     return app
 
 

@@ -94,7 +94,7 @@ def test_replica_scores_match_the_learner_and_follow_it(stream: Stream, replica:
         want = sorted(
             learner.keyword_profiles("users", [user])[0].items(), key=lambda kv: (-kv[1], kv[0])
         )[:5]
-        assert [w for w, _ in profile.keywords] == [w for w, _ in want]
+        assert [kw.word for kw in profile.keywords] == [w for w, _ in want]
         assert profile.interactions == int(learner.users.count[learner.users.index[user]])
 
     # a later batch reaches the replica incrementally, new users and all
@@ -118,7 +118,7 @@ def test_recommendations_exclude_seen_items_and_explain(stream: Stream, replica:
     user = max(learner.users.ids, key=lambda u: len(learner.seen_items(u)))
     seen = learner.seen_items(user)
     recs = replica.recommend(user, k=10)
-    assert recs.kind == "personal" and recs.reason is None
+    assert recs.kind == "personal" and recs.fallback_reason is None
     assert len(recs.items) == min(10, len(replica.items) - len(seen))
     assert not {r.item_id for r in recs.items} & seen
     assert [r.score for r in recs.items] == sorted((r.score for r in recs.items), reverse=True)
@@ -128,7 +128,9 @@ def test_recommendations_exclude_seen_items_and_explain(stream: Stream, replica:
     assert {r.item_id for r in with_seen.items} & seen
 
     cold = replica.recommend("nobody-at-all", k=5)
-    assert cold.kind == "fallback" and cold.reason == "unknown_user" and len(cold.items) == 5
+    assert (
+        cold.kind == "fallback" and cold.fallback_reason == "unknown_user" and len(cold.items) == 5
+    )
     counts = [replica.items.rating_count[replica.items.index[r.item_id]] for r in cold.items]
     assert counts == sorted(counts, reverse=True)
 
@@ -156,9 +158,11 @@ def test_retrieval_recovers_most_of_the_exact_top_k(stream: Stream, replica: Rep
 
 
 def _schema(path: str, method: str, status: str, api_key: bool = False) -> dict[str, Any]:
-    operation = spec(api_key)["paths"][path][method]
+    """An answer's schema, with the document's components (its $refs point there)."""
+    document = spec(api_key)
+    operation = document["paths"][path][method]
     schema: dict[str, Any] = operation["responses"][status]["content"]["application/json"]["schema"]
-    return schema
+    return {**schema, "components": document["components"]}
 
 
 @pytest.mark.asyncio
@@ -174,10 +178,10 @@ async def test_http_api(stream: Stream, replica: Replica) -> None:
 
         await asyncio.to_thread(stream.feed, 150)
         for _ in range(100):  # the background refresh picks the store up
-            if (await client.get("/readyz")).status == 200:
+            ready = await (await client.get("/readyz")).json()
+            if ready.get("learner_interactions") == 150:
                 break
             await asyncio.sleep(0.05)
-        ready = await (await client.get("/readyz")).json()
         assert ready["learner_interactions"] == 150
 
         user = stream.events[0].user_id
@@ -366,7 +370,8 @@ async def test_the_api_key_is_required_everywhere_but_the_probes(empty_replica: 
                 jsonschema.validate(body, _schema("/predict", "post", "401", api_key=True))
             for headers in ({"Authorization": f"Bearer {KEY}"}, {"X-API-Key": KEY}):
                 # past the key: the replica's own answer (not ready, no route)
-                response = await client.request(method, path, headers=headers, json={})
+                body = {"user_id": "u", "item_id": "i"}
+                response = await client.request(method, path, headers=headers, json=body)
                 assert response.status == (404 if path == "/nowhere" else 503), path
         # a key that is not even UTF-8 is a wrong key, not a server error
         reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
@@ -391,7 +396,7 @@ async def test_the_api_key_is_required_everywhere_but_the_probes(empty_replica: 
         routes = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
         assert secured == routes - PUBLIC_PATHS and secured
     # without a key the document has no security, as before
-    assert "components" not in spec() and all(
+    assert "securitySchemes" not in spec()["components"] and all(
         "security" not in op for ops in spec()["paths"].values() for op in ops.values()
     )
 
