@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     m = scrape(port)
                     worker, learned = (
                         rss_mib(proc.pid),
-                        m.get("drex_learner_interactions_total", 0.0),
+                        m.get("drex_learner_interactions", 0.0),
                     )
                     samples.append((elapsed / 60, worker, learned))
                     print(

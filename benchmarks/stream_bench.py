@@ -217,7 +217,7 @@ def stream_run(
         asyncio.run(send())
         trace: list[tuple[float, float]] = []
         if learner is not None:
-            total = "drex_learner_interactions_total"
+            total = "drex_learner_interactions"
             m = wait(ports[learner], total, plan.truth.interactions, 3600, procs[learner], trace)
         else:
             both = 'drex_join_outcomes_total{outcome="both"}'

@@ -108,8 +108,11 @@ def create_app(settings: WorkerSettings) -> DrexApp:
     recovery fix (streams/recovery.py) always."""
     import faust
 
+    from streams import metrics
     from streams.compat import TANSU_SETTINGS, apply_tansu_compat
     from streams.recovery import TableManager, install
+
+    metrics.expose()  # a worker's /metrics carries its metrics (importing them does not)
 
     conf: dict[str, Any] = {
         "broker": settings.broker,

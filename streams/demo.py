@@ -216,7 +216,7 @@ def _progress(stack: Stack, total: int, quiet: bool) -> None:
         while True:
             stack.check()
             m = scrape(stack.metrics_port)
-            applied = int(m.get("drex_learner_interactions_total", 0.0))
+            applied = int(m.get("drex_learner_interactions", 0.0))
             rated = m.get("drex_prequential_rated_total", 0.0)
             postfix = {"per s": f"{applied / max(time.monotonic() - started, 1e-9):.0f}"}
             if rated:

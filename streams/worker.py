@@ -127,7 +127,7 @@ def _worker_class() -> type[Any]:
             services = unfinished_services(self) + unfinished_services(self.app)
             out = f"still stopping: {', '.join(dict.fromkeys(services)) or '-'}"
             if self.drex_settings.runs_learner:
-                applied = REGISTRY.get_sample_value("drex_learner_interactions_total") or 0.0
+                applied = REGISTRY.get_sample_value("drex_learner_interactions") or 0.0
                 out += f"; the learner store keeps the {applied:.0f} interactions it committed"
             return out + "; what was read and not committed is read again at the next start"
 

@@ -112,7 +112,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, *workers: W
 
 def applied_total(*workers: Worker) -> float:
     """Interactions in the learner store, as its current holder reports it."""
-    return max((w.metric("drex_learner_interactions_total") for w in workers), default=0.0)
+    return max((w.metric("drex_learner_interactions") for w in workers), default=0.0)
 
 
 def send(broker: EmbeddedBroker, events: Sequence[tuple[str, bytes, bytes]]) -> None:

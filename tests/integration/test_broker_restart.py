@@ -8,7 +8,7 @@ comes back empty both offsets point into topics that no longer exist: the new
 
 Before the fix a worker restarted as is crash-looped on faust's ``ConsistencyError``;
 restarted after wiping ``<state>/faust`` it skipped every new interaction whose offset was
-at or below the store's old offset, while ``drex_learner_interactions_total`` still
+at or below the store's old offset, while ``drex_learner_interactions`` still
 counted them. All of it is tested here, in one run: the worker running while the broker
 restarts (it stops by itself, with a one-line instruction), the worker restarted as is
 (that instruction), then the worker restarted after what the old docs advised (wipe the

@@ -180,7 +180,7 @@ def test_a_killed_worker_resumes_without_losing_or_repeating(
     def joined_some() -> bool:
         m = first.metrics()
         seen = sum(m.get(f'drex_events_in_total{{topic="{t}"}}', 0.0) for t in _SOURCES)
-        return seen >= 1000 and m.get("drex_learner_interactions_total", 0.0) > 0
+        return seen >= 1000 and m.get("drex_learner_interactions", 0.0) > 0
 
     try:  # mid-stream for both agents: joins half done, the learner just started
         wait_until(joined_some, 120, "the first thousand events", first)
