@@ -445,3 +445,151 @@ async def test_a_client_that_leaves_mid_body_is_not_a_server_error(tmp_path: Pat
     finally:
         await runner.cleanup()
         replica.close()
+
+
+# --- the API's contract: what the document says is what the server does ----------------
+
+
+def test_pages_are_slices_of_one_ranking_and_exclusions_are_left_out(
+    stream: Stream, replica: Replica
+) -> None:
+    stream.feed(150)
+    replica.refresh()
+    user = next(iter(replica.users.index))
+    full = [r.item_id for r in replica.recommend(user, k=12).items]
+    assert len(full) == 12
+    page = replica.recommend(user, k=5, offset=5)
+    assert page.offset == 5 and [r.item_id for r in page.items] == full[5:10]
+    gone = {full[0], full[3]}
+    kept = [r.item_id for r in replica.recommend(user, k=10, exclude=gone).items]
+    assert kept == [i for i in full if i not in gone][:10]
+    # a fallback pages and excludes the same way
+    popular = [r.item_id for r in replica.recommend("nobody", k=8).items]
+    assert [r.item_id for r in replica.recommend("nobody", k=3, offset=2).items] == popular[2:5]
+    cold = replica.recommend("nobody", k=6, exclude={popular[1]})
+    assert [r.item_id for r in cold.items] == [i for i in popular if i != popular[1]][:6]
+
+
+@pytest.mark.asyncio
+async def test_the_http_api_validates_with_the_models_it_describes(
+    stream: Stream, replica: Replica
+) -> None:
+    await asyncio.to_thread(stream.feed, 150)
+    replica.refresh()
+    document = spec()
+    ids = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids)) == sum(len(ops) for ops in document["paths"].values())
+    path_ids = [
+        p["schema"]
+        for ops in document["paths"].values()
+        for op in ops.values()
+        for p in op.get("parameters", [])
+        if p["in"] == "path"
+    ]
+    assert path_ids and all(s == {"type": "string", "minLength": 1} for s in path_ids)
+
+    user = next(iter(replica.users.index))
+    recs = f"/users/{user}/recommendations"
+    async with TestClient(TestServer(build_app(replica, refresh_interval=60))) as client:
+        full = await (await client.get(recs, params={"k": "10"})).json()
+        ranked = [r["item_id"] for r in full["items"]]
+        # exclude: repeated and comma-separated; offset: the next page of one ranking
+        query = [("exclude", f"{ranked[0]},{ranked[1]}"), ("exclude", ranked[2]), ("k", "4")]
+        body = await (await client.get(recs, params=query)).json()
+        assert [r["item_id"] for r in body["items"]] == ranked[3:7]
+        body = await (await client.get(recs, params={"k": "4", "offset": "4"})).json()
+        assert body["offset"] == 4 and [r["item_id"] for r in body["items"]] == ranked[4:8]
+        jsonschema.validate(body, _schema("/users/{user_id}/recommendations", "get", "200"))
+        item = ranked[0]
+        near = await (await client.get(f"/items/{item}/similar", params={"k": "6"})).json()
+        body = await (await client.get(f"/items/{item}/similar", params={"offset": 2})).json()
+        assert body["items"][:4] == near["items"][2:6]
+
+        bad = [
+            ("get", recs, {"kk": "3"}, None, "unknown_parameter", "'kk'"),
+            ("get", "/healthz", {"verbose": "1"}, None, "unknown_parameter", "'verbose'"),
+            ("get", f"/users/{user}/profile", {"offset": "1"}, None, "unknown_parameter", ""),
+            ("get", recs, [("k", "3"), ("k", "4")], None, "bad_k", "2 times"),
+            ("get", recs, {"offset": "-1"}, None, "bad_offset", ""),
+            ("get", recs, {"offset": "1001"}, None, "bad_offset", ""),
+            ("get", recs, {"include_seen": "maybe"}, None, "bad_include_seen", ""),
+            ("post", "/predict", {}, {"user_id": user, "item_id": ""}, "bad_body", "item_id"),
+            ("post", "/predict", {}, {"user_id": 5, "item_id": item}, "bad_body", "user_id"),
+            ("post", "/predict", {}, {"user_id": user, "item_id": item, "x": 1}, "bad_body", "x"),
+        ]
+        for method, path, params, json, code, says in bad:
+            response = await client.request(method, path, params=params, json=json)
+            error = (await response.json())["error"]
+            assert (response.status, error["code"]) == (400, code), (path, params, error)
+            assert says in error["message"]
+            jsonschema.validate(await response.json(), _schema("/predict", "post", "400"))
+
+        # a wrong method: 405 with the methods the path takes (RFC 9110 requires Allow)
+        for method, path in (("post", recs), ("delete", "/healthz"), ("get", "/predict")):
+            response = await client.request(method, path)
+            assert response.status == 405, path
+            assert (await response.json())["error"]["code"] == "method_not_allowed"
+            allowed = {m.strip() for m in response.headers["Allow"].split(",")}
+            assert allowed & {"GET", "POST"} and method.upper() not in allowed
+
+
+@pytest.mark.asyncio
+async def test_a_store_the_worker_opened_but_learned_nothing_into_is_served_empty(
+    stream: Stream, replica: Replica
+) -> None:
+    """Ready means serving what the store holds, nothing included: a worker that has
+    started but learned no batch yet (or an empty topic) does not keep servers at 503."""
+    await asyncio.to_thread(stream.session.acquire)  # creates the store; no batch yet
+    assert stream.session.store.dense() is None
+    app = build_app(replica, refresh_interval=0.05)
+    async with TestClient(TestServer(app)) as client:
+        for _ in range(100):
+            response = await client.get("/readyz")
+            if response.status == 200:
+                break
+            await asyncio.sleep(0.05)
+        ready = await response.json()
+        assert response.status == 200, ready
+        assert ready["users"] == ready["items"] == ready["learner_interactions"] == 0
+        assert ready["staleness_seconds"] is None
+        response = await client.get("/users/u/recommendations", params={"offset": "3"})
+        body = await response.json()
+        assert response.status == 200 and body["kind"] == "fallback" and body["items"] == []
+        jsonschema.validate(body, _schema("/users/{user_id}/recommendations", "get", "200"))
+        for method, path, json, code in (
+            ("post", "/predict", {"user_id": "u", "item_id": "i"}, "unknown_user"),
+            ("get", "/items/i/similar", None, "unknown_item"),
+            ("get", "/users/u/profile", None, "unknown_user"),
+            ("get", "/items/i/profile", None, "unknown_item"),
+        ):
+            response = await client.request(method, path, json=json)
+            assert response.status == 404, path
+            assert (await response.json())["error"]["code"] == code
+        # the first batch brings the model
+        await asyncio.to_thread(stream.feed, 60)
+        for _ in range(100):
+            ready = await (await client.get("/readyz")).json()
+            if ready["learner_interactions"] == 60:
+                break
+            await asyncio.sleep(0.05)
+        assert ready["learner_interactions"] == 60 and ready["items"] > 0
+        body = await (await client.get(f"/users/{stream.events[0].user_id}/recommendations")).json()
+        assert body["kind"] == "personal" and body["items"]
+
+
+def test_a_missing_store_is_logged_with_its_path_until_it_appears(
+    stream: Stream, replica: Replica, caplog: pytest.LogCaptureFixture
+) -> None:
+    expected = str(stream.settings.learner_path)
+    with caplog.at_level("WARNING", logger="serving.replica"):
+        replica.refresh()
+        replica.refresh()  # within the interval: said once
+        said = [r.getMessage() for r in caplog.records]
+        assert len(said) == 1 and expected in said[0] and "no learner store" in said[0]
+        replica.missing_log_every = 0.0
+        replica.refresh()
+        assert len(caplog.records) == 2  # and again, periodically
+        stream.feed(60)
+        caplog.clear()
+        assert replica.refresh() and replica.ready
+        assert not [r for r in caplog.records if "no learner store" in r.getMessage()]
