@@ -78,29 +78,30 @@ async def _create_with_credentials(
         await admin.close()
 
 
-LAG_INTERVAL = 5.0  # seconds between consumer lag readings
+def _register_lag(app: Any, settings: WorkerSettings) -> None:
+    """``drex_consumer_lag_messages{topic, partition}``: the group's committed lag on the
+    partitions this worker is assigned, changelogs aside, every few seconds
+    (streams/lag.py)."""
+    from streams import lag
+    from streams.producer import bootstrap_servers
 
-
-def _register_lag(app: Any) -> None:
-    """``drex_consumer_lag_messages{topic}``: high watermark minus position, summed over
-    the partitions this worker is assigned (topics it lost go to 0)."""
-    from streams import metrics
+    reader = lag.LagReader(
+        ",".join(bootstrap_servers(settings.broker)),
+        settings.app_id,  # faust's consumer group is the app id
+        settings.embedded,
+        settings.aiokafka_options(),
+    )
 
     async def read_lag() -> None:
-        lag: dict[str, int] = dict.fromkeys(metrics.CONSUMER_LAG_TOPICS, 0)
-        for tp in app.consumer.assignment():
-            try:
-                high = app.consumer.highwater(tp)
-                position = await app.consumer.position(tp)
-            except Exception:  # not fetched yet, or the partition is being revoked
-                continue
-            if high is not None and position is not None:
-                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - position)
-        for topic, value in lag.items():
-            metrics.CONSUMER_LAG.labels(topic).set(value)
-            metrics.CONSUMER_LAG_TOPICS.add(topic)
+        changelogs = app.tables.changelog_topics
+        await reader.update([tp for tp in app.consumer.assignment() if tp.topic not in changelogs])
 
-    app.timer(LAG_INTERVAL, name="drex.consumer-lag")(read_lag)
+    app.timer(lag.INTERVAL, name="drex.consumer-lag")(read_lag)
+
+    async def close_lag(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await reader.close()
+
+    app.on_before_shutdown.connect(close_lag)
 
 
 def create_app(settings: WorkerSettings) -> DrexApp:
@@ -133,7 +134,7 @@ def create_app(settings: WorkerSettings) -> DrexApp:
     install(app)  # the consumer side of the recovery fix
     if settings.embedded:
         apply_tansu_compat(app)  # its consumer builds on the fixed one
-    _register_lag(app)
+    _register_lag(app, settings)
     feeder = IndexFeeder(settings.index_save_every)
     join = join_agent.register(app, settings) if settings.runs_join else None
     learn = None

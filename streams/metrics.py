@@ -133,12 +133,12 @@ JOIN_PARTITIONS = Gauge(
 )
 CONSUMER_LAG = Gauge(
     "drex_consumer_lag_messages",
-    "Messages in this worker's assigned partitions not yet fetched (high watermark minus "
-    "position), by topic",
-    ["topic"],
+    "Messages of the partitions this worker is assigned that the consumer group has not "
+    "committed (end offset minus committed offset, as kafka-exporter), by topic and "
+    "partition (streams/lag.py)",
+    ["topic", "partition"],
     registry=REGISTRY,
 )
-CONSUMER_LAG_TOPICS: set[str] = set()  # topics with a lag series (reset to 0 when lost)
 OWNS_LEARNER = Gauge(
     "drex_owns_learner", "1 while this worker holds the learner", registry=REGISTRY
 )
