@@ -83,6 +83,11 @@ class WorkerSettings(StateLocation):
     """DREX_SEED: seed of the learner's initial parameters."""
     checkpoint_every: int = Field(500, ge=0)
     """DREX_CHECKPOINT_EVERY: micro-batches between versioned checkpoint folders (0 = never)."""
+    checkpoint_interval: float = Field(600.0, ge=0)
+    """DREX_CHECKPOINT_INTERVAL: seconds after which the next micro-batch writes a
+    checkpoint even if ``checkpoint_every`` batches have not passed (0 = by count only): at a
+    low batch rate a count alone may never come (the ``DrexCheckpointStale`` alert fires at
+    twice this default)."""
     checkpoints_kept: int = Field(3, ge=1)
     """DREX_CHECKPOINTS_KEPT: how many checkpoint folders to keep."""
     index_save_every: float = Field(60.0, ge=0)

@@ -49,8 +49,8 @@ serving joins and heartbeats while the CPU works):
    atomic write (``streams.state.batch_write``, ``LearnerStore.commit``);
 5. upsert the changed items into the stream's FAISS index, and publish the index in the
    store when ``index_save_every`` has passed (streams/agents/index.py); every
-   ``checkpoint_every`` batches write a versioned checkpoint folder (keeping the last
-   few) and sweep the store.
+   ``checkpoint_every`` batches, or ``checkpoint_interval`` seconds after the last one,
+   write a versioned checkpoint folder (keeping the last few) and sweep the store.
 
 Back on the event loop the changed representations are mirrored, as float32 bytes, into
 the ``user-embeddings`` and ``item-embeddings`` tables, whose changelog topics let any
@@ -388,11 +388,18 @@ class LearnerSession:
         self.feeder.publish(store, new_info.batches)
         result.users = {k: v.tobytes() for k, v in vectors["users"].items()}
         result.items = {k: v.tobytes() for k, v in vectors["items"].items()}
-        every = self.settings.checkpoint_every
-        if every > 0 and new_info.batches % every == 0:
+        if self.checkpoint_due(new_info.batches):
             self.checkpoint()
         self._update_gauges()
         return result
+
+    def checkpoint_due(self, batches: int) -> bool:
+        """After the ``batches``-th micro-batch: every ``checkpoint_every`` batches, or once
+        ``checkpoint_interval`` seconds have passed since the last checkpoint (a stream
+        of few batches would otherwise go hours without one)."""
+        every, interval = self.settings.checkpoint_every, self.settings.checkpoint_interval
+        by_count = every > 0 and batches % every == 0
+        return by_count or 0 < interval <= time.time() - self.last_checkpoint
 
     def checkpoint(self) -> Path:
         """A versioned folder for serving and people; sweeps the store; keeps the last N."""

@@ -349,3 +349,23 @@ def test_probes_and_scrapes_need_no_api_key() -> None:
     for job in load("prometheus/prometheus.yml")["scrape_configs"]:
         assert job.get("metrics_path", "/metrics") in PUBLIC_PATHS
         assert "authorization" not in job and "basic_auth" not in job, job["job_name"]
+
+
+# --- (g): alerts that fire when something is wrong, not at default settings ---------------
+
+
+def alert(name: str) -> dict[str, Any]:
+    rules = [r for g in load("prometheus/alerts.yml")["groups"] for r in g["rules"]]
+    return next(r for r in rules if r["alert"] == name)
+
+
+def test_the_checkpoint_alert_stays_quiet_at_default_settings() -> None:
+    """The learner checkpoints at least every DREX_CHECKPOINT_INTERVAL seconds, however
+    slow the batches come: the alert's threshold is twice that default."""
+    from streams.settings import WorkerSettings
+
+    interval = WorkerSettings().checkpoint_interval
+    (threshold,) = re.findall(
+        r"drex_checkpoint_age_seconds\{[^}]*\} > (\d+)", alert("DrexCheckpointStale")["expr"]
+    )
+    assert interval > 0 and float(threshold) >= 2 * interval
