@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
@@ -28,6 +28,7 @@ from streams.events import (
     validate_rating,
     validate_review,
 )
+from streams.kafka_client import KafkaClientSettings, add_client_flags
 from streams.plan import RATING, REVIEW, Event, event_id_for, plan_events
 
 # --- sending -------------------------------------------------------------------------
@@ -67,17 +68,24 @@ class EventProducer:
         linger_ms: int = 5,
         rating_scale: int = DEFAULT_RATING_SCALE,
         max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+        client_options: Mapping[str, Any] | None = None,
         **producer_options: Any,
     ) -> None:
+        """``client_options``: connection keyword arguments for the producer *and* the
+        admin client of :meth:`ensure_topics` (TLS/SASL:
+        :func:`streams.kafka_client.aiokafka_options`); ``producer_options``: the
+        producer's only."""
         from aiokafka import AIOKafkaProducer
 
         self.servers = bootstrap_servers(broker) if isinstance(broker, str) else list(broker)
         self.rating_scale = rating_scale
         self.max_text_chars = max_text_chars
+        self.client_options = dict(client_options or {})
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.servers,
             client_id=client_id,
             linger_ms=linger_ms,
+            **self.client_options,
             **producer_options,
         )
         self._pending: set[asyncio.Future[Any]] = set()
@@ -129,7 +137,7 @@ class EventProducer:
         """
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.servers)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.servers, **self.client_options)
         await admin.start()
         try:
             existing = set(await admin.list_topics())
@@ -220,7 +228,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--dataset", required=True, help="a file load_interactions reads, or 'sample'")
-    p.add_argument("--broker", default="kafka://localhost:9092", help="kafka://HOST:PORT")
     p.add_argument("--rate", type=float, default=0.0, help="events/s; 0 = as fast as possible")
     p.add_argument("--review-only", type=float, default=0.0, help="share sent as review alone")
     p.add_argument("--rating-only", type=float, default=0.0, help="share sent as rating alone")
@@ -240,6 +247,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--truth", default=None, help="write the ground truth JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_client_flags(p)  # --broker and TLS/SASL: the worker's flags and DREX_* variables
     p.set_defaults(func=cmd_produce)
     return p
 
@@ -253,6 +261,11 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     from drex_model.evaluate.data import load_interactions
 
+    try:  # the connection settings first: a usage error costs no dataset load
+        client = KafkaClientSettings.from_args(args)
+    except ValueError as err:
+        print(f"drex produce: {err}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="drex-sample-") as tmp:
         dataset = args.dataset
         if dataset == "sample":
@@ -284,13 +297,13 @@ def cmd_produce(args: argparse.Namespace) -> int:
         Path(args.truth).write_bytes(plan.truth.to_json())
     try:
         sent, seconds = asyncio.run(
-            _send_all(plan.events, args.broker, args.rate, args.partitions, not args.quiet)
+            _send_all(plan.events, client, args.rate, args.partitions, not args.quiet)
         )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except (KafkaError, RuntimeError) as err:  # RuntimeError: a failed delivery, wrapped
-        print(f"drex produce: cannot send to {args.broker}: {err}", file=sys.stderr)
+        print(f"drex produce: cannot send to {client.broker}: {err}", file=sys.stderr)
         return 1
     rate = sent / seconds if seconds > 0 else float("inf")
     print(f"sent {sent} events in {seconds:.1f} s ({rate:,.0f} events/s)", file=sys.stderr)
@@ -298,12 +311,16 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 async def _send_all(
-    events: Sequence[Event], broker: str, rate: float, partitions: int, progress: bool
+    events: Sequence[Event],
+    client: KafkaClientSettings,
+    rate: float,
+    partitions: int,
+    progress: bool,
 ) -> tuple[int, float]:
     """Send at ``rate`` events/s (paced against the start time, so sleeps do not drift)."""
     from tqdm import tqdm
 
-    async with EventProducer(broker) as producer:
+    async with EventProducer(client.broker, client_options=client.aiokafka_options()) as producer:
         if partitions > 0:
             created = await producer.ensure_topics(partitions)
             if created:

@@ -1,7 +1,7 @@
 """``drex replay``: evaluate the model from the Kafka topics, off the live system.
 
     drex replay --broker kafka://HOST:PORT --output DIR [--mode paper|prequential]
-                [--since T] [--until T] [--from-offset N] [--to-offset N] [--embedded]
+                [--since T] [--until T] [--from-offset N] [--to-offset N] [--allow-gaps]
 
 Three steps, each its own function so that tests can feed records without a broker:
 
@@ -51,6 +51,7 @@ from drex_model.evaluate.prequential import (
     prequential,
 )
 from streams.events import DEFAULT_RATING_SCALE, RATINGS_TOPIC, REVIEWS_TOPIC
+from streams.kafka_client import KafkaClientSettings, add_client_flags
 from streams.producer import SEQ_HEADER
 from streams.reconstruct import (
     SourceRecord,
@@ -60,6 +61,11 @@ from streams.reconstruct import (
 )
 
 MODES: Final = ("paper", "prequential")
+EXIT_CODES: Final = (
+    "Exit status: 0 done; 1 failed (broker unreachable, no records, a partition stalled, "
+    "or a short read: fewer records than the end offsets promised, each partition named "
+    "on stderr); 2 bad flags or DREX_* settings."
+)
 
 
 class ReplayError(RuntimeError):
@@ -134,6 +140,16 @@ class ReadResult:
     ranges: dict[str, tuple[int, int]]  # "topic:partition" -> [start, end) offsets read
     read: int  # records read in those ranges (before the time filter)
     missing: list[str]  # source topics that do not exist
+    counts: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> records read
+
+
+def shortfalls(read: ReadResult) -> dict[str, int]:
+    """Records missing by "topic:partition", for each partition that gave fewer records
+    than its range [start, end) spans. Every offset in it should hold one (the end is what
+    the broker held at the start), unless the topic is compacted or has transaction markers.
+    """
+    spans = {tp: b - a - read.counts.get(tp, 0) for tp, (a, b) in read.ranges.items()}
+    return {tp: n for tp, n in spans.items() if n > 0}
 
 
 def read_records(broker: str, **options: Any) -> ReadResult:
@@ -150,18 +166,21 @@ async def read_records_async(
     until: float | None = None,
     from_offset: OffsetBound | None = None,
     to_offset: OffsetBound | None = None,
-    embedded: bool = False,
     timeout: float = 30.0,
     progress: bool = False,
+    client_options: Mapping[str, Any] | None = None,
 ) -> ReadResult:
     """Every record of the source topics in the range, read to the end they had at start.
 
     Offsets: ``from_offset`` inclusive, ``to_offset`` exclusive, both clamped to what the
     partition holds. Times: ``since <= timestamp < until`` on the Kafka record timestamp,
     as a filter (partitions are read from their start offset: timestamps need not be
-    ordered). ``embedded``: the broker is Tansu, whose ListOffsets answer can be short of
-    the true end (streams/compat.py), so the end comes from a Fetch high watermark.
-    Raises :class:`ReplayError` for an unreachable broker, missing topics or a stall.
+    ordered). The end of each partition is the larger of ListOffsets' answer and a Fetch
+    high watermark (:func:`streams.compat.tansu_end_offsets`): they agree on a correct
+    broker, and Tansu's ListOffsets can be short of the true end, whatever the flags.
+    ``client_options``: TLS/SASL (:func:`streams.kafka_client.aiokafka_options`). Raises
+    :class:`ReplayError` for an unreachable broker, missing topics or a stall; a short
+    read is the caller's to judge (:func:`shortfalls`).
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
@@ -181,6 +200,7 @@ async def read_records_async(
         auto_offset_reset="earliest",
         request_timeout_ms=int(max(timeout, 5.0) * 1000),
         fetch_max_wait_ms=100,
+        **dict(client_options or {}),
     )
     try:
         await consumer.start()
@@ -207,7 +227,9 @@ async def read_records_async(
             )
         consumer.assign(tps)
         firsts = await consumer.beginning_offsets(tps)
-        ends = await (tansu_end_offsets(consumer, tps) if embedded else consumer.end_offsets(tps))
+        # Not ListOffsets alone: Tansu's answer can be short of what the partition holds
+        # (STACK-NOTES), and a replay that trusted it silently read less than the topics.
+        ends = await tansu_end_offsets(consumer, tps)
         ranges: dict[TopicPartition, tuple[int, int]] = {}
         for tp in tps:
             start, end = firsts[tp], ends[tp]
@@ -230,6 +252,7 @@ async def read_records_async(
             consumer.pause(*[tp for tp in tps if tp not in pending])
         records: list[SourceRecord] = []
         read = 0
+        counts = dict.fromkeys(tps, 0)
         total = sum(end - start for start, end in ranges.values())
         last = time.monotonic()
         with tqdm(total=total, unit="records", desc="reading", disable=not progress) as bar:
@@ -241,6 +264,7 @@ async def read_records_async(
                         if r.offset >= end:
                             continue
                         read += 1
+                        counts[tp] += 1
                         bar.update(1)
                         ts = max(int(r.timestamp or 0), 0) / 1000.0
                         if (since is not None and ts < since) or (
@@ -272,6 +296,7 @@ async def read_records_async(
             {f"{tp.topic}:{tp.partition}": ranges[tp] for tp in tps},
             read,
             missing,
+            {f"{tp.topic}:{tp.partition}": counts[tp] for tp in tps},
         )
     except KafkaError as err:
         raise ReplayError(f"reading from {broker} failed: {err!r}") from None
@@ -311,19 +336,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The replay's flags (shared with ``python -m streams.replay``)."""
     from drex_model.evaluate.runner import DEFAULT_BASELINES
     from drex_model.model import VARIANTS
-    from streams.settings import WorkerSettings
 
-    try:  # the broker the worker's settings name (DREX_BROKER, DREX_EMBEDDED, defaults)
-        worker = WorkerSettings.from_env()
-    except ValueError:  # a bad DREX_* variable is the worker's to report, not --help's
-        worker = WorkerSettings.from_env({})
+    add_client_flags(p)  # --broker and TLS/SASL: the worker's flags and DREX_* variables
     src = p.add_argument_group("source")
-    src.add_argument("--broker", default=worker.broker, help="kafka://HOST:PORT (DREX_BROKER)")
     src.add_argument(
         "--embedded",
         action="store_true",
-        default=worker.embedded,
-        help="the broker is the embedded Tansu: read end offsets its way (DREX_EMBEDDED)",
+        help="accepted for older scripts, changes nothing: end offsets always come from "
+        "what the broker holds (the Fetch high watermark), whatever the broker",
+    )
+    src.add_argument(
+        "--allow-gaps",
+        action="store_true",
+        help="replay even when a partition gives fewer records than its offsets span "
+        "(a compacted topic, transaction markers); without it such a read is an error",
     )
     src.add_argument("--reviews-topic", default=REVIEWS_TOPIC)
     src.add_argument("--ratings-topic", default=RATINGS_TOPIC)
@@ -396,19 +422,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also write the rebuilt list as DIR/interactions.jsonl (drex evaluate reads it)",
     )
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.epilog = " ".join(filter(None, [p.epilog, EXIT_CODES]))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Read, rebuild, evaluate; returns the exit code (errors: SystemExit with a line)."""
+    """Read, rebuild, evaluate; returns the exit code (errors: SystemExit with a line;
+    the statuses: :data:`EXIT_CODES`)."""
     try:
-        return _replay(args)
+        client = KafkaClientSettings.from_args(args)
+    except ValueError as err:
+        print(f"drex replay: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        return _replay(args, client)
     except ReplayError as err:
         raise SystemExit(f"drex replay: {err}") from None
     except (ValueError, FileNotFoundError) as err:  # bad data or settings: say so, no trace
         raise SystemExit(f"drex replay: {err}") from None
 
 
-def _replay(args: argparse.Namespace) -> int:
+def _replay(args: argparse.Namespace, client: KafkaClientSettings) -> int:
     from drex_model.evaluate.runner import DEFAULT_BASELINES, EvaluateOptions, evaluate
     from drex_model.model import VARIANTS, parse_overrides
     from streams.producer import bootstrap_servers
@@ -431,18 +464,28 @@ def _replay(args: argparse.Namespace) -> int:
         raise SystemExit(f"--set: {err}") from None
     started = time.perf_counter()
     read = read_records(
-        args.broker,
+        client.broker,
         reviews_topic=args.reviews_topic,
         ratings_topic=args.ratings_topic,
         since=args.since,
         until=args.until,
         from_offset=args.from_offset,
         to_offset=args.to_offset,
-        embedded=args.embedded,
         timeout=args.read_timeout,
         progress=progress,
+        client_options=client.aiokafka_options(),
     )
     read_seconds = time.perf_counter() - started
+    short = shortfalls(read)
+    for tp, n in short.items():
+        where = f"offsets [{read.ranges[tp][0]}, {read.ranges[tp][1]})"
+        print(f"drex replay: short read: {tp}: {n} records missing in {where}", file=sys.stderr)
+    if short and not args.allow_gaps:
+        raise ReplayError(
+            f"{sum(short.values())} records fewer than the end offsets promised, in "
+            f"{len(short)} partition(s) (above): the broker lost or compacted them, or the "
+            "read stopped early; --allow-gaps replays what was read"
+        )
     ranges = ", ".join(f"{tp} [{a}, {b})" for tp, (a, b) in read.ranges.items())
     if not read.records:
         raise ReplayError(
@@ -471,16 +514,17 @@ def _replay(args: argparse.Namespace) -> int:
         (out / "dead_letters.jsonl").write_bytes(b"".join(x + b"\n" for x in rebuilt.letters))
     if args.save_interactions:
         write_interactions(rebuilt.interactions, out / "interactions.jsonl")
-    hosts = ",".join(bootstrap_servers(args.broker))
+    hosts = ",".join(bootstrap_servers(client.broker))
     label = f"replay of {args.reviews_topic}+{args.ratings_topic} at {hosts}"
     info = {
-        "broker": args.broker,
+        "broker": client.broker,
         "topics": {"reviews": args.reviews_topic, "ratings": args.ratings_topic},
         "missing_topics": read.missing,
         "offsets": {tp: list(r) for tp, r in read.ranges.items()},
         "since": args.since,
         "until": args.until,
         "records_read": read.read,
+        "records_missing": short,
         "records_in_range": len(read.records),
         "records_joined": rebuilt.records,
         "tombstones": rebuilt.tombstones,
