@@ -164,11 +164,13 @@ async def fetch_high_watermarks(
 async def tansu_end_offsets(
     consumer: aiokafka.AIOKafkaConsumer, partitions: Iterable[TopicPartition]
 ) -> dict[TopicPartition, int]:
-    """True end offsets (next offset to be written) of ``partitions`` on Tansu.
+    """True end offsets (next offset to be written) of ``partitions``, on Tansu or any broker.
 
     ListOffsets first (it refreshes metadata, and its answer is a valid fetch offset
     that is never past the end), then the Fetch high watermark; the larger wins, so the
-    result equals ``consumer.end_offsets`` on a correct broker.
+    result equals ``consumer.end_offsets`` on a correct broker. That is why readers that
+    must not stop short, such as ``drex replay`` (streams/replay.py), call it whatever
+    the broker, not only with ``--embedded``.
     """
     listed: dict[TopicPartition, int] = dict(await consumer.end_offsets(list(partitions)))
     if not listed:
