@@ -359,6 +359,14 @@ def alert(name: str) -> dict[str, Any]:
     return next(r for r in rules if r["alert"] == name)
 
 
+def test_the_latency_alert_ignores_scrapes_probes_and_the_openapi_document() -> None:
+    """``/metrics`` itself is slow (it renders every series), and no user waits on it."""
+    expr = alert("DrexServerLatencyHigh")["expr"]
+    excluded = re.findall(r'endpoint!~"([^"]*)"', expr)
+    assert len(excluded) == 1, expr
+    assert set(excluded[0].split("|")) == PUBLIC_PATHS
+
+
 def test_the_checkpoint_alert_stays_quiet_at_default_settings() -> None:
     """The learner checkpoints at least every DREX_CHECKPOINT_INTERVAL seconds, however
     slow the batches come: the alert's threshold is twice that default."""
