@@ -98,15 +98,30 @@ class DReXConfig:
         return asdict(self)
 
 
+def override_keys() -> list[str]:
+    """The :class:`DReXConfig` fields ``--set KEY=VALUE`` may change (all but the variant).
+
+    >>> override_keys()[:3]
+    ['bias_l2', 'bias_terms', 'content_weight']
+    """
+    return sorted(name for name in get_type_hints(DReXConfig) if name != "variant")
+
+
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings (``--set``) as typed :class:`DReXConfig` overrides.
 
     Each value is parsed as its field's type (pydantic's lax rules: ``false``, ``no``,
     ``off`` and ``0`` are False); an unknown key or a value of the wrong type raises
-    ``ValueError`` naming it, so ``use_text=nope`` is refused, not kept as a string.
+    ``ValueError`` naming it, so ``use_text=nope`` is refused, not kept as a string. The
+    variant is not a key: it picks the settings the overrides apply to (``for_variant``),
+    so each command has a flag of its own for it.
 
     >>> parse_overrides(["use_text=no", "lr=0.01", "dim=32"])
     {'use_text': False, 'lr': 0.01, 'dim': 32}
+    >>> parse_overrides(["variant=drex-paper"])
+    Traceback (most recent call last):
+    ...
+    ValueError: variant is not a KEY=VALUE override: it has a flag of its own, --variants ...
     """
     from pydantic import TypeAdapter, ValidationError
 
@@ -115,8 +130,14 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
+        if key == "variant":
+            raise ValueError(
+                "variant is not a KEY=VALUE override: it has a flag of its own, --variants "
+                "(drex evaluate, drex replay) or --variant (drex worker, DREX_VARIANT)"
+            )
         if not sep or key not in types:
-            raise ValueError(f"expected KEY=VALUE with KEY one of {sorted(types)}; got {pair!r}")
+            keys = ", ".join(override_keys())
+            raise ValueError(f"expected KEY=VALUE with KEY one of {keys}; got {pair!r}")
         try:
             out[key] = TypeAdapter(types[key]).validate_python(value.strip())
         except ValidationError as err:

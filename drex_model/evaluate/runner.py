@@ -104,6 +104,7 @@ def evaluate(
     it rebuilt from Kafka), used instead of reading ``opts.dataset``, which then only
     names the data in the report.
     """
+    check_names(opts.variants, opts.baselines)  # before a dataset is read
     started = time.perf_counter()
     out = Path(opts.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -323,6 +324,20 @@ def _make(
     if name not in BASELINES:
         raise ValueError(f"unknown model {name!r}; choose from {[*VARIANTS, *BASELINES]}")
     return BASELINES[name](seed=seed)
+
+
+def check_names(variants: Sequence[str], baselines: Sequence[str]) -> None:
+    """Refuse an unknown variant or baseline (``ValueError`` listing the valid names).
+
+    >>> check_names(["drex"], ["bias", "svd"])
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown baseline 'svd'; choose from global-mean, bias, mf, popularity, ease, itemknn
+    """
+    for kind, names, valid in (("variant", variants, VARIANTS), ("baseline", baselines, BASELINES)):
+        for name in names:
+            if name not in valid:
+                raise ValueError(f"unknown {kind} {name!r}; choose from {', '.join(valid)}")
 
 
 def review_cache(opts: EvaluateOptions, data: Sequence[Interaction], device: str) -> ReviewCache:
