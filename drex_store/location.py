@@ -176,7 +176,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[StateLocation]) -> None
             kwargs.update(action="append", metavar="KEY=VALUE")
         else:
             kwargs.update(type=kind, choices=choices, metavar=None if choices else name.upper())
-        default = f"; default {field.default!r}" if field.default not in (None, ()) else ""
+        default = f"; default {field.default!r}" if field.default not in (None, (), "") else ""
         text = f"{_summary(field.description or '')} ({cls.variable(name)}{default})"
         parser.add_argument(cls.flag(name), help=text.replace("%", "%%"), **kwargs)
 
@@ -202,7 +202,8 @@ def _flag_type(annotation: Any) -> tuple[Any, list[str] | None]:
 
 
 def _summary(description: str) -> str:
-    """The docstring's first sentence, without the variable's name in front."""
-    text = " ".join(description.split())
+    """The docstring's first sentence, without the variable's name in front (nor reST's
+    double backquotes)."""
+    text = " ".join(description.replace("``", "").split())
     text = re.sub(r"^[A-Z_]+:\s*", "", text)
     return re.split(r"\.\s+(?=[A-Z0-9])", text, maxsplit=1)[0].rstrip(".")

@@ -18,8 +18,12 @@ than ``--client-timeout`` to send a request is disconnected.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
+import sys
+import textwrap
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +35,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except ValueError as err:
-        raise SystemExit(f"drex serve: {err}") from None
+        return _fail(err, EXIT_USAGE)
+    where = f"{settings.host}:{settings.port}"
+    try:  # before the store is opened: a port in use is the only thing said
+        _try_listen(settings.host, settings.port, settings.reuse_port)
+    except OSError as err:
+        return _fail(f"cannot listen on {where}: {_reason(err)} ({LISTEN_HINT})")
     # one OpenMP thread per FAISS search: on few cores the default makes a query ~15x
     # slower (drex_store/index.py); must be set before faiss is loaded
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -70,15 +79,64 @@ def cmd_serve(args: argparse.Namespace) -> int:
             reuse_port=settings.reuse_port or None,
             **server_options(settings.client_timeout),
         )
+    except OSError as err:
+        if not _cannot_listen(err):  # taken since _try_listen, or a fault of its own
+            raise
+        return _fail(f"cannot listen on {where}: {_reason(err)} ({LISTEN_HINT})")
     finally:
         replica.close()
     return 0
 
 
+# exit statuses, as every drex command's (streams/usage.py)
+EXIT_FAILURE, EXIT_USAGE = 1, 2
+_LISTEN_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+LISTEN_HINT = "--host / DREX_HOST, --port / DREX_PORT"
+
+
+def _try_listen(host: str, port: int, reuse_port: bool) -> None:
+    """Bind every address of ``host`` as the server will (aiohttp sets SO_REUSEADDR),
+    then let go; ``OSError`` if one cannot be bound."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:  # as asyncio: one socket per family
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+
+
+def _cannot_listen(err: OSError) -> bool:
+    """Whether ``err`` is a failure to bind the server's address (not a fault later)."""
+    return isinstance(err, socket.gaierror) or err.errno in _LISTEN_ERRORS
+
+
+def _reason(err: OSError) -> str:
+    # asyncio words it "error while attempting to bind on address (...): address already
+    # in use"; the part after the last colon says why
+    return (err.strerror or str(err)).rsplit(": ", 1)[-1]
+
+
+def _fail(message: object, status: int = EXIT_FAILURE) -> int:
+    print(f"drex serve: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    return status
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """One flag per setting (serving/settings.py), named after its variable."""
     add_flags(p, ServerSettings)
-    p.epilog = "Every flag has a DREX_* variable; a flag beats its variable."
+    p.epilog = "\n\n".join(
+        textwrap.fill(text, 88)
+        for text in (
+            "Every flag has a DREX_* variable; a flag beats its variable. DREX_API_KEY is "
+            "a variable only.",
+            "exit status: 0 stopped (Ctrl-C, SIGTERM); 1 it cannot listen (a port in use, "
+            "an unknown host); 2 a flag or DREX_* variable that cannot be right (a port "
+            "out of range, a value of the wrong type).",
+        )
+    )
 
 
 def settings_from_args(

@@ -446,13 +446,20 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``broker`` subcommand to an ``add_subparsers()`` object."""
+    from streams.usage import EXIT_STATUSES, HelpFormatter, port_number
+
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "broker",
         help="run the embedded Kafka-protocol broker (Tansu, memory only) on 127.0.0.1",
+        description="Run Tansu, the embedded Kafka-protocol broker, on 127.0.0.1 until "
+        "Ctrl-C or SIGTERM. Memory only: stopping it loses every topic, offset and "
+        "consumer group, and it keeps every record it is sent (no retention).",
+        epilog=EXIT_STATUSES,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--port",
-        type=int,
+        type=port_number,
         default=DEFAULT_PORT,
         help="TCP port on 127.0.0.1; 0 picks a free one (default: %(default)s)",
     )

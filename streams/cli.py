@@ -11,15 +11,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from streams.usage import EXIT_STATUSES, HelpFormatter, fail
 
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``--set KEY=VALUE`` pairs as typed model settings; a bad one exits with its reason."""
-    from drex_model.model import parse_overrides as parse
+
+def override(pair: str) -> tuple[str, Any]:
+    """argparse type of ``--set KEY=VALUE``: the pair, typed as its DReXConfig field."""
+    from drex_model.model import parse_overrides
 
     try:
-        return parse(pairs)
+        ((key, value),) = parse_overrides([pair]).items()
     except ValueError as err:
-        raise SystemExit(f"--set: {err}") from None
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return key, value
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -33,7 +36,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         dataset = str(write_sample(Path(args.output) / "sample.jsonl"))
     elif not Path(dataset).exists():
-        raise SystemExit(f"dataset {dataset!r} not found (give a file, or 'sample')")
+        return fail("evaluate", f"dataset {dataset!r} not found (give a file, or 'sample')")
     opts = EvaluateOptions(
         dataset=dataset,
         output=args.output,
@@ -49,29 +52,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         precision=args.precision,
         device=args.device,
         cache_dir=args.cache_dir,
-        overrides=parse_overrides(args.set),
+        overrides=dict(args.set),
         limit=args.limit,
         progress=not args.quiet,
     )
     try:
         evaluate(opts)
     except (ValueError, FileNotFoundError) as err:  # bad data or settings: say so, no trace
-        raise SystemExit(f"drex evaluate: {err}") from None
+        return fail("evaluate", err)
     print(f"wrote {args.output}/results.json, results.md and learning_curves.png")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from drex_model.evaluate.runner import DEFAULT_BASELINES
-    from drex_model.model import VARIANTS
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's, once installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
 
-    parser = argparse.ArgumentParser(prog="drex", description=__doc__.splitlines()[0])
+    try:
+        return installed("drex")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from drex_model.evaluate.baselines import BASELINES
+    from drex_model.evaluate.runner import DEFAULT_BASELINES
+    from drex_model.model import VARIANTS, override_keys
+
+    parser = argparse.ArgumentParser(
+        prog="drex", description=__doc__.splitlines()[0], epilog=EXIT_STATUSES
+    )
+    parser.add_argument("--version", action="version", version=f"drex {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ev = sub.add_parser(
         "evaluate",
         help="offline evaluation: the paper's protocol + baselines",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Offline evaluation: the paper's protocol (docs/evaluation.md), drex "
+        "and baselines on the same splits, results in --output.",
+        formatter_class=HelpFormatter,
+        epilog=EXIT_STATUSES,
     )
     ev.add_argument(
         "--dataset",
@@ -80,18 +101,41 @@ def build_parser() -> argparse.ArgumentParser:
         "or 'sample' for a generated one",
     )
     ev.add_argument("--output", required=True, help="directory for results.{json,md} and plots")
-    ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ev.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
+    ev.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        metavar="SEED",
+        help="one train/validation/test split and model initialisation per seed",
+    )
+    ev.add_argument(
+        "--variants",
+        nargs="*",
+        default=list(VARIANTS),
+        choices=VARIANTS,
+        metavar="VARIANT",
+        help=f"DReX variants to run, from {', '.join(VARIANTS)}; none: baselines only",
+    )
     ev.add_argument(
         "--baselines",
         nargs="*",
         default=list(DEFAULT_BASELINES),
-        help=f"baselines run beside drex (default: {' '.join(DEFAULT_BASELINES)})",
+        choices=list(BASELINES),
+        metavar="BASELINE",
+        help=f"baselines run beside drex, from {', '.join(BASELINES)}; none: drex only",
     )
     ev.add_argument("--min-user", type=int, default=5, help="min ratings per user (paper: 20)")
     ev.add_argument("--min-item", type=int, default=5, help="min ratings per item")
-    ev.add_argument("--max-epochs", type=int, default=100)
-    ev.add_argument("--patience", type=int, default=10)
+    ev.add_argument(
+        "--max-epochs", type=int, default=100, help="most passes over the training data"
+    )
+    ev.add_argument(
+        "--patience",
+        type=int,
+        default=10,
+        help="epochs without a better validation score before training stops",
+    )
     ev.add_argument(
         "--early-stop",
         choices=["rmse", "ranking"],
@@ -102,19 +146,37 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--encoder",
         default=None,
-        help="local Hugging Face BERT-family directory (default: bundled MiniLM)",
+        help="local Hugging Face BERT-family directory (default: the bundled MiniLM)",
     )
-    ev.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ev.add_argument("--cache-dir", default=None, help="encoder output cache (~/.cache/drex)")
+    ev.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="encoder precision; auto: bf16 where the hardware has it natively, else fp32",
+    )
+    ev.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="torch device; auto: cuda when available",
+    )
+    ev.add_argument(
+        "--cache-dir",
+        default=None,
+        help="encoder output cache (default: ~/.cache/drex/reviews)",
+    )
     ev.add_argument(
         "--set",
         action="append",
+        type=override,
         default=[],
         metavar="KEY=VALUE",
-        help="override a DReXConfig field for every variant, e.g. --set dim=32",
+        help="override a DReXConfig field (drex_model/model.py) for every variant, e.g. "
+        f"--set dim=32; repeatable. KEY is one of: {', '.join(override_keys())}",
     )
-    ev.add_argument("--limit", type=int, default=0, help="use only the first N interactions")
+    ev.add_argument(
+        "--limit", type=int, default=0, help="use only the first N interactions (0: all)"
+    )
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_evaluate)
 

@@ -43,6 +43,7 @@ from typing import IO, Any
 from streams.broker import EmbeddedBroker, free_port, handling
 from streams.metrics import scrape
 from streams.shutdown import die_with_parent, say, silence_output
+from streams.usage import EXIT_STATUSES, HelpFormatter, port_number
 
 STOP_MARGIN = 10.0  # seconds the demo waits for a child beyond the worker's own grace
 
@@ -357,20 +358,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# settings the demo gives its worker and server as flags (Stack.start): their variables
+# are not read
+SET_BY_DEMO = frozenset(
+    {"broker", "embedded", "state_dir", "metrics_port", "join_window", "session_timeout"}
+)
+SET_BY_DEMO_SERVER = frozenset({"state_dir", "port", "refresh_interval"})
+
+
+def _variables_epilog() -> str:
+    """Which ``DREX_*`` variables the demo's children read: they inherit its environment."""
+    from serving.settings import ServerSettings
+    from streams.settings import WorkerSettings
+
+    def names(cls: Any, fields: Any) -> str:
+        return ", ".join(cls.variable(name) for name in cls.model_fields if name in fields)
+
+    worker = set(WorkerSettings.model_fields) - SET_BY_DEMO
+    server = set(ServerSettings.model_fields) - SET_BY_DEMO_SERVER
+    paragraphs = [
+        "The worker and the server inherit this environment, so they read the DREX_* "
+        "variables of drex worker and drex serve (their --help says what each does), "
+        "but for the settings the demo gives them as flags: "
+        f"{names(WorkerSettings, SET_BY_DEMO)} (worker), "
+        f"{names(ServerSettings, SET_BY_DEMO_SERVER)} (server) and, with --encoder, "
+        "DREX_ENCODER. The demo waits DREX_SHUTDOWN_GRACE for the worker to stop.",
+        f"Read by the worker: {names(WorkerSettings, worker)}.",
+        f"Read by the server: {names(ServerSettings, server)}.",
+        EXIT_STATUSES,
+    ]
+    return "\n\n".join(paragraphs)
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
         help="broker + worker + server on this machine: stream, learn, recommend",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_variables_epilog(),
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--dataset", default="sample", help="'sample' (generated) or a dataset file")
-    p.add_argument("--limit", type=int, default=0, help="stream only the first N interactions")
-    p.add_argument("--api-port", type=int, default=8000, help="HTTP API port (0: any free)")
-    p.add_argument("--metrics-port", type=int, default=9101, help="worker metrics port (0: any)")
-    p.add_argument("--state-dir", default="", help="keep state here (default: temporary)")
-    p.add_argument("--join-window", type=float, default=5.0, help="seconds a half waits")
-    p.add_argument("--encoder", default="", help="local Hugging Face encoder folder")
+    p.add_argument(
+        "--limit", type=int, default=0, help="stream only the first N interactions (0: all)"
+    )
+    p.add_argument(
+        "--api-port", type=port_number, default=8000, help="HTTP API port (0: any free one)"
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=port_number,
+        default=9101,
+        help="worker metrics port (0: any free one)",
+    )
+    p.add_argument("--state-dir", default="", help="keep state here (default: a temporary one)")
+    p.add_argument(
+        "--join-window",
+        type=float,
+        default=5.0,
+        help="seconds a review waits for its rating, and the reverse",
+    )
+    p.add_argument(
+        "--encoder",
+        default="",
+        help="local Hugging Face encoder folder (default: the bundled MiniLM)",
+    )
     p.add_argument("--users", type=int, default=3, help="users to show recommendations for")
     p.add_argument("--k", type=int, default=5, help="recommendations per user")
     p.add_argument(

@@ -66,8 +66,9 @@ class WorkerSettings(StateLocation):
     variant: Literal["drex", "drex-paper"] = "drex"
     """DREX_VARIANT: DReX variant (drex-mlp needs a fixed catalogue, which a stream has not)."""
     model_overrides: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias="DREX_SET")
-    """DREX_SET: DReXConfig settings for the learner, KEY=VALUE (a comma-separated list in
-    the variable; one ``--set`` per pair). Each value is parsed as its field's type when
+    """DREX_SET: DReXConfig fields for the learner as KEY=VALUE, a comma-separated list in
+    the variable, one ``--set`` per pair (``drex evaluate --help`` lists the keys; the
+    variant is DREX_VARIANT's). Each value is parsed as its field's type when
     the worker starts (``use_text=no`` is False, ``use_text=nope`` is refused); a
     join-only worker has no learner and does not read them (nor import torch)."""
     encoder: str = ""

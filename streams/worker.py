@@ -28,7 +28,9 @@ from typing import IO, Any
 
 from drex_store.location import add_flags, flag_values
 from streams.settings import WorkerSettings
+from streams.usage import EXIT_STATUSES, EXIT_USAGE, HelpFormatter, fail
 
+PORT_HINT = "--metrics-port / DREX_METRICS_PORT: another port, 0 any free one, -1 none"
 logger = logging.getLogger("drex.worker")
 
 
@@ -38,7 +40,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "worker",
         help="run the streaming learner: join reviews and ratings, learn, index",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_arguments(p)
     p.set_defaults(func=cmd_worker)
@@ -54,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Every flag has a DREX_* variable, and a flag replaces its variable: --set "
         "pairs replace DREX_SET's (a comma-separated list of KEY=VALUE). "
         "DREX_SASL_PLAIN_PASSWORD has no flag: a command line is visible to every user "
-        "of the machine."
+        f"of the machine.\n\n{EXIT_STATUSES}; 75 a stop cut short by --shutdown-grace."
     )
 
 
@@ -71,8 +73,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except ValueError as err:
-        print(f"drex worker: {err}", file=sys.stderr)
-        return 2
+        return fail("worker", err, EXIT_USAGE)
     return run(settings)
 
 
@@ -86,16 +87,20 @@ def run(settings: WorkerSettings) -> int:
         format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
     )
     settings.faust_datadir.mkdir(parents=True, exist_ok=True)
+    if settings.metrics_port >= 0:  # before the broker: a port in use fails at once
+        where = f"{settings.metrics_host}:{settings.metrics_port}"
+        try:
+            port = metrics.serve(settings.metrics_port, settings.metrics_host)
+        except OSError as err:  # in use, or an address this machine does not have
+            reason = err.strerror or err
+            return fail("worker", f"cannot serve metrics on {where}: {reason} ({PORT_HINT})")
+        print(f"drex worker: metrics on http://{settings.metrics_host}:{port}/metrics", flush=True)
     try:
         created = ensure_topics(settings)
     except Exception as err:
-        print(f"drex worker: cannot reach {settings.broker}: {err}", file=sys.stderr)
-        return 1
+        return fail("worker", f"cannot reach {settings.broker}: {err}")
     if created:
         logger.info("created topics %s", sorted(created))
-    if settings.metrics_port >= 0:
-        port = metrics.serve(settings.metrics_port, settings.metrics_host)
-        print(f"drex worker: metrics on http://{settings.metrics_host}:{port}/metrics", flush=True)
     drex = create_app(settings)
     worker = _worker_class()(drex.app, settings, loglevel=settings.log_level, quiet=True)
     try:

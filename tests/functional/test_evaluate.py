@@ -106,15 +106,27 @@ def test_evaluate_is_repeatable_for_a_seed(
     assert runs[0]["bias"]["ndcg@5"] == runs[1]["bias"]["ndcg@5"]
 
 
-def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="not found"):
-        main(["evaluate", "--dataset", str(tmp_path / "none.json"), "--output", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--set: expected KEY=VALUE"):
-        main(["evaluate", "--dataset", "sample", "--output", str(tmp_path), "--set", "dimm=3"])
-    with pytest.raises(SystemExit, match=r"use_text='nope'.*valid boolean"):
-        main(
-            ["evaluate", "--dataset", "sample", "--output", str(tmp_path), "--set", "use_text=nope"]
-        )
+def test_bad_arguments_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["evaluate", "--dataset", str(tmp_path / "none.json"), "--output", str(tmp_path)])
+    assert code == 1 and "drex evaluate: dataset" in capsys.readouterr().err
+    for pair, reason in (("dimm=3", "expected KEY=VALUE"), ("use_text=nope", "valid boolean")):
+        with pytest.raises(SystemExit) as stop:  # argparse: a usage error
+            main(["evaluate", "--dataset", "sample", "--output", str(tmp_path), "--set", pair])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert "drex evaluate: error: argument --set: " in err and reason in err
+
+
+def test_unknown_names_are_refused_before_the_data_is_read(tmp_path: Path) -> None:
+    opts = EvaluateOptions(dataset=str(tmp_path / "none.json"), output=str(tmp_path / "out"))
+    for variants, baselines, unknown in (
+        (["drex"], ["bias", "svd"], "unknown baseline 'svd'; choose from global-mean, bias"),
+        (["drex-xl"], [], "unknown variant 'drex-xl'; choose from drex, drex-paper, drex-mlp"),
+    ):
+        opts.variants, opts.baselines = variants, baselines
+        with pytest.raises(ValueError, match=unknown):  # not FileNotFoundError
+            evaluate(opts)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.data
