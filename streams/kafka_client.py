@@ -25,8 +25,9 @@ it is inferred as faust infers it from the worker's credentials: a SASL mechanis
 SASL, a CA file means TLS. TLS without a CA file verifies against the system's CAs.
 Contradictions (a SASL mechanism with ``SSL``, a CA file with ``PLAINTEXT``, SASL without
 a user name or password) are refused with a ``ValueError`` naming the variables, rather
-than silently ignored. Nothing here imports faust, torch or another drex module
-(streams/settings.py may import it).
+than silently ignored. :func:`faust_credentials` gives the same credentials as faust
+App settings, for a worker. Nothing here imports torch or another drex module (so
+streams/settings.py may import it), and faust only inside :func:`faust_credentials`.
 """
 
 from __future__ import annotations
@@ -220,6 +221,26 @@ def aiokafka_options(security: ClientSecurity) -> dict[str, Any]:
             sasl_plain_password=security.sasl_plain_password,
         )
     return out
+
+
+def faust_credentials(security: ClientSecurity) -> dict[str, Any]:
+    """The same credentials as faust App settings (``broker_credentials``), for a worker:
+    nothing for PLAINTEXT, the SSL context for SSL, ``faust.SASLCredentials`` for SASL_*
+    (with the SSL context under SASL_SSL, which is how faust tells the two apart).
+    Imports faust; raises ``ValueError`` as :func:`aiokafka_options` does."""
+    options = aiokafka_options(security)
+    context = options.get("ssl_context")
+    if not options["security_protocol"].startswith("SASL_"):
+        return {} if context is None else {"broker_credentials": context}
+    import faust
+
+    credentials = faust.SASLCredentials(
+        username=options["sasl_plain_username"],
+        password=options["sasl_plain_password"],
+        mechanism=options["sasl_mechanism"],
+        ssl_context=context,
+    )
+    return {"broker_credentials": credentials}
 
 
 def add_client_flags(parser: argparse.ArgumentParser) -> None:

@@ -146,6 +146,26 @@ def test_the_options_are_what_aiokafka_clients_accept(ca_file: Path) -> None:
     asyncio.run(build())
 
 
+def test_faust_gets_the_same_credentials(ca_file: Path) -> None:
+    import faust
+    from faust.types.auth import AuthProtocol
+
+    sasl = {"sasl_mechanism": "PLAIN", "sasl_plain_username": "u", "sasl_plain_password": "p"}
+    assert kafka_client.faust_credentials(KafkaClientSettings()) == {}
+    tls = kafka_client.faust_credentials(KafkaClientSettings(security_protocol="SSL"))
+    assert isinstance(tls["broker_credentials"], ssl.SSLContext)
+    for settings, protocol in [
+        (KafkaClientSettings(**sasl), AuthProtocol.SASL_PLAINTEXT),
+        (KafkaClientSettings(**sasl, ssl_cafile=str(ca_file)), AuthProtocol.SASL_SSL),
+        (KafkaClientSettings(**sasl, security_protocol="SASL_SSL"), AuthProtocol.SASL_SSL),
+    ]:
+        credentials = kafka_client.faust_credentials(settings)["broker_credentials"]
+        assert isinstance(credentials, faust.SASLCredentials)
+        assert credentials.protocol == protocol
+        assert credentials.protocol.value == settings.aiokafka_options()["security_protocol"]
+        assert (credentials.username, credentials.password) == ("u", "p")
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
