@@ -276,6 +276,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             handling(_interrupt, signal.SIGTERM, signal.SIGHUP),
             _state_dir(args.state_dir) as state,
         ):
+            stack = Stack(args, state)  # its ports first: one in use fails before the data
             dataset = args.dataset
             if dataset == "sample":
                 dataset = str(write_sample(state / "sample.jsonl"))
@@ -288,7 +289,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
             truth = plan.truth
             say(f"drex demo: {Path(dataset).name}: {truth.summary()}")
-            stack = Stack(args, state)
             try:
                 say("starting the broker, the worker and the server ...")
                 stack.start()

@@ -123,3 +123,11 @@ def test_the_worker_on_a_metrics_port_in_use_is_one_line(tmp_path: Path, busy_po
 def test_a_port_out_of_range_is_a_usage_error(tmp_path: Path, command: str, flag: str) -> None:
     line = usage_error(drex(command, flag, "70000", cwd=tmp_path), command)
     assert f"argument {flag}: port 70000 is out of range: 0 to 65535" in line
+
+
+@pytest.mark.parametrize("flag", ["--api-port", "--metrics-port"])
+def test_the_demo_on_a_port_in_use_is_one_line(tmp_path: Path, busy_port: int, flag: str) -> None:
+    run = drex("demo", flag, str(busy_port), "--state-dir", str(tmp_path), cwd=tmp_path)
+    line = one_line_error(run, "demo", 1)
+    assert f"port {busy_port}" in line and "in use" in line and flag in line
+    assert run.stdout == ""  # said before the dataset is read, nothing started
