@@ -9,20 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from streams.usage import EXIT_STATUSES, HelpFormatter, fail
-
-
-def override(pair: str) -> tuple[str, Any]:
-    """argparse type of ``--set KEY=VALUE``: the pair, typed as its DReXConfig field."""
-    from drex_model.model import parse_overrides
-
-    try:
-        ((key, value),) = parse_overrides([pair]).items()
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return key, value
+from streams.usage import EXIT_STATUSES, HelpFormatter, fail, override
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

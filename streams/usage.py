@@ -11,7 +11,7 @@ Every subcommand ends with one of three statuses (``drex --help`` says so too):
   parsing says ``drex <command>: <why>`` on one line. Nothing has been started.
 
 ``drex worker`` also ends with 75 when a stop outlasts its grace (docs/operations.md).
-Nothing here imports torch.
+Importing this module imports no torch.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import re
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -56,6 +57,19 @@ def port_number(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port {port} is out of range: 0 to 65535")
     return port
+
+
+def override(pair: str) -> tuple[str, Any]:
+    """argparse type of ``--set KEY=VALUE``: the pair, typed as its DReXConfig field
+    (``dict()`` of the list makes the overrides); a bad one is a usage error. Imports
+    torch (drex_model.model) when a pair is given."""
+    from drex_model.model import parse_overrides
+
+    try:
+        ((key, value),) = parse_overrides([pair]).items()
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return key, value
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
