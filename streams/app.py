@@ -80,8 +80,9 @@ async def _create_with_credentials(
 
 def _register_lag(app: Any, settings: WorkerSettings) -> None:
     """``drex_consumer_lag_messages{topic, partition}``: the group's committed lag on the
-    partitions this worker is assigned, changelogs aside, every few seconds
-    (streams/lag.py)."""
+    partitions this worker is assigned, every few seconds (streams/lag.py). faust's own
+    topics, named after the app id (table changelogs, the assignor's leader topic), are
+    left out: the group commits nothing there."""
     from streams import lag
     from streams.producer import bootstrap_servers
 
@@ -92,9 +93,11 @@ def _register_lag(app: Any, settings: WorkerSettings) -> None:
         settings.aiokafka_options(),
     )
 
+    internal = f"{settings.app_id}-"
+
     async def read_lag() -> None:
-        changelogs = app.tables.changelog_topics
-        await reader.update([tp for tp in app.consumer.assignment() if tp.topic not in changelogs])
+        assigned = app.consumer.assignment()
+        await reader.update([tp for tp in assigned if not tp.topic.startswith(internal)])
 
     app.timer(lag.INTERVAL, name="drex.consumer-lag")(read_lag)
 

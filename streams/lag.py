@@ -9,8 +9,9 @@ the backlog: faust fetches far ahead of what its agents have processed (it read 
 partitions, which faust stops fetching once a table is recovered.
 
 Each worker reports the partitions it is assigned, so ``sum by (topic)`` over the
-workers is the group's lag, each partition counted once. Changelog partitions are left
-out: tables write them and standbys read them, the group commits no offset there.
+workers is the group's lag, each partition counted once. faust's own topics (table
+changelogs, the assignor's leader topic) are left out (streams/app.py): tables write
+changelogs and standbys read them, and the group commits no offset there.
 
 The offsets come from the broker, not from the worker's memory: the committed ones
 through an admin client (``OffsetFetch`` for the group, partitions named explicitly, as
