@@ -36,8 +36,8 @@ _SECURITY_SCHEMES = {
 _REF = "#/components/schemas/{model}"
 TEXT: Final = "text"  # an answer that is not JSON (Prometheus' exposition format)
 
-_BAD_QUERY = "an unknown query parameter (unknown_parameter), or a bad value (bad_<name>)"
-_UNREADY = "the replica has not read the learner store yet (not_ready)"
+_BAD_QUERY = "an unknown query parameter (`unknown_parameter`), or a bad value (`bad_<name>`)"
+_UNREADY = "the replica has not read the learner store yet (`not_ready`)"
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class Operation:
 def _errors(*statuses: int) -> dict[int, tuple[Any, str]]:
     meaning = {
         400: _BAD_QUERY,
-        404: "unknown id (unknown_user, unknown_item)",
+        404: "an unknown id (`unknown_user`, `unknown_item`)",
         503: _UNREADY,
     }
     return {s: (schemas.Error, meaning[s]) for s in statuses}
@@ -116,9 +116,9 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "Predicted rating and explanation of a (user, item) pair",
         {
             200: (schemas.Prediction, "the prediction"),
-            400: (schemas.Error, "the body is not JSON (bad_json) or not a pair (bad_body)"),
-            404: (schemas.Error, "unknown user or item (unknown_user, unknown_item)"),
-            408: (schemas.Error, "the body did not arrive in time (request_timeout)"),
+            400: (schemas.Error, "the body is not JSON (`bad_json`) or not a pair (`bad_body`)"),
+            404: (schemas.Error, "unknown user or item (`unknown_user`, `unknown_item`)"),
+            408: (schemas.Error, "the body did not arrive in time (`request_timeout`)"),
             503: (schemas.Error, _UNREADY),
         },
         body=schemas.PredictRequest,
@@ -177,7 +177,7 @@ def spec(api_key: bool = False) -> dict[str, Any]:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]  # either one
                 operation["responses"]["401"] = _content(
                     {"$ref": _REF.format(model="Error")},
-                    "no API key, or a wrong one (unauthorized)",
+                    "no API key, or a wrong one (`unauthorized`)",
                 )
     return document
 

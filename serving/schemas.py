@@ -7,24 +7,29 @@ description cannot drift from what the server accepts and sends. The replica bui
 answers' items itself (:class:`Ranked`, :class:`Recommendations`).
 
 Query parameters are strings on the wire: :func:`parse_query` gives each model field its
-values (a list field takes repeated and comma-separated values), and a parameter the
-model does not name is an error (400 ``unknown_parameter``), not ignored.
+values (a list field takes repeated values), and a parameter the model does not name is
+an error (400 ``unknown_parameter``), not ignored.
 """
 
 from __future__ import annotations
 
 import typing
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from multidict import MultiMapping
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from drex_model.reasons import Reason
 
 MAX_K: Final = 100
 MAX_OFFSET: Final = 1000  # deeper pages would rank ever more candidates for one request
-MAX_EXCLUDE: Final = 1000
+MAX_ID: Final = 256  # characters of a user or item id (POST /feedback's limit too)
+MAX_EXCLUDE: Final = 50  # exclude values per request
+# The longest request line the server reads (aiohttp's default is 8,190 bytes): every
+# request the document allows fits, its longest part being MAX_EXCLUDE ids of MAX_ID
+# characters, each up to 12 bytes once percent-encoded (a 4-byte UTF-8 character).
+MAX_REQUEST_LINE: Final = 256 * 1024
 
 
 class RequestError(ValueError):
@@ -60,12 +65,17 @@ class PageQuery(KQuery):
 
 class RecommendationsQuery(PageQuery):
     include_seen: bool = Field(False, description="keep the items the user interacted with")
-    exclude: list[str] = Field(
+    exclude: list[Annotated[str, StringConstraints(max_length=MAX_ID)]] = Field(
         default_factory=list,
         max_length=MAX_EXCLUDE,
-        description="item ids not to recommend: repeated (exclude=a&exclude=b) or "
-        "comma-separated (exclude=a,b)",
+        description="item ids not to recommend: repeated (exclude=a&exclude=b), or "
+        "comma-separated within a value (exclude=a,b)",
     )
+
+    @property
+    def excluded(self) -> frozenset[str]:
+        """The ids of ``exclude``, comma-separated values split."""
+        return frozenset(i for value in self.exclude for i in value.split(",") if i)
 
 
 def _is_list(model: type[Query], name: str) -> bool:
@@ -81,7 +91,7 @@ def parse_query(model: type[Query], query: MultiMapping[str]) -> Query:
         if name not in model.model_fields:
             raise RequestError("unknown_parameter", f"unknown query parameter {name!r}")
         if _is_list(model, name):
-            values[name] = [v for raw in given for v in raw.split(",") if v]
+            values[name] = given
         elif len(given) > 1:
             raise RequestError(f"bad_{name}", f"{name} given {len(given)} times")
         else:
@@ -103,8 +113,20 @@ class Ids(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_id: str = Field(min_length=1, description="the user's id, as in the events")
-    item_id: str = Field(min_length=1, description="the item's id, as in the events")
+    user_id: str = Field(min_length=1, max_length=MAX_ID, description="the user's id")
+    item_id: str = Field(min_length=1, max_length=MAX_ID, description="the item's id")
+
+
+def check_path(params: Mapping[str, str]) -> None:
+    """A request's path parameters by :class:`Ids`' constraints (:class:`RequestError`
+    ``bad_<name>``): the router takes any non-empty segment."""
+    probe = Ids.model_construct(user_id="", item_id="")
+    for name, value in params.items():
+        try:
+            Ids.__pydantic_validator__.validate_assignment(probe, name, value)
+        except ValidationError as err:
+            message = err.errors()[0]["msg"]
+            raise RequestError(f"bad_{name}", f"{name}: {message}") from None
 
 
 class PredictRequest(Ids):

@@ -33,6 +33,7 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -97,7 +98,7 @@ async def recommendations(
         query.k,
         exclude_seen=not query.include_seen,
         offset=query.offset,
-        exclude=frozenset(query.exclude),
+        exclude=query.excluded,
     )
 
 
@@ -202,6 +203,7 @@ def _bind(operation: Operation, route: Route) -> Handler:
 
     async def handler(request: web.Request) -> web.StreamResponse:
         raw = await _body(request) if body_type is not None else b""
+        schemas.check_path(request.match_info)
         query = schemas.parse_query(operation.query, request.query)
         body = None
         if body_type is not None:
@@ -340,6 +342,25 @@ def build_app(
     return app
 
 
+class _ClientMistakes(logging.Filter):
+    """aiohttp logs a request its HTTP parser rejects (a control character in a header,
+    a line too long) as an ERROR with a traceback, though the client was wrong and was
+    answered 400: one WARNING line instead, so that any client cannot fill the log with
+    tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and exc.code == 400:
+            record.msg = f"{record.getMessage()}: malformed request: {exc.message}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+HTTP_LOGGER: Final = logging.getLogger("serving.http")  # aiohttp's connection-level log
+HTTP_LOGGER.addFilter(_ClientMistakes())
+
+
 def server_options(client_timeout: float) -> dict[str, Any]:
     """aiohttp server options (``web.run_app``, ``AppRunner``, ``TestServer``) that cut off
     a slow or idle client after ``client_timeout`` seconds.
@@ -348,5 +369,13 @@ def server_options(client_timeout: float) -> dict[str, Any]:
     until the next request's headers have all arrived, so it bounds a client that sends
     its headers slowly (or nothing) as well as an idle connection. ``lingering_time``
     bounds how long the rest of a body the handler did not read is drained.
+    ``max_line_size`` fits the longest request line the API's document allows
+    (``schemas.MAX_REQUEST_LINE``); a longer one gets aiohttp's plain-text 400, logged as
+    one line by :data:`HTTP_LOGGER`.
     """
-    return {"keepalive_timeout": client_timeout, "lingering_time": client_timeout}
+    return {
+        "keepalive_timeout": client_timeout,
+        "lingering_time": client_timeout,
+        "max_line_size": schemas.MAX_REQUEST_LINE,
+        "logger": HTTP_LOGGER,
+    }

@@ -486,7 +486,7 @@ async def test_the_http_api_validates_with_the_models_it_describes(
         for p in op.get("parameters", [])
         if p["in"] == "path"
     ]
-    assert path_ids and all(s == {"type": "string", "minLength": 1} for s in path_ids)
+    assert path_ids and all(s["type"] == "string" and s["minLength"] == 1 for s in path_ids)
 
     user = next(iter(replica.users.index))
     recs = f"/users/{user}/recommendations"
@@ -513,6 +513,7 @@ async def test_the_http_api_validates_with_the_models_it_describes(
             ("get", recs, {"offset": "-1"}, None, "bad_offset", ""),
             ("get", recs, {"offset": "1001"}, None, "bad_offset", ""),
             ("get", recs, {"include_seen": "maybe"}, None, "bad_include_seen", ""),
+            ("get", f"/users/{'u' * 257}/profile", {}, None, "bad_user_id", "256"),
             ("post", "/predict", {}, {"user_id": user, "item_id": ""}, "bad_body", "item_id"),
             ("post", "/predict", {}, {"user_id": 5, "item_id": item}, "bad_body", "user_id"),
             ("post", "/predict", {}, {"user_id": user, "item_id": item, "x": 1}, "bad_body", "x"),
@@ -593,3 +594,40 @@ def test_a_missing_store_is_logged_with_its_path_until_it_appears(
         caplog.clear()
         assert replica.refresh() and replica.ready
         assert not [r for r in caplog.records if "no learner store" in r.getMessage()]
+
+
+@pytest.mark.asyncio
+async def test_the_longest_request_the_document_allows_is_read_and_a_longer_one_is_a_400(
+    stream: Stream, replica: Replica, caplog: pytest.LogCaptureFixture
+) -> None:
+    from aiohttp import ClientSession, web
+
+    from serving.schemas import MAX_EXCLUDE, MAX_ID
+    from serving.server import server_options
+
+    stream.feed(60)
+    replica.refresh()
+    app = build_app(replica, refresh_interval=60)
+    longest_id = "\U0001f600" * MAX_ID  # 4 bytes in UTF-8, 12 once percent-encoded
+    params = [("exclude", longest_id)] * MAX_EXCLUDE + [("k", "100"), ("offset", "1000")]
+    # served as drex serve serves it (TestServer does not take the server's options)
+    runner = web.AppRunner(app, **server_options(5.0))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    async with ClientSession(base_url=url) as client:
+        response = await client.get(f"/users/{longest_id}/recommendations", params=params)
+        assert response.status == 200, await response.text()
+        response = await client.get(
+            f"/users/{longest_id}/recommendations", params=[*params, ("exclude", longest_id)]
+        )
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "bad_exclude"
+        with caplog.at_level("DEBUG", logger="serving.http"):
+            too_long = [("exclude", longest_id)] * (3 * MAX_EXCLUDE)
+            response = await client.get("/users/u/recommendations", params=too_long)
+            assert response.status == 400  # aiohttp's parser: the line is too long
+        said = [r for r in caplog.records if r.name == "serving.http"]
+        assert said and all(r.levelname == "WARNING" and not r.exc_info for r in said)
+        assert "malformed request" in said[0].getMessage()
+    await runner.cleanup()
