@@ -284,3 +284,19 @@ def test_the_api_key_from_the_environment_guards_the_api(tmp_path: Path) -> None
     finally:
         assert server.stop() == 0, server.log.read_text()
     assert "k-123" not in server.log.read_text()
+
+
+def test_a_server_without_a_store_says_where_it_expects_one(tmp_path: Path) -> None:
+    """``drex serve --state-dir`` pointing at a folder no worker writes: 503, and the log
+    and /readyz name the store's path (the log says it again every 30 s)."""
+    server = Serve(tmp_path)
+    expected = str(tmp_path / "state" / "learner")
+    try:
+        status, body = get(f"{server.url}/readyz")
+        assert status == 503 and expected in body["reason"]
+        deadline = time.monotonic() + 10
+        while f"no learner store at {expected}" not in server.log.read_text():
+            assert time.monotonic() < deadline, server.log.read_text()
+            time.sleep(0.1)
+    finally:
+        assert server.stop() == 0, server.log.read_text()
