@@ -171,6 +171,13 @@ class WorkerSettings(StateLocation):
                 raise ValueError(f"model_overrides ({where}): {err}") from None
         return self
 
+    @model_validator(mode="after")
+    def _consistent_security(self) -> Self:
+        # a contradiction (a CA file with PLAINTEXT, SASL without a password) is refused
+        # at start, by name, as drex produce and drex replay refuse it
+        self.aiokafka_options()
+        return self
+
     def model_overrides_dict(self) -> dict[str, Any]:
         """``model_overrides`` as typed DReXConfig overrides (for ``for_variant``).
 
@@ -206,37 +213,17 @@ class WorkerSettings(StateLocation):
         return self.role in ("all", "join")
 
     def broker_credentials(self) -> dict[str, Any]:
-        """faust App settings for TLS/SASL, only those that are set."""
-        out: dict[str, Any] = {}
-        if self.ssl_cafile:
-            import ssl
+        """faust App settings for TLS/SASL (streams/kafka_client.py, the same rule as
+        ``drex produce`` and ``drex replay``)."""
+        from streams.kafka_client import faust_credentials
 
-            out["broker_credentials"] = ssl.create_default_context(cafile=self.ssl_cafile)
-        if self.sasl_mechanism:
-            import faust
-
-            out["broker_credentials"] = faust.SASLCredentials(
-                username=self.sasl_plain_username,
-                password=self.sasl_plain_password,
-                mechanism=self.sasl_mechanism,
-                ssl_context=out.get("broker_credentials"),
-            )
-        return out
+        return faust_credentials(self)
 
     def aiokafka_options(self) -> dict[str, Any]:
         """The same credentials as aiokafka client keyword arguments (admin, producers)."""
-        out: dict[str, Any] = {}
-        if self.security_protocol:
-            out["security_protocol"] = self.security_protocol
-        if self.sasl_mechanism:
-            out["sasl_mechanism"] = self.sasl_mechanism
-            out["sasl_plain_username"] = self.sasl_plain_username
-            out["sasl_plain_password"] = self.sasl_plain_password
-        if self.ssl_cafile:
-            import ssl
+        from streams.kafka_client import aiokafka_options
 
-            out["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile)
-        return out
+        return aiokafka_options(self)
 
     def to_dict(self) -> dict[str, Any]:
         """For config.json next to checkpoints (JSON types); the password is never written."""

@@ -158,10 +158,13 @@ def test_every_setting_names_its_variable_and_has_a_flag() -> None:
 
 
 def test_the_password_never_reaches_saved_configs_or_flags() -> None:
-    s = WorkerSettings(sasl_plain_password="hunter2")
+    sasl = {"sasl_mechanism": "PLAIN", "sasl_plain_username": "u"}
+    s = WorkerSettings(**sasl, sasl_plain_password="hunter2")
     assert "hunter2" not in repr(s)
     assert s.to_dict()["sasl_plain_password"] == "***"
-    assert WorkerSettings.from_env({"DREX_SASL_PLAIN_PASSWORD": "pw"}).sasl_plain_password == "pw"
+    env = {"DREX_SASL_MECHANISM": "PLAIN", "DREX_SASL_PLAIN_USERNAME": "u"}
+    from_env = WorkerSettings.from_env({**env, "DREX_SASL_PLAIN_PASSWORD": "pw"})
+    assert from_env.sasl_plain_password == "pw"
     with pytest.raises(SystemExit):
         worker_flags("--sasl-plain-password", "pw")
     json.dumps(WorkerSettings().to_dict())  # config.json takes it as it is
@@ -196,3 +199,34 @@ def test_the_producer_linger_reaches_the_faust_producer(tmp_path: Path) -> None:
     app = create_app(settings).app
     assert app.conf.producer_linger == 0.02
     assert app.producer.linger_ms == 20
+
+
+def test_the_worker_authenticates_as_produce_and_replay_do(tmp_path: Path) -> None:
+    """One rule for every client (streams/kafka_client.py): the worker's faust credentials
+    and its admin client's options agree with each other and with produce's and replay's,
+    where they used to disagree (SSL without a CA file gave aiokafka no context and faust
+    plaintext; a SASL mechanism without a protocol gave the admin client PLAINTEXT)."""
+    import ssl
+
+    import faust
+
+    from streams.kafka_client import KafkaClientSettings
+
+    ssl_only = WorkerSettings(security_protocol="SSL")
+    assert isinstance(ssl_only.aiokafka_options()["ssl_context"], ssl.SSLContext)
+    assert isinstance(ssl_only.broker_credentials()["broker_credentials"], ssl.SSLContext)
+
+    env = {"DREX_SASL_MECHANISM": "PLAIN", "DREX_SASL_PLAIN_USERNAME": "u"}
+    env["DREX_SASL_PLAIN_PASSWORD"] = "p"
+    sasl = WorkerSettings.from_env(env)
+    assert sasl.aiokafka_options()["security_protocol"] == "SASL_PLAINTEXT"
+    assert isinstance(sasl.broker_credentials()["broker_credentials"], faust.SASLCredentials)
+    client = KafkaClientSettings.from_env(env)
+    assert sasl.aiokafka_options() == client.aiokafka_options()
+
+
+def test_contradictory_security_settings_are_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="DREX_SSL_CAFILE is set but"):
+        WorkerSettings(security_protocol="PLAINTEXT", ssl_cafile=str(tmp_path / "ca.pem"))
+    with pytest.raises(ValueError, match="needs DREX_SASL_PLAIN_USERNAME"):
+        WorkerSettings(sasl_mechanism="PLAIN")
