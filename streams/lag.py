@@ -64,6 +64,7 @@ class LagReader:
         self._admin: Any = None
         self._consumer: Any = None
         self._shown: set[tuple[str, str]] = set()  # label sets of the gauge this sets
+        self._closed = False  # by the worker's shutdown: no reading opens clients again
 
     async def _start(self) -> None:
         from aiokafka import AIOKafkaConsumer
@@ -120,15 +121,22 @@ class LagReader:
     async def update(self, partitions: Collection[TopicPartition]) -> None:
         """:meth:`read` then :meth:`publish`; a failure is logged and the gauge kept (the
         next reading tries again, with new connections)."""
+        if self._closed:
+            return
         try:
             lags = await asyncio.wait_for(self.read(partitions), TIMEOUT)
         except Exception as err:
             logger.warning("could not read the consumer lag of %s: %r", self.group, err)
-            await self.close()
+            await self._disconnect()
             return
         self.publish(lags)
 
     async def close(self) -> None:
+        """Close the clients for good (the worker stops)."""
+        self._closed = True
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
         admin, consumer = self._admin, self._consumer
         self._admin = self._consumer = None
         for client, stop in ((admin, "close"), (consumer, "stop")):

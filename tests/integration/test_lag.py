@@ -100,7 +100,10 @@ def test_an_unreachable_broker_keeps_the_gauge_and_raises_nothing(
 
     async def go() -> None:
         await reader.update([tp])
+        assert (reader._admin, reader._consumer) == (None, None)  # the next one reconnects
         await reader.close()
+        await reader.update([tp])  # closed: no client is opened again
+        assert (reader._admin, reader._consumer) == (None, None)
 
     asyncio.run(go())
     assert _gauge(topic, 0) == 7.0
