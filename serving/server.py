@@ -83,7 +83,7 @@ def _answer(model: BaseModel, status: int = 200) -> web.Response:
 def _replica(request: web.Request) -> Replica:
     replica = request.app[REPLICA]
     if not replica.ready:
-        raise ApiError(503, "not_ready", "the replica has not read the learner store yet")
+        raise ApiError(503, "not_ready", f"not ready: {replica.waiting}")
     return replica
 
 
@@ -161,8 +161,7 @@ async def healthz(request: web.Request, query: schemas.Query, body: None) -> sch
 async def readyz(request: web.Request, query: schemas.Query, body: None) -> Answer:
     replica = request.app[REPLICA]
     if not replica.ready:
-        reason = f"no learner store at {replica.learner_dir} yet"
-        return _answer(schemas.NotReadyAnswer(status="not_ready", reason=reason), 503)
+        return _answer(schemas.NotReadyAnswer(status="not_ready", reason=replica.waiting), 503)
     updated = replica.learner_updated_at
     return schemas.Ready(
         status="ready",
