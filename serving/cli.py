@@ -30,6 +30,11 @@ from typing import Any
 from drex_store.location import add_flags, flag_values
 from serving.settings import ServerSettings
 
+# exit statuses, as every drex command's (streams/usage.py)
+EXIT_FAILURE, EXIT_USAGE = 1, 2
+_LISTEN_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+LISTEN_HINT = "--host / DREX_HOST, --port / DREX_PORT"
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
@@ -86,12 +91,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         replica.close()
     return 0
-
-
-# exit statuses, as every drex command's (streams/usage.py)
-EXIT_FAILURE, EXIT_USAGE = 1, 2
-_LISTEN_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
-LISTEN_HINT = "--host / DREX_HOST, --port / DREX_PORT"
 
 
 def _try_listen(host: str, port: int, reuse_port: bool) -> None:
