@@ -86,14 +86,14 @@ def _register_lag(app: Any, settings: WorkerSettings) -> None:
     from streams import lag
     from streams.producer import bootstrap_servers
 
+    group = str(app.conf.id)  # faust's consumer group and the prefix of its own topics
     reader = lag.LagReader(
         ",".join(bootstrap_servers(settings.broker)),
-        settings.app_id,  # faust's consumer group is the app id
+        group,
         settings.embedded,
         settings.aiokafka_options(),
     )
-
-    internal = f"{settings.app_id}-"
+    internal = f"{group}-"
 
     async def read_lag() -> None:
         assigned = app.consumer.assignment()
