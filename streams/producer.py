@@ -30,6 +30,7 @@ from streams.events import (
 )
 from streams.kafka_client import KafkaClientSettings, add_client_flags
 from streams.plan import RATING, REVIEW, Event, event_id_for, plan_events
+from streams.usage import EXIT_STATUSES, HelpFormatter, fail
 
 # --- sending -------------------------------------------------------------------------
 
@@ -225,7 +226,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description="Stream a dataset to the 'reviews' and 'ratings' topics as contract "
         "events (docs/events.md), with dropped halves, duplicates, malformed events and "
         "reordering, deterministically by seed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
+        epilog=EXIT_STATUSES,
     )
     p.add_argument("--dataset", required=True, help="a file load_interactions reads, or 'sample'")
     p.add_argument("--rate", type=float, default=0.0, help="events/s; 0 = as fast as possible")
@@ -236,9 +238,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-delay", type=int, default=0, help="max positions between an interaction's halves"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the faults and the reordering")
     p.add_argument("--limit", type=int, default=0, help="only the first N interactions (0 = all)")
-    p.add_argument("--rating-scale", type=int, default=DEFAULT_RATING_SCALE)
+    p.add_argument(
+        "--rating-scale",
+        type=int,
+        default=DEFAULT_RATING_SCALE,
+        help="highest rating of the dataset (the worker accepts 1 to 5)",
+    )
     p.add_argument(
         "--partitions",
         type=int,
@@ -273,8 +280,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
             dataset = str(write_sample(Path(tmp) / "sample.jsonl"))
         elif not Path(dataset).exists():
-            print(f"dataset {dataset!r} not found (give a file, or 'sample')", file=sys.stderr)
-            return 2
+            return fail("produce", f"dataset {dataset!r} not found (give a file, or 'sample')")
         report = load_interactions(dataset, progress=not args.quiet, rating_scale=args.rating_scale)
     print(report.summary(), file=sys.stderr)
     rows = report.interactions[: args.limit] if args.limit > 0 else report.interactions

@@ -131,3 +131,23 @@ def test_the_demo_on_a_port_in_use_is_one_line(tmp_path: Path, busy_port: int, f
     line = one_line_error(run, "demo", 1)
     assert f"port {busy_port}" in line and "in use" in line and flag in line
     assert run.stdout == ""  # said before the dataset is read, nothing started
+
+
+def test_replay_refuses_bad_names_and_pairs_before_it_reaches_the_broker(tmp_path: Path) -> None:
+    # nothing listens on port 1: had the replay connected first, it would fail with 1
+    common = ("replay", "--broker", "kafka://127.0.0.1:1", "--output", str(tmp_path / "out"))
+    line = one_line_error(drex(*common, "--baselines", "foo", cwd=tmp_path), "replay", 2)
+    assert "unknown baseline foo for --mode paper" in line and "itemknn" in line
+    run = drex(*common, "--mode", "prequential", "--baselines", "ease", cwd=tmp_path)
+    assert "unknown baseline ease for --mode prequential" in one_line_error(run, "replay", 2)
+    run = drex(*common, "--mode", "prequential", "--variants", "drex-mlp", cwd=tmp_path)
+    assert "unknown variant drex-mlp" in one_line_error(run, "replay", 2)
+    line = usage_error(drex(*common, "--set", "dim=abc", cwd=tmp_path), "replay")
+    assert "argument --set: dim='abc'" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_produce_of_a_missing_dataset_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "none.json"
+    run = drex("produce", "--dataset", str(missing), cwd=tmp_path)
+    assert f"dataset '{missing}' not found" in one_line_error(run, "produce", 1)

@@ -30,7 +30,8 @@ from drex_model.types import Interaction
 from streams.events import RATINGS_TOPIC, REVIEWS_TOPIC, encode_rating, encode_review
 from streams.plan import Event, plan_events
 from streams.reconstruct import SourceRecord, feed_order, interactions_digest, reconstruct
-from streams.replay import main, parse_offsets, parse_time
+from streams.replay import main
+from streams.replay_args import parse_offsets, parse_time
 
 T0 = 1_700_000_000.0
 
