@@ -13,6 +13,11 @@ port on a machine, one process per core.
 With ``DREX_API_KEY`` set (a variable only: a flag would show it to every user), every
 endpoint but /healthz, /readyz, /metrics and /openapi.json needs the key. A client slower
 than ``--client-timeout`` to send a request is disconnected.
+
+With ``--feedback`` (``DREX_FEEDBACK``) ``POST /feedback`` publishes reviews and ratings to
+the broker of ``--broker`` / ``DREX_BROKER``, with the worker's TLS/SASL settings
+(streams/feedback.py; the ``drex`` command hands that part in, serving imports no
+streams code).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import os
 import socket
 import sys
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from drex_store.location import add_flags, flag_values
@@ -41,6 +46,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
     except ValueError as err:
         return _fail(err, EXIT_USAGE)
+    feedback = None
+    if settings.feedback:
+        factory: Callable[[argparse.Namespace], Any] | None = getattr(args, "feedback_sink", None)
+        if factory is None:
+            return _fail("--feedback needs the drex command's Kafka client", EXIT_USAGE)
+        try:
+            feedback = factory(args)
+        except ValueError as err:  # contradictory TLS/SASL settings
+            return _fail(err, EXIT_USAGE)
     where = f"{settings.host}:{settings.port}"
     try:  # before the store is opened: a port in use is the only thing said
         _try_listen(settings.host, settings.port, settings.reuse_port)
@@ -69,13 +83,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # at once, /readyz says 503 until the learner's state is loaded
         url = f"http://{settings.host}:{settings.port}"
         key = "API key required" if settings.api_key else "no API key"
-        print(f"drex serve: {url} (OpenAPI at /openapi.json; {key})", flush=True)
+        takes = f"; feedback to {feedback.client.broker}" if feedback is not None else ""
+        print(f"drex serve: {url} (OpenAPI at /openapi.json; {key}{takes})", flush=True)
         web.run_app(
             build_app(
                 replica,
                 refresh_interval=settings.refresh_interval,
                 api_key=settings.api_key,
                 client_timeout=settings.client_timeout,
+                feedback=feedback,
             ),
             host=settings.host,
             port=settings.port,
@@ -146,8 +162,10 @@ def settings_from_args(
     return ServerSettings.from_env(env, **flag_values(args, ServerSettings))
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(
+def register(sub: Any) -> argparse.ArgumentParser:
+    """Add ``drex serve``; the caller may add ``--feedback``'s Kafka flags and set the
+    ``feedback_sink`` default: a callable from the parsed arguments to the sink."""
+    p: argparse.ArgumentParser = sub.add_parser(
         "serve",
         help="HTTP API: recommendations, predictions, profiles, similar items",
         description=__doc__,
@@ -155,3 +173,4 @@ def register(sub: Any) -> None:
     )
     add_arguments(p)
     p.set_defaults(func=cmd_serve)
+    return p

@@ -20,6 +20,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode as Mode
 
 from serving import schemas
+from serving.feedback import FeedbackAccepted, FeedbackBatch
 
 # Answered without the API key: probes (an orchestrator's liveness and readiness checks,
 # Prometheus' scrape) and this document. None of them says anything about a user or item.
@@ -123,6 +124,34 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         },
         body=schemas.PredictRequest,
         tags=("pairs",),
+    ),
+    Operation(
+        "postFeedback",
+        "post",
+        "/feedback",
+        "Publish reviews and ratings to the topics the worker learns from",
+        {
+            202: (FeedbackAccepted, "every event was acknowledged by the broker"),
+            400: (
+                schemas.Error,
+                "the body is not JSON (`bad_json`), not a list of 1 to 1000 entries "
+                "(`bad_body`), or an entry breaks the event contract (`invalid_event`)",
+            ),
+            408: (schemas.Error, "the body did not arrive in time (`request_timeout`)"),
+            503: (
+                schemas.Error,
+                "feedback is off on this server (`feedback_off`), or the broker did not "
+                "acknowledge the events (`broker_unavailable`): retry the same entries",
+            ),
+        },
+        body=FeedbackBatch,
+        description="Each entry is one interaction with a rating, a text or both; it "
+        "becomes a review on 'reviews' and/or a rating on 'ratings' (docs/events.md), and "
+        "the worker joins and learns it like any other event: the answer does not wait "
+        "for the learning. A request is published whole or refused whole. Give "
+        "event_time (or event_id) to make retries safe. Off unless the server runs with "
+        "--feedback.",
+        tags=("feedback",),
     ),
     _profile("users", schemas.UserProfile),
     _profile("items", schemas.ItemProfile),

@@ -39,6 +39,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from drex_model.reasons import is_aspect
 from serving import metrics, schemas
+from serving.feedback import FeedbackEntry, FeedbackRefused, FeedbackSink
 from serving.openapi import OPERATIONS, PUBLIC_PATHS, Operation, spec
 from serving.replica import NotReady, Replica
 
@@ -48,6 +49,8 @@ REPLICA: Final = web.AppKey("replica", Replica)
 REFRESH_INTERVAL: Final = web.AppKey("refresh_interval", float)
 API_KEY: Final = web.AppKey("api_key", bytes)  # b"": no key required
 CLIENT_TIMEOUT: Final = web.AppKey("client_timeout", float)
+# publishes POST /feedback (streams/feedback.py); None: feedback is off
+FEEDBACK: Final = web.AppKey[FeedbackSink | None]("feedback")
 # not an HTTP status anyone receives: the client left before its request was read
 CLIENT_CLOSED: Final = 499
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -127,6 +130,18 @@ async def _body(request: web.Request) -> bytes:
         ) from None
 
 
+async def feedback(
+    request: web.Request, query: schemas.Query, body: list[FeedbackEntry]
+) -> Answer:
+    sink = request.app[FEEDBACK]
+    if sink is None:
+        raise ApiError(503, "feedback_off", "this server does not take feedback (--feedback)")
+    try:
+        return _answer(await sink(body), 202)
+    except FeedbackRefused as err:
+        raise ApiError(err.status, err.code, err.message) from None
+
+
 async def predict(
     request: web.Request, query: schemas.Query, body: schemas.PredictRequest
 ) -> schemas.Prediction:
@@ -185,6 +200,7 @@ HANDLERS: Final[dict[str, Route]] = {
     "getRecommendations": recommendations,
     "getSimilarItems": similar,
     "predict": predict,
+    "postFeedback": feedback,
     "getUserProfile": _profile_route("users"),
     "getItemProfile": _profile_route("items"),
     "getHealth": healthz,
@@ -320,12 +336,15 @@ def build_app(
     refresh_interval: float = 0.5,
     api_key: str = "",
     client_timeout: float = 15.0,
+    feedback: FeedbackSink | None = None,
 ) -> web.Application:
     """The application; it refreshes ``replica`` in the background while it runs.
 
     ``api_key``: required of every request but the public paths (empty: none).
     ``client_timeout``: seconds a request body may take to arrive; run the application
     with :func:`server_options` of the same value to bound the headers too.
+    ``feedback``: publishes ``POST /feedback`` (None: 503 ``feedback_off``); its ``close()``,
+    if it has one, runs at cleanup.
     """
     # errors_and_metrics outermost: a 401 is a JSON error and is counted like the others
     app = web.Application(middlewares=[errors_and_metrics, api_key_middleware])
@@ -333,6 +352,9 @@ def build_app(
     app[REFRESH_INTERVAL] = refresh_interval
     app[API_KEY] = api_key.encode()
     app[CLIENT_TIMEOUT] = client_timeout
+    app[FEEDBACK] = feedback
+    if (close := getattr(feedback, "close", None)) is not None:
+        app.on_cleanup.append(lambda _: close())
     app.on_startup.append(_warm_up)
     app.cleanup_ctx.append(_refresher)
     for operation in OPERATIONS:

@@ -50,3 +50,6 @@ class ServerSettings(StateLocation):
     connection is closed (a body too slow gets 408 first)."""
     log_level: str = "info"
     """DREX_LOG_LEVEL: log level."""
+    feedback: bool = False
+    """DREX_FEEDBACK: accept POST /feedback and publish its reviews and ratings to the
+    topics of DREX_BROKER (with the worker's TLS/SASL settings); off: 503 feedback_off."""

@@ -176,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.register(sub)
     producer.register(sub)
     replay.register(sub)
-    serving_cli.register(sub)
+    from streams import feedback
+
+    serve = serving_cli.register(sub)
+    feedback.add_flags(serve)  # POST /feedback's broker (serving imports no streams code)
+    serve.set_defaults(feedback_sink=feedback.from_args)
     return parser
 
 
