@@ -116,6 +116,7 @@ class Stack:
                 *(sys.executable, "-m", "streams.cli", "serve"),
                 *("--state-dir", str(self.state / "worker")),
                 *("--port", str(self.api_port), "--refresh-interval", "0.5"),
+                *("--feedback", "--broker", self.broker.url),  # POST /feedback publishes
             ],
             stdin=subprocess.DEVNULL,
             stdout=self._log("server"),
@@ -233,8 +234,10 @@ def _progress(stack: Stack, total: int, quiet: bool) -> None:
             time.sleep(0.5)
 
 
-def _show(stack: Stack, users: list[str], per_user: dict[str, int], k: int) -> None:
+def _show(stack: Stack, users: list[str], per_user: dict[str, int], k: int) -> str | None:
+    """Print each user's profile and recommendations; the first user's top item."""
     api = f"http://127.0.0.1:{stack.api_port}"
+    first: str | None = None
     for user in users:
         _, profile = _get(f"{api}/users/{user}/profile?k=6")
         words = ", ".join(w["word"] for w in profile.get("keywords", []))
@@ -243,6 +246,7 @@ def _show(stack: Stack, users: list[str], per_user: dict[str, int], k: int) -> N
         if status != 200:
             say(f"  (no recommendations: {body})")
             continue
+        first = first or next((item["item_id"] for item in body["items"]), None)
         for n, item in enumerate(body["items"], 1):
             because = ", ".join(item["explanation"]) or "(no keywords yet)"
             say(
@@ -251,6 +255,7 @@ def _show(stack: Stack, users: list[str], per_user: dict[str, int], k: int) -> N
             )
             for line in _evidence(item):
                 say(f"      {line}")
+    return first
 
 
 def _evidence(item: dict[str, Any]) -> list[str]:
@@ -316,7 +321,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
                 stack.wait_for(server_caught_up, "the server to load the learner's state", 120)
                 active = sorted(truth.per_user, key=lambda u: (-truth.per_user[u], u))
-                _show(stack, active[: args.users], truth.per_user, args.k)
+                top = _show(stack, active[: args.users], truth.per_user, args.k)
                 api = f"http://127.0.0.1:{stack.api_port}"
                 say(
                     f"\nlearned {truth.interactions} interactions in "
@@ -325,6 +330,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     f"try {api}/users/{active[0]}/recommendations?k=5)\n"
                     f"metrics:  http://127.0.0.1:{stack.metrics_port}/metrics (worker), "
                     f"{api}/metrics (server)\n"
+                    f"feedback: curl -X POST {api}/feedback -H 'Content-Type: application/json' "
+                    f"""-d '[{{"user_id": "{active[0]}", "item_id": "{top}", "rating": 5}}]'\n"""
                     f"broker:   {stack.broker.url} (embedded)\n"
                     f"logs:     {stack.logs}"
                     + ("" if args.state_dir else " (removed on exit; --state-dir keeps them)")
@@ -363,7 +370,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 SET_BY_DEMO = frozenset(
     {"broker", "embedded", "state_dir", "metrics_port", "join_window", "session_timeout"}
 )
-SET_BY_DEMO_SERVER = frozenset({"state_dir", "port", "refresh_interval"})
+SET_BY_DEMO_SERVER = frozenset({"state_dir", "port", "refresh_interval", "feedback"})
 
 
 def _variables_epilog() -> str:
