@@ -25,9 +25,13 @@ Keys (``id`` = user or item id, UTF-8)::
                     change (formats.representation_to_bytes; serving reads these)
     o:<id>          an item's co-occurrence row (formats.cooccurrence_to_bytes): users
                     who picked it, and by item id how many of them picked that one too
+    g:<id>          an item's categories (JSON array of strings), as the last event that
+                    gave any said (streams/events.py); not model state: checkpoints do
+                    not carry them
     c:<batch>       change record of micro-batch <batch> (12 digits): JSON {"users",
                     "items": ids written, "cooccurrence": item ids whose co-occurrence
-                    row was written, "words": words whose row was written, "dense":
+                    row was written, "words": words whose row was written,
+                    "categories": item ids whose categories were written, "dense":
                     bool}; the last CHANGES_KEPT are kept,
                     so a serving replica reads only what changed since its last batch
     r:<key>         an encoded review (formats.review_to_bytes) that some row's pending
@@ -104,6 +108,7 @@ _APPLIED: Final = b"a:"
 _CHANGE: Final = b"c:"
 _COOCCURRENCE: Final = b"o:"
 _WORD: Final = b"w:"
+_CATEGORIES: Final = b"g:"
 CHANGES_KEPT: Final = 1000
 
 
@@ -175,6 +180,8 @@ class BatchWrite:
     # vocabulary's total mass after them (None: no row changed)
     words: Mapping[str, Sequence[float]] = field(default_factory=dict)
     words_mass: float | None = None
+    # item id -> its categories, for the items whose events in the batch gave some
+    categories: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 class LearnerStore:
@@ -309,6 +316,11 @@ class LearnerStore:
             users, pairs = cooccurrence_from_bytes(raw)
             yield item, users, pairs
 
+    def categories(self, ids: Iterable[str] | None = None) -> Iterator[tuple[str, list[str]]]:
+        """(item id, its categories) of ``ids`` (None: every item that has some)."""
+        for item, raw in self._entries(_CATEGORIES, ids):
+            yield item, json.loads(raw)
+
     def representations(self, side: str, ids: Iterable[str] | None) -> Iterator[tuple[str, bytes]]:
         """(id, formats.representation_to_bytes value) of ``ids`` (None: all)."""
         return self._entries(_REPRESENTATION[side], ids)
@@ -354,12 +366,15 @@ class LearnerStore:
                 )
         for item, (users, pairs) in batch.cooccurrence.items():
             wb.put(_COOCCURRENCE + item.encode(), cooccurrence_to_bytes(users, pairs))
+        for item, names in batch.categories.items():
+            wb.put(_CATEGORIES + item.encode(), json.dumps(list(names)).encode())
         change = {side: [row.id for row in rows] for side, rows in batch.rows.items()}
         record = {
             "users": change.get("users", []),
             "items": change.get("items", []),
             "cooccurrence": list(batch.cooccurrence),
             "words": list(batch.words),
+            "categories": list(batch.categories),
             "dense": batch.dense is not None,
         }
         wb.put(_change_key(batch.info.batches), json.dumps(record).encode())

@@ -39,6 +39,13 @@ class FeedbackEntry(BaseModel):
         description="seconds since the Unix epoch when the user acted (default: now); "
         "give it to make retries safe: the same entry then makes the same event ids",
     )
+    categories: list[Annotated[str, Field(min_length=1, max_length=MAX_ID)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=16,
+        description="the item's categories (recommendations filter by them: ?category=); "
+        "absent: the item keeps those it has",
+    )
     event_id: str | None = Field(
         None,
         min_length=1,

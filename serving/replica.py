@@ -48,7 +48,6 @@ import shutil
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -56,10 +55,7 @@ import numpy as np
 import numpy.typing as npt
 
 from drex_model.affinity import CoOccurrence
-from drex_model.formats import (
-    dense_arrays,
-    dense_metadata,
-)
+from drex_model.formats import dense_metadata
 from drex_model.reasons import ExplainWeights, Reason, Vocabulary, explain
 from drex_model.scoring import Head, lookup_sparse
 from drex_store.index import ItemIndex, RWLock
@@ -68,7 +64,10 @@ from serving import metrics
 from serving.schemas import ItemProfile, Ranked, Recommendations, UserProfile
 from serving.secondary import own_secondary
 from serving.tables import (
+    Categories,
+    Change,
     SideTable,
+    head_of,
     load_cooccurrence,
     map_labels,
     project,
@@ -82,24 +81,11 @@ logger = logging.getLogger(__name__)
 SIDES: Final = ("users", "items")
 MISSING_LOG_EVERY: Final = 30.0  # seconds between warnings that there is no store yet
 FloatArray = npt.NDArray[np.float64]
+Cooc = tuple[npt.NDArray[np.int64], FloatArray]  # a user's sparse co-occurrence term
 
 
 class NotReady(RuntimeError):
     """The replica has not read a learner store yet (there is none, so far)."""
-
-
-def head_of(dense: bytes) -> Head:
-    """The scoring head of a dense blob (the learner's network and config)."""
-    return Head.from_parameters(dense_arrays(dense), dense_metadata(dense)["config"])
-
-
-@dataclass
-class _Change:
-    users: set[str] = field(default_factory=set)
-    items: set[str] = field(default_factory=set)
-    cooccurrence: set[str] = field(default_factory=set)
-    words: set[str] = field(default_factory=set)
-    dense: bool = False
 
 
 class Replica:
@@ -139,6 +125,7 @@ class Replica:
         self.users = SideTable(0)
         self.items = SideTable(0)
         self.cooccurrence = CoOccurrence()  # by this replica's item rows
+        self.categories = Categories()
         self.index: ItemIndex | None = None
         self.label_rows = np.zeros(0, dtype=np.int64)  # FAISS label -> item row, -1: none
         self.index_batch = -1  # the learner batch of the worker's index this one started as
@@ -211,13 +198,9 @@ class Replica:
                 if not self._load_all(store, dense):
                     return False
             else:
-                change = _Change()
+                change = Change()
                 for record in changes:
-                    change.users.update(record["users"])
-                    change.items.update(record["items"])
-                    change.cooccurrence.update(record.get("cooccurrence", []))
-                    change.words.update(record.get("words", []))
-                    change.dense = change.dense or bool(record["dense"])
+                    change.add(record)
                 self._apply(store, change, dense if change.dense else None)
             self.batches = info.batches
             self.applied = info.applied
@@ -263,9 +246,11 @@ class Replica:
         index, label_rows = stream_index(snapshot[1], items, list(read["items"].vectors))
         cooccurrence = CoOccurrence()
         load_cooccurrence(list(store.cooccurrence()), items, cooccurrence)
+        categories = Categories()
+        categories.update(store.categories())
         with self._lock.write():
             self.head, self.users, self.items, self.index = head, users, items, index
-            self.cooccurrence = cooccurrence
+            self.cooccurrence, self.categories = cooccurrence, categories
             self.vocabulary = vocabulary
             self.weights, self.keyword_decay = ExplainWeights.from_config(config), decay
             self.label_rows = label_rows
@@ -275,13 +260,14 @@ class Replica:
         logger.info("replica loaded: %d users, %d items", len(users), len(items))
         return True
 
-    def _apply(self, store: LearnerStore, change: _Change, dense: bytes | None) -> None:
+    def _apply(self, store: LearnerStore, change: Change, dense: bytes | None) -> None:
         read = {
             "users": read_side(store, "users", sorted(change.users), self.keyword_decay),
             "items": read_side(store, "items", sorted(change.items)),
         }
         co_rows = list(store.cooccurrence(sorted(change.cooccurrence)))
         words = list(store.vocabulary(sorted(change.words)))
+        named = list(store.categories(sorted(change.categories)))
         mass = store.vocabulary_mass()
         head = head_of(dense) if dense is not None else None
         assert self.index is not None
@@ -293,6 +279,7 @@ class Replica:
             write_side(self.items, read["items"], self.head, "items")
             load_cooccurrence(co_rows, self.items, self.cooccurrence)
             self.vocabulary.load(words, mass)
+            self.categories.update(named)
             if head is not None:  # the first layer changed: every row's projection too
                 for side, table in (("users", self.users), ("items", self.items)):
                     project(table, np.arange(len(table)), head, side)
@@ -388,46 +375,30 @@ class Replica:
         exclude_seen: bool = True,
         offset: int = 0,
         exclude: Collection[str] = frozenset(),
+        category: str | None = None,
     ) -> Recommendations:
         """The ranks ``offset + 1 .. offset + k`` for a user (the same items as those
         places of ``k + offset``'s list): FAISS candidates, items often picked with the
         user's, and popular items, re-ranked by the learner's blend; the items of
-        ``exclude`` (and, with ``exclude_seen``, the user's) left out. An unknown user
-        gets the most-rated items, flagged as a fallback."""
+        ``exclude`` (and, with ``exclude_seen``, the user's) left out. With ``category``,
+        every item of that category, ranked alike. An unknown user gets the most-rated
+        items (of the category), flagged as a fallback."""
         head = self._require()
         if head is None:  # an empty store: no one known, nothing to recommend
-            return self._fallback(user_id, k, offset, exclude)
+            return self._fallback(user_id, k, offset, exclude, category)
         assert self.index is not None
         n = offset + k
         with self._lock.read():
             u = self.users.index.get(user_id)
             if u is None or not self.users.has_vector[u]:
-                return self._fallback(user_id, k, offset, exclude)
+                return self._fallback(user_id, k, offset, exclude, category)
             seen = self.users.seen.get(user_id, frozenset()) if exclude_seen else frozenset()
             skip = seen | frozenset(exclude)
-            want = max(self.candidates, 4 * n) + len(skip)
-            labels = self.index.search_labels(self.users.vectors[u], want)
-            label_rows = self.label_rows
-            neighbours = label_rows[labels[labels < len(label_rows)]]
             cooc = self._cooccurrence(user_id, head)
-            picked_with = np.zeros(0, dtype=np.int64)
-            if cooc is not None:  # the items most often picked with the user's
-                picked_with, scores = cooc
-                top = self.cooccurrence_candidates
-                if len(picked_with) > top:
-                    picked_with = picked_with[np.argpartition(-scores, top)[:top]]
-            # item rows: neighbours, co-occurring items, the average user's top, the most
-            # rated (repeats and seen items are skipped after scoring: cheaper than
-            # filtering ~350 first)
-            pool = np.concatenate(
-                [
-                    neighbours[neighbours >= 0],
-                    picked_with,
-                    self.average_top,
-                    self.popular[: self.popular_candidates + n + len(exclude)],
-                ]
-            )
-            pool = pool[self.items.has_vector[pool]]
+            if category is not None:  # every item of the category, scored exactly
+                pool = self.categories.rows(category, self.items)
+            else:
+                pool = self._candidates(u, cooc, n, len(skip), len(exclude))
             rating, rank = self._score(u, pool, head, user_id, cooc)
             ranked: list[int] = []  # positions in pool, best first
             taken: set[int] = set()
@@ -451,10 +422,42 @@ class Replica:
             user_id=user_id, kind="personal", fallback_reason=None, offset=offset, items=items
         )
 
+    def _candidates(
+        self, u: int, cooc: Cooc | None, n: int, skipped: int, excluded: int
+    ) -> npt.NDArray[np.int64]:
+        """Item rows to rank for user row ``u`` (repeats and seen items are left to the
+        caller): FAISS neighbours, items picked with the user's, the average user's top,
+        the most rated."""
+        assert self.index is not None
+        want = max(self.candidates, 4 * n) + skipped
+        labels = self.index.search_labels(self.users.vectors[u], want)
+        label_rows = self.label_rows
+        neighbours = label_rows[labels[labels < len(label_rows)]]
+        picked_with = np.zeros(0, dtype=np.int64)
+        if cooc is not None:  # the items most often picked with the user's
+            picked_with, scores = cooc
+            top = self.cooccurrence_candidates
+            if len(picked_with) > top:
+                picked_with = picked_with[np.argpartition(-scores, top)[:top]]
+        # repeats and seen items are skipped after scoring: cheaper than filtering ~350
+        pool = np.concatenate(
+            [
+                neighbours[neighbours >= 0],
+                picked_with,
+                self.average_top,
+                self.popular[: self.popular_candidates + n + excluded],
+            ]
+        )
+        return pool[self.items.has_vector[pool]]
+
     def _fallback(
-        self, user_id: str, k: int, offset: int, exclude: Collection[str]
+        self, user_id: str, k: int, offset: int, exclude: Collection[str], category: str | None
     ) -> Recommendations:
-        rows = self.popular[: offset + k + len(exclude)].tolist()
+        if category is None:
+            rows = self.popular[: offset + k + len(exclude)].tolist()
+        else:
+            members = self.categories.members.get(category, set())
+            rows = [r for r in self.popular.tolist() if self.items.ids[r] in members]
         rows = [r for r in rows if self.items.ids[r] not in exclude][offset : offset + k]
         items = []
         if rows:  # explained as for a user without a profile: the item's own words
@@ -538,7 +541,7 @@ class Replica:
         rows: npt.NDArray[np.int64],
         head: Head,
         user_id: str,
-        cooc: tuple[npt.NDArray[np.int64], FloatArray] | None = None,
+        cooc: Cooc | None = None,
     ) -> tuple[FloatArray, FloatArray]:
         """(clipped predicted rating, ranking score) of user row ``u`` with item ``rows``:
         the learner's :class:`drex_model.scoring.Blend`. ``cooc``: the user's sparse
@@ -565,9 +568,7 @@ class Replica:
         )
         return head.clip(raw), rank
 
-    def _cooccurrence(
-        self, user_id: str, head: Head
-    ) -> tuple[npt.NDArray[np.int64], FloatArray] | None:
+    def _cooccurrence(self, user_id: str, head: Head) -> Cooc | None:
         """The user's co-occurrence term, sparse: (item rows, scores); None when the
         blend does not use it. Under the read lock."""
         if not head.blend.cooccurrence:

@@ -71,6 +71,13 @@ class RecommendationsQuery(PageQuery):
         description="item ids not to recommend: repeated (exclude=a&exclude=b), or "
         "comma-separated within a value (exclude=a,b)",
     )
+    category: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_ID,
+        description="only items of this category (as the events' categories name it); "
+        "every item of the category is ranked",
+    )
 
     @property
     def excluded(self) -> frozenset[str]:

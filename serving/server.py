@@ -102,6 +102,7 @@ async def recommendations(
         exclude_seen=not query.include_seen,
         offset=query.offset,
         exclude=query.excluded,
+        category=query.category,
     )
 
 

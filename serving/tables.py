@@ -21,6 +21,8 @@ import numpy.typing as npt
 from drex_model.affinity import CoOccurrence
 from drex_model.formats import (
     EntityRow,
+    dense_arrays,
+    dense_metadata,
     representation_from_bytes,
     row_from_bytes,
     shown_profile,
@@ -199,3 +201,52 @@ def load_cooccurrence(
     into.load(
         (rows[i], users, {rows[j]: c for j, c in pairs.items()}) for i, users, pairs in records
     )
+
+
+def head_of(dense: bytes) -> Head:
+    """The scoring head of a dense blob (the learner's network and config)."""
+    return Head.from_parameters(dense_arrays(dense), dense_metadata(dense)["config"])
+
+
+@dataclass
+class Change:
+    """What the change records since a replica's batch name (drex_store/learner.py)."""
+
+    users: set[str] = field(default_factory=set)
+    items: set[str] = field(default_factory=set)
+    cooccurrence: set[str] = field(default_factory=set)
+    words: set[str] = field(default_factory=set)
+    categories: set[str] = field(default_factory=set)
+    dense: bool = False
+
+    def add(self, record: dict[str, Any]) -> None:
+        """One more change record (older stores' records lack the later keys)."""
+        self.users.update(record["users"])
+        self.items.update(record["items"])
+        self.cooccurrence.update(record.get("cooccurrence", []))
+        self.words.update(record.get("words", []))
+        self.categories.update(record.get("categories", []))
+        self.dense = self.dense or bool(record["dense"])
+
+
+class Categories:
+    """Items by category, from the store's ``g:`` rows (``?category=``)."""
+
+    def __init__(self) -> None:
+        self.of: dict[str, tuple[str, ...]] = {}  # item -> its categories
+        self.members: dict[str, set[str]] = {}  # category -> its items
+
+    def update(self, rows: Iterable[tuple[str, Sequence[str]]]) -> None:
+        """Items' categories as now stored: an item leaves the ones it no longer has."""
+        for item, names in rows:
+            for old in self.of.get(item, ()):
+                self.members[old].discard(item)
+            self.of[item] = tuple(names)
+            for name in names:
+                self.members.setdefault(name, set()).add(item)
+
+    def rows(self, category: str, items: SideTable) -> npt.NDArray[np.int64]:
+        """The rows of ``items`` in ``category`` that have a representation."""
+        ids = self.members.get(category, ())
+        rows = np.fromiter((items.index[i] for i in ids if i in items.index), dtype=np.int64)
+        return rows[items.has_vector[rows]]

@@ -30,6 +30,11 @@ Wire fields, shared by both kinds:
 - review only, ``text``: string, the review body; not blank, at most ``max_text_chars``
   characters (default 20,000) after stripping surrounding white space.
 - rating only, ``rating``: number (int or float) in ``1..rating_scale`` (default 5).
+- optional, either kind, ``categories``: the item's categories, an array of 1 to
+  ``MAX_CATEGORIES`` (16) strings, each an id by the rules above (stripped, at most 256
+  characters, no control characters); repeats are dropped. Absent or ``null``: the event
+  says nothing of them, and the item keeps the ones an earlier event gave. Recommendations
+  can be filtered by category (``drex serve``, ``?category=``).
 
 Unknown extra fields are ignored, so producers can add fields without breaking consumers.
 """
@@ -63,6 +68,7 @@ MAX_EVENT_TIME: Final = 1e11
 # Characters an id may have after stripping: every record derived from an event (join
 # row, interaction, dead letter) then stays far below Kafka's 1 MB message limit.
 MAX_ID_CHARS: Final = 256
+MAX_CATEGORIES: Final = 16  # categories one event may give its item
 # Control characters (C0, DEL, C1) are refused in ids.
 _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
@@ -80,6 +86,7 @@ BAD_EVENT_TIME: Final = "bad_event_time"
 RATING_OUT_OF_RANGE: Final = "rating_out_of_range"
 EMPTY_TEXT: Final = "empty_text"
 TEXT_TOO_LONG: Final = "text_too_long"
+BAD_CATEGORIES: Final = "bad_categories"
 PROCESSING_ERROR: Final = "processing_error"
 
 
@@ -93,7 +100,8 @@ class InvalidEvent(ValueError):
 
 
 class ReviewEvent(faust.Record, serializer="json", include_metadata=False):
-    """A validated review; ``dumps()`` gives exactly the wire format."""
+    """A validated review; ``dumps()`` gives the wire format (``categories`` null when
+    the event gave none)."""
 
     schema: int
     event_id: str
@@ -101,10 +109,12 @@ class ReviewEvent(faust.Record, serializer="json", include_metadata=False):
     item_id: str
     event_time: float
     text: str
+    categories: list[str] | None = None
 
 
 class RatingEvent(faust.Record, serializer="json", include_metadata=False):
-    """A validated rating; ``dumps()`` gives exactly the wire format."""
+    """A validated rating; ``dumps()`` gives the wire format (``categories`` null when
+    the event gave none)."""
 
     schema: int
     event_id: str
@@ -112,6 +122,7 @@ class RatingEvent(faust.Record, serializer="json", include_metadata=False):
     item_id: str
     event_time: float
     rating: float
+    categories: list[str] | None = None
 
 
 class InteractionEvent(faust.Record, serializer="json", include_metadata=False):
@@ -120,6 +131,7 @@ class InteractionEvent(faust.Record, serializer="json", include_metadata=False):
     A missing half is ``None`` (a review that never got its rating, or the reverse); the
     event ids of the halves are kept so a downstream step can trace and deduplicate.
     ``event_time`` is the latest of the halves' times: when the interaction was complete.
+    ``categories``: the item's, as the halves gave them (the rating's when both did).
     """
 
     user_id: str
@@ -129,6 +141,7 @@ class InteractionEvent(faust.Record, serializer="json", include_metadata=False):
     event_time: float
     review_event_id: str | None = None
     rating_event_id: str | None = None
+    categories: list[str] | None = None
 
     def to_interaction(self) -> Interaction:
         """The model's record type, so the learner never sees Kafka-specific fields."""
@@ -176,6 +189,7 @@ def without_applied(event: InteractionEvent, applied: Collection[str]) -> Intera
         event_time=event.event_time,
         review_event_id=event.review_event_id if review else None,
         rating_event_id=event.rating_event_id if rating else None,
+        categories=event.categories,
     )
 
 
@@ -253,7 +267,7 @@ def validate_review(
 
 def _envelope(obj: dict[str, Any]) -> dict[str, Any]:
     """The fields every event kind shares, already checked by ``_common``."""
-    keys = ("event_id", "user_id", "item_id", "event_time")
+    keys = ("event_id", "user_id", "item_id", "event_time", "categories")
     return {"schema": SCHEMA_VERSION, **{k: obj[k] for k in keys}}
 
 
@@ -332,7 +346,24 @@ def _common(raw: bytes | bytearray | memoryview | str) -> dict[str, Any]:
             BAD_EVENT_TIME, f"'event_time' {when!r} looks like milliseconds; send seconds"
         )
     obj["event_time"] = seconds
+    obj["categories"] = _categories(obj.get("categories"))
     return obj
+
+
+def _categories(value: object) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_CATEGORIES:
+        raise InvalidEvent(
+            BAD_CATEGORIES,
+            f"'categories' must be an array of 1 to {MAX_CATEGORIES} strings, got "
+            + (f"{len(value)} of them" if isinstance(value, list) else _kind(value)),
+        )
+    try:
+        names = [_id({"category": v}, "category") for v in value]
+    except InvalidEvent as err:
+        raise InvalidEvent(BAD_CATEGORIES, f"'categories': {err.message}") from None
+    return list(dict.fromkeys(names))
 
 
 def _id(obj: dict[str, Any], name: str) -> str:

@@ -96,11 +96,13 @@ def batch_write(
     applied_ids: Sequence[str],
     dense: bool,
     encoder: Mapping[str, Any] | None = None,
+    categories: Mapping[str, Sequence[str]] | None = None,
 ) -> BatchWrite:
     """Everything a micro-batch changed, read off ``learner``: the ``changed`` ids' rows,
     keyword records (items' with their quotes) and representations, the co-occurrence
     rows and vocabulary rows changed since the last write, the reviews their pending
-    messages need that the store lacks, and the dense state when ``dense``.
+    messages need that the store lacks, the dense state when ``dense``, and the items'
+    ``categories`` that the batch's events gave (item metadata, not learned).
 
     Quotes change only for items with an interaction in the batch (``learn_many``), all
     of which are in ``changed``, so their records carry them."""
@@ -141,6 +143,7 @@ def batch_write(
         quotes={item: learner.quotes.get(item) for item in changed.get("items", ())},
         words=words,
         words_mass=learner.vocabulary.mass if words else None,
+        categories=categories or {},
     )
 
 

@@ -308,10 +308,9 @@ class Joiner:
         key = row_key(event.user_id, event.item_id)
         row = self._get(step, key)
         part: dict[str, Any] = {"id": event.event_id, "t": event.event_time, "ts": ts}
-        if isinstance(event, ReviewEvent):
-            part["text"] = event.text
-        else:
-            part["r"] = event.rating
+        part |= {"text": event.text} if isinstance(event, ReviewEvent) else {"r": event.rating}
+        if event.categories:  # the item's, travelling with the half that gave them
+            part["c"] = event.categories
         if row is None:
             row = {"p": partition, "u": event.user_id, "i": event.item_id, REVIEW: None}
             row |= {RATING: None, "since": None, "done": [], "at": None}
@@ -417,6 +416,7 @@ class Joiner:
             event_time=max(times),
             review_event_id=review["id"] if review is not None else None,
             rating_event_id=rating["id"] if rating is not None else None,
+            categories=(rating or {}).get("c") or (review or {}).get("c"),
         )
         modality = BOTH if review and rating else (REVIEW_ONLY if review else RATING_ONLY)
         outcomes = (modality, *why)

@@ -372,6 +372,7 @@ class LearnerSession:
             kept_ids,
             dense=stepped or first,
             encoder=self._encoder.identity if self._save_encoder else None,
+            categories={e.item_id: e.categories for e in keep if e.categories},
         )
         store.commit(write)
         self._save_encoder = False

@@ -426,3 +426,24 @@ async def test_an_interaction_the_broker_refuses_is_a_dead_letter_and_the_batch_
             "r2",
             "s2",
         )
+
+
+def test_an_items_categories_travel_with_the_half_that_gave_them() -> None:
+    def tagged(raw: bytes, categories: list[str]) -> bytes:
+        return orjson.dumps({**orjson.loads(raw), "categories": categories})
+
+    h = Harness()
+    h.send(REVIEWS_TOPIC, tagged(review(), ["Amps"]), ts=10.0)
+    h.send(RATINGS_TOPIC, rating(), ts=10.5)  # this half says nothing of them
+    h.send(REVIEWS_TOPIC, review("r2", item="cab"), ts=11.0)
+    h.send(RATINGS_TOPIC, tagged(rating("s2", item="cab"), ["Cabs"]), ts=11.5)
+    h.send(RATINGS_TOPIC, rating("s3", item="pick"), ts=12.0)
+    h.tick(100.0)  # the lone rating expires: no categories
+    assert [(e.item_id, e.categories) for e in h.emitted] == [
+        ("amp", ["Amps"]),
+        ("cab", ["Cabs"]),
+        ("pick", None),
+    ]
+    # the learner's copy of a half-applied interaction keeps them
+    rest = without_applied(h.emitted[0], {"r1"})
+    assert rest is not None and rest.categories == ["Amps"]

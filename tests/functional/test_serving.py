@@ -631,3 +631,59 @@ async def test_the_longest_request_the_document_allows_is_read_and_a_longer_one_
         assert said and all(r.levelname == "WARNING" and not r.exc_info for r in said)
         assert "malformed request" in said[0].getMessage()
     await runner.cleanup()
+
+
+def _with_category(event: InteractionEvent, category: str) -> InteractionEvent:
+    return InteractionEvent(**{**event.asdict(), "categories": [category]})
+
+
+@pytest.mark.asyncio
+async def test_recommendations_of_a_category_rank_every_item_of_it_as_the_learner_does(
+    stream: Stream, replica: Replica
+) -> None:
+    """Categories travel on the events into the store (``g:`` rows, named in the change
+    records); the replica follows them, and ``?category=`` ranks the category's items
+    exactly, as the full ranking orders them."""
+
+    def category(item: str) -> str:
+        return f"c{int(item.lstrip('i')) % 3}"
+
+    stream.events = [_with_category(e, category(e.item_id)) for e in stream.events]
+    await asyncio.to_thread(stream.feed, 150)
+    replica.refresh()
+    assert replica.categories.of and all(
+        names == (category(item),) for item, names in replica.categories.of.items()
+    )
+    user = next(iter(replica.users.index))
+    seen = replica.users.seen[user]
+    ids, scores = replica.exact_scores(user)
+    ranked = [ids[j] for j in np.argsort(-scores, kind="stable")]
+    expected = [i for i in ranked if category(i) == "c1" and i not in seen][:5]
+    got = replica.recommend(user, k=5, category="c1")
+    assert [r.item_id for r in got.items] == expected
+    cold = replica.recommend("nobody", k=5, category="c2")
+    assert cold.items and all(category(r.item_id) == "c2" for r in cold.items)
+    assert replica.recommend(user, category="no such category").items == []
+
+    # an item given other categories later leaves its old one once the replica follows
+    moved = next(i for i in expected)
+    later = [
+        _with_category(e, "c9") if e.item_id == moved else e
+        for e in stream.events[stream.offset : stream.offset + 40]
+    ]
+    stream.events[stream.offset : stream.offset + 40] = later
+    if all(e.item_id != moved for e in later):
+        stream.events[stream.offset] = InteractionEvent(
+            **{**later[0].asdict(), "item_id": moved, "categories": ["c9"]}
+        )
+    await asyncio.to_thread(stream.feed, 40)
+    replica.refresh()
+    assert replica.categories.of[moved] == ("c9",)
+    assert moved not in {r.item_id for r in replica.recommend(user, k=50, category="c1").items}
+
+    recs = f"/users/{user}/recommendations"
+    async with TestClient(TestServer(build_app(replica, refresh_interval=60))) as client:
+        response = await client.get(recs, params={"k": "5", "category": "c0"})
+        body = await response.json()
+        assert response.status == 200 and body["items"]
+        assert all(category(r["item_id"]) == "c0" for r in body["items"])

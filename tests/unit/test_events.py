@@ -220,9 +220,32 @@ def test_accepts_bytearray_memoryview_and_str() -> None:
 def test_encoders_round_trip_through_validators() -> None:
     r = encode_review("e", "u", "i", 1.0, "nice")
     s = encode_rating("e", "u", "i", 1.0, 3.0)
-    assert validate_review(r).asdict() == orjson.loads(r)
-    assert validate_rating(s).asdict() == orjson.loads(s)
-    assert validate_review(r).dumps() == r  # the record's JSON is the wire format
+    # the record's JSON is the wire format, with categories null when none were given
+    assert validate_review(r).asdict() == {**orjson.loads(r), "categories": None}
+    assert validate_rating(s).asdict() == {**orjson.loads(s), "categories": None}
+    assert validate_review(validate_review(r).dumps()) == validate_review(r)
+    tagged = orjson.dumps({**orjson.loads(s), "categories": ["Guitars", " Picks", "Guitars"]})
+    assert validate_rating(tagged).categories == ["Guitars", "Picks"]  # stripped, once each
+    assert validate_rating(validate_rating(tagged).dumps()) == validate_rating(tagged)
+
+
+@pytest.mark.parametrize(
+    ("categories", "why"),
+    [
+        ([], "1 to 16"),
+        (["c"] * 17, "1 to 16"),
+        ("Guitars", "got string"),
+        ([1.5], "must be a string"),
+        (["  "], "is empty"),
+        (["x" * 257], "the limit is 256"),
+        (["a\x00b"], "control character"),
+    ],
+)
+def test_bad_categories_are_refused(categories: object, why: str) -> None:
+    raw = orjson.loads(encode_rating("e", "u", "i", 1.0, 3.0))
+    with pytest.raises(InvalidEvent, match=why) as caught:
+        validate_rating(orjson.dumps({**raw, "categories": categories}))
+    assert caught.value.reason == "bad_categories"
 
 
 def test_validate_dispatches_by_topic() -> None:

@@ -88,3 +88,14 @@ def test_an_entry_that_breaks_the_event_contract_is_refused(
 def test_the_body_model_refuses_what_is_not_a_list_of_entries(raw: list[Any]) -> None:
     with pytest.raises(ValidationError):
         BATCH.validate_python(raw)
+
+
+def test_an_entrys_categories_ride_on_its_events() -> None:
+    out = events_of(
+        entries({"user_id": "u", "item_id": "i", "rating": 4, "text": "ok", "categories": ["A"]})
+    )
+    assert [validate(o.topic, o.value).categories for o in out] == [["A"], ["A"]]
+    bare = events_of(entries({"user_id": "u", "item_id": "i", "rating": 4}))
+    assert validate(bare[0].topic, bare[0].value).categories is None
+    with pytest.raises(FeedbackRefused, match="bad_categories"):
+        events_of(entries({"user_id": "u", "item_id": "i", "rating": 4, "categories": ["a\x00"]}))

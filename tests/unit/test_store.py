@@ -101,6 +101,7 @@ def test_the_learner_store_keeps_a_batch_whole_and_sweeps_what_nothing_needs() -
             "items": ["amp", "cab"],
             "cooccurrence": [],
             "words": [],
+            "categories": [],
             "dense": False,
         }
     ]
@@ -251,3 +252,29 @@ def test_a_learner_restored_from_its_store_explains_alike(tiny_encoder: TextEnco
     assert [copy.explain(user, items) for user in users] == [
         source.explain(user, items) for user in users
     ]
+
+
+def test_items_categories_are_written_with_their_batch_and_named_in_its_change_record() -> None:
+    store = LearnerStore.in_memory()
+    first = BatchWrite(
+        info=StoreInfo(offset=1, applied=1, batches=1),
+        rows={},
+        keywords={},
+        applied_ids=["x1"],
+        dense=None,
+        categories={"amp": ["Amplifiers", "Tubes"], "cab": ["Cabinets"]},
+    )
+    store.commit(first)
+    assert dict(store.categories()) == {"amp": ["Amplifiers", "Tubes"], "cab": ["Cabinets"]}
+    later = BatchWrite(
+        info=StoreInfo(offset=2, applied=2, batches=2),
+        rows={},
+        keywords={},
+        applied_ids=["x2"],
+        dense=None,
+        categories={"amp": ["Amplifiers"]},  # the item's categories as now given
+    )
+    store.commit(later)
+    assert dict(store.categories(["amp", "nope"])) == {"amp": ["Amplifiers"]}
+    assert [c["categories"] for c in store.changes(0) or []] == [["amp", "cab"], ["amp"]]
+
