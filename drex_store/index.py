@@ -36,10 +36,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import faiss
 import numpy as np
 import numpy.typing as npt
 import orjson
+
+try:
+    import faiss
+except ModuleNotFoundError as exc:  # an install without the cpu or gpu extra
+    raise ModuleNotFoundError(
+        "faiss is not installed: install drex with exactly one of its faiss extras,"
+        ' `pip install -e ".[cpu]"` (faiss-cpu) or `pip install -e ".[gpu]"` (faiss-gpu)',
+        name="faiss",
+    ) from exc
 
 Metric = Literal["ip", "cosine", "l2"]
 METRICS: Final = ("ip", "cosine", "l2")
