@@ -7,31 +7,69 @@ Kafka client of its own. Each entry is one (user, item) interaction with a ``rat
 the entries to the ``reviews`` and ``ratings`` topics as contract events (docs/events.md;
 the Kafka side is streams/feedback.py, handed in by the ``drex`` command, since serving
 imports nothing of streams), and the worker joins and learns them like any other event.
-Without a sink (``--feedback`` off, the default) the route answers 503 ``feedback_off``:
-a server that anyone can reach should not write into the training stream unasked.
+Without a sink (``--feedback`` off, the default) the server has no such route and its
+OpenAPI document none either (404 ``not_found``): a server that anyone can reach should not
+write into the training stream unasked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.schemas import MAX_ID, Answer
 
 MAX_ENTRIES: Final = 1000  # entries per request; larger imports belong on the topics
+# The event contract's rules (streams/events.py), in the schema, so that what the document
+# allows the worker accepts: an id holds no control character and something besides
+# white space (the contract strips it); a text holds something besides white space.
+_NO_CONTROL = r"\x00-\x1f\x7f-\x9f"
+ID_PATTERN: Final = f"^[^{_NO_CONTROL}]*[^\\s{_NO_CONTROL}][^{_NO_CONTROL}]*$"
+MAX_TEXT: Final = 20_000  # the worker's default limit (streams.events)
+# Python strips U+001C-U+001F as white space; regex engines' \s leaves them out
+TEXT_PATTERN: Final = r"[^\s\x1c-\x1f]"
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)]
+
+
+def _entry_schema(schema: dict[str, Any]) -> None:
+    """The document's entry as the model reads it: an optional field is left out, never
+    null, and an entry has a rating, a text or both."""
+    for field in schema["properties"].values():
+        branches = field.pop("anyOf", None)
+        if branches is not None:
+            field.update(next(b for b in branches if b.get("type") != "null"))
+        if field.get("default", 0) is None:
+            del field["default"]
+    schema["anyOf"] = [{"required": ["rating"]}, {"required": ["text"]}]
 
 
 class FeedbackEntry(BaseModel):
     """One interaction: what a user did with an item (a rating, a review, or both)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_entry_schema)
 
-    user_id: str = Field(min_length=1, max_length=MAX_ID, description="the user's id")
-    item_id: str = Field(min_length=1, max_length=MAX_ID, description="the item's id")
-    rating: float | None = Field(None, description="the rating, 1 to the worker's rating scale (5)")
-    text: str | None = Field(None, min_length=1, description="the review's text")
+    @model_validator(mode="before")
+    @classmethod
+    def _present_not_null(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if nulls := [k for k, v in data.items() if v is None]:
+                raise ValueError(f"leave {', '.join(nulls)} out rather than send null")
+            if "rating" not in data and "text" not in data:
+                raise ValueError("an entry needs a 'rating', a 'text' or both")
+        return data
+
+    user_id: Id = Field(description="the user's id")
+    item_id: Id = Field(description="the item's id")
+    rating: float | None = Field(None, ge=1, le=5, description="the rating, 1 to 5")
+    text: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_TEXT,
+        pattern=TEXT_PATTERN,
+        description="the review's text",
+    )
     event_time: float | None = Field(
         None,
         ge=0,
@@ -39,14 +77,14 @@ class FeedbackEntry(BaseModel):
         description="seconds since the Unix epoch when the user acted (default: now); "
         "give it to make retries safe: the same entry then makes the same event ids",
     )
-    categories: list[Annotated[str, Field(min_length=1, max_length=MAX_ID)]] | None = Field(
+    categories: list[Id] | None = Field(
         None,
         min_length=1,
         max_length=16,
         description="the item's categories (recommendations filter by them: ?category=); "
         "absent: the item keeps those it has",
     )
-    event_id: str | None = Field(
+    event_id: Annotated[str, Field(pattern=ID_PATTERN)] | None = Field(
         None,
         min_length=1,
         max_length=MAX_ID - len("-review"),

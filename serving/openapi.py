@@ -25,6 +25,7 @@ from serving.feedback import FeedbackAccepted, FeedbackBatch
 # Answered without the API key: probes (an orchestrator's liveness and readiness checks,
 # Prometheus' scrape) and this document. None of them says anything about a user or item.
 PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+FEEDBACK_PATH: Final = "/feedback"  # only on a server run with --feedback
 _SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "the server's DREX_API_KEY"},
     "apiKey": {
@@ -128,7 +129,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
     Operation(
         "postFeedback",
         "post",
-        "/feedback",
+        FEEDBACK_PATH,
         "Publish reviews and ratings to the topics the worker learns from",
         {
             202: (FeedbackAccepted, "every event was acknowledged by the broker"),
@@ -140,8 +141,8 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
             408: (schemas.Error, "the body did not arrive in time (`request_timeout`)"),
             503: (
                 schemas.Error,
-                "feedback is off on this server (`feedback_off`), or the broker did not "
-                "acknowledge the events (`broker_unavailable`): retry the same entries",
+                "the broker did not acknowledge the events (`broker_unavailable`): retry "
+                "the same entries",
             ),
         },
         body=FeedbackBatch,
@@ -149,8 +150,8 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "becomes a review on 'reviews' and/or a rating on 'ratings' (docs/events.md), and "
         "the worker joins and learns it like any other event: the answer does not wait "
         "for the learning. A request is published whole or refused whole. Give "
-        "event_time (or event_id) to make retries safe. Off unless the server runs with "
-        "--feedback.",
+        "event_time (or event_id) to make retries safe. Only on a server run with "
+        "--feedback: elsewhere the path does not exist (404).",
         tags=("feedback",),
     ),
     _profile("users", schemas.UserProfile),
@@ -194,9 +195,15 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
 )
 
 
-def spec(api_key: bool = False) -> dict[str, Any]:
-    """The OpenAPI document of a server without an API key, or with one (``api_key``)."""
+def spec(api_key: bool = False, feedback: bool = True) -> dict[str, Any]:
+    """The OpenAPI document of a server without an API key, or with one (``api_key``);
+    without ``feedback`` (a server not run with ``--feedback``) ``POST /feedback`` is left
+    out, as the server leaves out its route."""
     document = _document()
+    if not feedback:
+        del document["paths"][FEEDBACK_PATH]
+        for name in ("FeedbackEntry", "FeedbackAccepted"):
+            document["components"]["schemas"].pop(name, None)
     if api_key:
         document["components"]["securitySchemes"] = copy.deepcopy(_SECURITY_SCHEMES)
         for path, operations in document["paths"].items():
@@ -227,6 +234,8 @@ def _parameter(model: type[BaseModel], name: str, where: str) -> dict[str, Any]:
     schema = dict(schemas.field_schema(model, name))
     description = schema.pop("description", "")
     schema.pop("title", None)
+    if "default" in schema and schema["default"] is None:  # absent, not null, on the wire
+        del schema["default"]
     parameter: dict[str, Any] = {"name": name, "in": where, "schema": schema}
     if where == "path":
         parameter["required"] = True

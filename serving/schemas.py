@@ -18,7 +18,14 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
 from multidict import MultiMapping
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from drex_model.reasons import Reason
 
@@ -71,10 +78,13 @@ class RecommendationsQuery(PageQuery):
         description="item ids not to recommend: repeated (exclude=a&exclude=b), or "
         "comma-separated within a value (exclude=a,b)",
     )
-    category: str | None = Field(
+    # a query parameter is absent or a string: no null in its schema
+    category: Annotated[
+        str | None,
+        StringConstraints(min_length=1, max_length=MAX_ID),
+        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID}),
+    ] = Field(
         None,
-        min_length=1,
-        max_length=MAX_ID,
         description="only items of this category (as the events' categories name it); "
         "every item of the category is ranked",
     )

@@ -40,7 +40,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from drex_model.reasons import is_aspect
 from serving import metrics, schemas
 from serving.feedback import FeedbackEntry, FeedbackRefused, FeedbackSink
-from serving.openapi import OPERATIONS, PUBLIC_PATHS, Operation, spec
+from serving.openapi import FEEDBACK_PATH, OPERATIONS, PUBLIC_PATHS, Operation, spec
 from serving.replica import NotReady, Replica
 
 logger = logging.getLogger(__name__)
@@ -131,12 +131,9 @@ async def _body(request: web.Request) -> bytes:
         ) from None
 
 
-async def feedback(
-    request: web.Request, query: schemas.Query, body: list[FeedbackEntry]
-) -> Answer:
+async def feedback(request: web.Request, query: schemas.Query, body: list[FeedbackEntry]) -> Answer:
     sink = request.app[FEEDBACK]
-    if sink is None:
-        raise ApiError(503, "feedback_off", "this server does not take feedback (--feedback)")
+    assert sink is not None  # the route exists only with a sink (build_app)
     try:
         return _answer(await sink(body), 202)
     except FeedbackRefused as err:
@@ -194,7 +191,7 @@ async def metrics_route(request: web.Request, query: schemas.Query, body: None) 
 
 
 async def openapi(request: web.Request, query: schemas.Query, body: None) -> Answer:
-    return _json(spec(api_key=bool(request.app[API_KEY])))
+    return _json(spec(api_key=bool(request.app[API_KEY]), feedback=bool(request.app[FEEDBACK])))
 
 
 HANDLERS: Final[dict[str, Route]] = {
@@ -344,8 +341,8 @@ def build_app(
     ``api_key``: required of every request but the public paths (empty: none).
     ``client_timeout``: seconds a request body may take to arrive; run the application
     with :func:`server_options` of the same value to bound the headers too.
-    ``feedback``: publishes ``POST /feedback`` (None: 503 ``feedback_off``); its ``close()``,
-    if it has one, runs at cleanup.
+    ``feedback``: publishes ``POST /feedback`` (None: no such route, nor in the document);
+    its ``close()``, if it has one, runs at cleanup.
     """
     # errors_and_metrics outermost: a 401 is a JSON error and is counted like the others
     app = web.Application(middlewares=[errors_and_metrics, api_key_middleware])
@@ -359,6 +356,8 @@ def build_app(
     app.on_startup.append(_warm_up)
     app.cleanup_ctx.append(_refresher)
     for operation in OPERATIONS:
+        if operation.path == FEEDBACK_PATH and feedback is None:
+            continue
         handler = _bind(operation, HANDLERS[operation.operation_id])
         app.router.add_route(operation.method.upper(), operation.path, handler)
     return app

@@ -52,4 +52,4 @@ class ServerSettings(StateLocation):
     """DREX_LOG_LEVEL: log level."""
     feedback: bool = False
     """DREX_FEEDBACK: accept POST /feedback and publish its reviews and ratings to the
-    topics of DREX_BROKER (with the worker's TLS/SASL settings); off: 503 feedback_off."""
+    topics of DREX_BROKER (with the worker's TLS/SASL settings); off: no such route."""

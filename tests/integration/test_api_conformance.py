@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import free_port
+from streams.broker import EmbeddedBroker, free_port
 from tests.functional.test_serving import Stream
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -29,8 +29,11 @@ MAX_TIME = 50  # seconds schemathesis spends generating requests
 
 
 @pytest.fixture
-def served(tmp_path: Path, tiny_encoder_dir: Path) -> Iterator[tuple[str, Path]]:
-    """(base URL, server log) of ``drex serve`` over a store of 300 interactions."""
+def served(
+    tmp_path: Path, tiny_encoder_dir: Path, fresh_broker: EmbeddedBroker
+) -> Iterator[tuple[str, Path]]:
+    """(base URL, server log) of ``drex serve`` over a store of 300 interactions, taking
+    feedback (``POST /feedback`` publishes to a broker of the test's own)."""
     stream = Stream(tmp_path, tiny_encoder_dir)
     stream.feed(150)
     stream.feed(150)
@@ -42,6 +45,7 @@ def served(tmp_path: Path, tiny_encoder_dir: Path) -> Iterator[tuple[str, Path]]
             [
                 *(sys.executable, "-m", "streams.cli", "serve"),
                 *("--state-dir", stream.settings.state_dir, "--port", str(port)),
+                *("--feedback", "--broker", fresh_broker.url),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
