@@ -43,10 +43,19 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
 
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout",
-            "ca.key", "-out", "ca.pem", "-subj", "/CN=drex-test-ca")  # fmt: skip
+            "ca.key", "-out", "ca.pem", "-subj", "/CN=drex-test-ca",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
             "server.csr", "-subj", "/CN=127.0.0.1")  # fmt: skip
-    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    # Python 3.13's default context verifies strictly (VERIFY_X509_STRICT): the CA needs
+    # keyUsage, the server certificate an authority key identifier.
+    (folder / "san.cnf").write_text(
+        "subjectAltName=IP:127.0.0.1\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+    )
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", "server.pem", "-days", "2",
             "-extfile", "san.cnf")  # fmt: skip
