@@ -90,7 +90,6 @@ def _register_lag(app: Any, settings: WorkerSettings) -> None:
     reader = lag.LagReader(
         ",".join(bootstrap_servers(settings.broker)),
         group,
-        settings.embedded,
         settings.aiokafka_options(),
     )
     internal = f"{group}-"

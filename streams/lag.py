@@ -15,10 +15,11 @@ changelogs and standbys read them, and the group commits no offset there.
 
 The offsets come from the broker, not from the worker's memory: the committed ones
 through an admin client (``OffsetFetch`` for the group, partitions named explicitly, as
-Tansu needs), the end offsets through a consumer of no group. On the embedded broker the
-end offset is the Fetch high watermark (:func:`streams.compat.tansu_end_offsets`): its
-``ListOffsets(latest)`` answers short (STACK-NOTES). A partition with no committed offset
-lags by everything from its log start.
+Tansu needs), the end offsets through a consumer of no group, by the rule ``drex replay``
+uses on every broker (:func:`streams.compat.tansu_end_offsets`: the larger of ListOffsets
+and the Fetch high watermark, since Tansu's ``ListOffsets(latest)`` answers short,
+STACK-NOTES). A partition with no committed offset lags by everything from its log
+start.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 
 from streams import metrics
+from streams.compat import tansu_end_offsets
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +51,11 @@ class LagReader:
     """Reads the committed lag of ``group`` on the broker at ``servers``; sets the gauge."""
 
     def __init__(
-        self,
-        servers: str,
-        group: str,
-        embedded: bool,
-        options: Mapping[str, Any] | None = None,
+        self, servers: str, group: str, options: Mapping[str, Any] | None = None
     ) -> None:
-        """``embedded``: the broker is Tansu (end offsets from the Fetch high watermark);
-        ``options``: aiokafka's security options (``WorkerSettings.aiokafka_options``)."""
+        """``options``: aiokafka's security options (``WorkerSettings.aiokafka_options``)."""
         self.servers = servers
         self.group = group
-        self.embedded = embedded
         self.options = dict(options or {})
         self._admin: Any = None
         self._consumer: Any = None
@@ -95,12 +91,7 @@ class LagReader:
         await self._start()
         committed = await self._admin.list_consumer_group_offsets(self.group, partitions=tps)
         consumer = self._consumer
-        if self.embedded:
-            from streams.compat import tansu_end_offsets
-
-            ends = await tansu_end_offsets(consumer, tps)
-        else:
-            ends = dict(await consumer.end_offsets(tps))
+        ends = await tansu_end_offsets(consumer, tps)
         offsets = {tp: committed[tp].offset if tp in committed else -1 for tp in tps}
         unread = [tp for tp in tps if offsets[tp] < 0]
         starts = dict(await consumer.beginning_offsets(unread)) if unread else {}

@@ -66,7 +66,7 @@ def test_lag_is_what_the_group_has_not_committed_and_falls_after_commits(
     async def go() -> None:
         await _produce(servers, topic, {0: 120, 1: 45})
         await _commit(servers, group, {p0: 20})  # p1: nothing committed
-        reader = LagReader(servers, group, embedded=True)
+        reader = LagReader(servers, group)
         try:
             assert await reader.read([p0, p1]) == {p0: 100, p1: 45}
             await reader.update([p0, p1])
@@ -95,7 +95,7 @@ def test_an_unreachable_broker_keeps_the_gauge_and_raises_nothing(
 
     topic = unique_topic("lag")
     tp = TopicPartition(topic, 0)
-    reader = LagReader(f"127.0.0.1:{free_port()}", "g", embedded=True)
+    reader = LagReader(f"127.0.0.1:{free_port()}", "g")
     reader.publish({tp: 7})
 
     async def go() -> None:
