@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any, Final
 
 import faust
@@ -211,34 +211,46 @@ def event_key(user_id: str) -> bytes:
     return user_id.encode("utf-8")
 
 
-def encode_review(event_id: str, user_id: str, item_id: str, event_time: float, text: str) -> bytes:
-    """A review event's wire bytes, fields in contract order."""
-    return orjson.dumps(
-        {
-            "schema": SCHEMA_VERSION,
-            "event_id": event_id,
-            "user_id": user_id,
-            "item_id": item_id,
-            "event_time": event_time,
-            "text": text,
-        }
-    )
+def encode_review(
+    event_id: str,
+    user_id: str,
+    item_id: str,
+    event_time: float,
+    text: str,
+    categories: Sequence[str] | None = None,
+) -> bytes:
+    """A review event's wire bytes, fields in contract order (``categories`` only when
+    given)."""
+    event = {
+        "schema": SCHEMA_VERSION,
+        "event_id": event_id,
+        "user_id": user_id,
+        "item_id": item_id,
+        "event_time": event_time,
+        "text": text,
+    }
+    return orjson.dumps(event if categories is None else {**event, "categories": categories})
 
 
 def encode_rating(
-    event_id: str, user_id: str, item_id: str, event_time: float, rating: float
+    event_id: str,
+    user_id: str,
+    item_id: str,
+    event_time: float,
+    rating: float,
+    categories: Sequence[str] | None = None,
 ) -> bytes:
-    """A rating event's wire bytes, fields in contract order."""
-    return orjson.dumps(
-        {
-            "schema": SCHEMA_VERSION,
-            "event_id": event_id,
-            "user_id": user_id,
-            "item_id": item_id,
-            "event_time": event_time,
-            "rating": rating,
-        }
-    )
+    """A rating event's wire bytes, fields in contract order (``categories`` only when
+    given)."""
+    event = {
+        "schema": SCHEMA_VERSION,
+        "event_id": event_id,
+        "user_id": user_id,
+        "item_id": item_id,
+        "event_time": event_time,
+        "rating": rating,
+    }
+    return orjson.dumps(event if categories is None else {**event, "categories": categories})
 
 
 # --- validation (consumers) ----------------------------------------------------------

@@ -31,8 +31,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import orjson
-
 from serving.feedback import FeedbackAccepted, FeedbackEntry, FeedbackRefused
 from streams.events import (
     DEFAULT_MAX_TEXT_CHARS,
@@ -100,18 +98,14 @@ def _events(
             return default_event_id(kind, user, item, when)
         return f"{entry.event_id}-{kind}" if both else entry.event_id
 
-    def tagged(value: bytes) -> bytes:  # the item's categories ride on each event
-        if entry.categories is None:
-            return value
-        return orjson.dumps({**orjson.loads(value), "categories": entry.categories})
-
     out = []
+    categories = entry.categories  # the item's, on each of its events
     if entry.text is not None:
-        value = tagged(encode_review(event_id("review"), user, item, when, entry.text))
+        value = encode_review(event_id("review"), user, item, when, entry.text, categories)
         event = validate_review(value, max_text_chars=max_text_chars)
         out.append(Outgoing(REVIEWS_TOPIC, event_key(event.user_id), value))
     if entry.rating is not None:
-        value = tagged(encode_rating(event_id("rating"), user, item, when, entry.rating))
+        value = encode_rating(event_id("rating"), user, item, when, entry.rating, categories)
         rated = validate_rating(value, rating_scale=rating_scale)
         out.append(Outgoing(RATINGS_TOPIC, event_key(rated.user_id), value))
     return out
