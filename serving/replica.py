@@ -456,8 +456,9 @@ class Replica:
         if category is None:
             rows = self.popular[: offset + k + len(exclude)].tolist()
         else:
-            members = self.categories.members.get(category, set())
-            rows = [r for r in self.popular.tolist() if self.items.ids[r] in members]
+            mine = self.categories.rows(category, self.items)  # in popularity's order:
+            i = self.items
+            rows = mine[np.lexsort((mine, -i.count[mine], -i.rating_count[mine]))].tolist()
         rows = [r for r in rows if self.items.ids[r] not in exclude][offset : offset + k]
         items = []
         if rows:  # explained as for a user without a profile: the item's own words
