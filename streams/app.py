@@ -111,7 +111,7 @@ def create_app(settings: WorkerSettings) -> DrexApp:
     recovery fix (streams/recovery.py) always."""
     import faust
 
-    from streams import metrics
+    from streams import backpressure, metrics
     from streams.compat import TANSU_SETTINGS, apply_tansu_compat
     from streams.recovery import TableManager, install
 
@@ -137,6 +137,8 @@ def create_app(settings: WorkerSettings) -> DrexApp:
     if settings.embedded:
         apply_tansu_compat(app)  # its consumer builds on the fixed one
     _register_lag(app, settings)
+    backpressure.install(settings.log_repeat_interval)  # faust's "producer buffer full" flood
+    backpressure.bind_buffer_gauge(app)
     feeder = IndexFeeder(settings.index_save_every)
     join = join_agent.register(app, settings) if settings.runs_join else None
     learn = None

@@ -142,6 +142,20 @@ CONSUMER_LAG = Gauge(
 OWNS_LEARNER = Gauge(
     "drex_owns_learner", "1 while this worker holds the learner", registry=REGISTRY
 )
+PRODUCER_BUFFER_FULL = Counter(
+    "drex_producer_buffer_full",
+    "Back-pressure events: times a stream found faust's producer buffer full (over 100 "
+    "messages waiting for the broker) and waited for it to drain; faust logs 'producer "
+    "buffer full size N' for each, the worker one per log repeat interval "
+    "(streams/backpressure.py)",
+    registry=REGISTRY,
+)
+PRODUCER_BUFFER = Gauge(
+    "drex_producer_buffer_messages",
+    "Messages waiting in faust's producer buffer (table changelog writes, the join's "
+    "sends); past 100 a stream waits for it (drex_producer_buffer_full_total)",
+    registry=REGISTRY,
+)
 
 _EWMA_ALPHA = 0.01
 
