@@ -38,8 +38,28 @@ out: the learner's sustained rate once the join has caught up (in production eve
 arrive over time and the join's share of the cores stays small). The end-to-end rate,
 which includes the opening, is the headline figure.
 
+``--paced`` asks a different question: the highest rate the worker sustains when events
+arrive over time, as in production (benchmarks/paced.py). Each probe sends one stream
+(``--streams ratings``, the default, or ``text``) at a fixed rate in interactions/s for
+``--duration`` seconds (120) to a fresh broker and worker, with the whole dataset replayed
+(new users and items each pass) to as many interactions as that takes, scrapes the
+worker's consumer lag and learned interactions every second, and judges the rate
+sustainable when the producer reached it, the lag did not keep growing over the second
+half of the window (least-squares slope at most ``--lag-tolerance`` of the event rate)
+and everything sent was learned within ``--max-behind`` seconds of the last send.
+``--rate R[,R...]`` probes those rates; without it the search starts at ``--start-rate``
+(200), doubles until a probe fails (halves while the first ones fail), then bisects
+``--bisect-steps`` times, at most ``--max-probes`` probes. The table gives each probe's
+rate, interactions/s sent and learned, the lag at the end and its slope, what was behind,
+the seconds to catch up after the last send, the verdict, and then the sustainable
+throughput next to the learner alone (ratings) or the encoder alone (text) and their
+ratio. ``--duration 20 --max-probes 3`` is a smoke run.
+
     python benchmarks/stream_bench.py [--interactions 4000] [--passes 1] [--batch-size 256]
         [--dataset FILE] [--threads 2] [--encoder DIR] [--layout one|split]
+    python benchmarks/stream_bench.py --paced [--streams ratings|text] [--rate R[,R...]]
+        [--start-rate 200] [--duration 120] [--max-probes 8] [--bisect-steps 2]
+        [--lag-tolerance 0.05] [--max-behind 15]
 """
 
 from __future__ import annotations
@@ -47,12 +67,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,20 +175,26 @@ def print_ratios(label: str, run: Run, alone: float, ceiling: str) -> None:
         print(f"second half / {ceiling}: {run.second_half / alone:.2f}")
 
 
-def stream_run(
-    name: str,
-    rows: Sequence[Interaction],
-    rating_only: float,
+@dataclass
+class Workers:
+    """Started workers against a fresh embedded broker (:func:`workers`)."""
+
+    broker: EmbeddedBroker
+    procs: list[Any]
+    ports: list[int]
+    learner: int | None  # which of them holds the learner (None: no learner among them)
+
+
+@contextmanager
+def workers(
+    slug: str,
     args: argparse.Namespace,
     workdir: Path,
     roles: Sequence[str] = ("all",),
     join_batch: int = 1000,
-) -> Run:
-    """Time one stream through workers of ``roles`` (one process each, one consumer
-    group): until the learner store holds every interaction, or, with no learner among
-    them, until every pair was joined (the join's own capacity)."""
-    plan = plan_events(rows, seed=0, rating_only=rating_only)
-    slug = "".join(c if c.isalnum() else "-" for c in name)
+) -> Iterator[Workers]:
+    """A fresh embedded broker and one worker per role (one consumer group), ready: the
+    join holds its partitions, the learner its store; stopped on leaving."""
     ports = [free_port() for _ in roles]
     with EmbeddedBroker(log_dir=workdir / f"tansu-{slug}") as broker, ExitStack() as stack:
         procs = []
@@ -207,6 +234,25 @@ def stream_run(
                 wait(ports[n], "drex_join_partitions", 1.0, 300, procs[n])
         if learner is not None:
             wait(ports[learner], "drex_owns_learner", 1.0, 300, procs[learner])
+        yield Workers(broker, procs, ports, learner)
+
+
+def stream_run(
+    name: str,
+    rows: Sequence[Interaction],
+    rating_only: float,
+    args: argparse.Namespace,
+    workdir: Path,
+    roles: Sequence[str] = ("all",),
+    join_batch: int = 1000,
+) -> Run:
+    """Time one stream through workers of ``roles`` (one process each, one consumer
+    group): until the learner store holds every interaction, or, with no learner among
+    them, until every pair was joined (the join's own capacity)."""
+    plan = plan_events(rows, seed=0, rating_only=rating_only)
+    slug = "".join(c if c.isalnum() else "-" for c in name)
+    with workers(slug, args, workdir, roles, join_batch) as w:
+        broker, procs, ports, learner = w.broker, w.procs, w.ports, w.learner
 
         async def send() -> None:
             async with EventProducer(broker.url) as producer:
@@ -271,6 +317,58 @@ def learner_rate(rows: Sequence[Interaction], args: argparse.Namespace, encoder:
     return len(ratings) / (time.monotonic() - started)
 
 
+def paced_runs(
+    chosen: set[str], base: Sequence[Interaction], args: argparse.Namespace, workdir: Path
+) -> dict[str, list[Any]]:
+    """``--paced``: for each chosen stream, probes at fixed rates (``--rate``) or the
+    search for the highest sustainable one (paced.py); each probe on a fresh broker and
+    worker, its stream ``base`` replayed (new users and items each pass) to as many
+    interactions as the rate takes for ``--duration`` seconds."""
+    import paced  # beside this script
+
+    roles = ["all"] if args.layout == "one" else ["join", "learn"]
+    out: dict[str, list[Any]] = {}
+    for kind, rating_only in (("ratings", 1.0), ("text", 0.0)):
+        if kind not in chosen:
+            continue
+
+        def run_probe(rate: float, kind: str = kind, rating_only: float = rating_only) -> Any:
+            needed = math.ceil(rate * args.duration * 1.05) + args.batch_size
+            rows = replay(base, math.ceil(needed / len(base)))[:needed]
+            plan = plan_events(rows, seed=0, rating_only=rating_only)
+            slug = f"paced-{kind}-{rate:.0f}"
+            with workers(slug, args, workdir, roles) as w:
+                assert w.learner is not None
+                order = [w.learner, *(n for n in range(len(roles)) if n != w.learner)]
+                result = paced.probe(
+                    rate,
+                    plan.events,
+                    w.broker.url,
+                    [w.ports[n] for n in order],
+                    w.procs[w.learner],
+                    args.duration,
+                    args.lag_tolerance,
+                    args.max_behind,
+                )
+            for state in workdir.glob(f"state-{slug}-*"):
+                shutil.rmtree(state, ignore_errors=True)
+            verdict = "sustainable" if result.sustainable else f"not sustainable ({result.why})"
+            print(
+                f"  {kind} {rate:.0f}/s: sent {result.produced:.0f}/s, learned "
+                f"{result.learned:.0f}/s, lag slope {result.lag_slope:.1f}/s: {verdict}",
+                flush=True,
+            )
+            if args.trace:
+                paced.print_trace(result)
+            return result
+
+        if args.rate:
+            out[kind] = [run_probe(float(r)) for r in args.rate.split(",")]
+        else:
+            out[kind] = paced.search(run_probe, args.start_rate, args.max_probes, args.bisect_steps)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interactions", type=int, default=4000)
@@ -306,14 +404,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--streams",
-        default="text,ratings,join",
+        default=None,
         help="which runs, comma-separated: text (with the encoder alone before and after), "
-        "ratings (with the learner alone), join (batched and one message per step)",
+        "ratings (with the learner alone), join (batched and one message per step); "
+        "default text,ratings,join, with --paced ratings (text and ratings only)",
+    )
+    paced_flags = parser.add_argument_group("paced mode (benchmarks/paced.py)")
+    paced_flags.add_argument(
+        "--paced",
+        action="store_true",
+        help="send at fixed rates for --duration seconds and find the highest sustainable "
+        "rate, instead of the bursts",
+    )
+    paced_flags.add_argument(
+        "--rate", default="", help="interactions/s to probe, comma-separated (no search)"
+    )
+    paced_flags.add_argument("--start-rate", type=float, default=200.0)
+    paced_flags.add_argument("--duration", type=float, default=120.0, help="seconds per probe")
+    paced_flags.add_argument("--max-probes", type=int, default=8)
+    paced_flags.add_argument("--bisect-steps", type=int, default=2)
+    paced_flags.add_argument(
+        "--lag-tolerance",
+        type=float,
+        default=0.05,
+        help="largest slope of the lag over the window's second half, as a share of the event rate",
+    )
+    paced_flags.add_argument(
+        "--max-behind",
+        type=float,
+        default=15.0,
+        help="seconds after the last send within which all must be learned",
+    )
+    paced_flags.add_argument(
+        "--trace", action="store_true", help="print each probe's samples as it ends"
     )
     args = parser.parse_args(argv)
+    if args.streams is None:
+        args.streams = "ratings" if args.paced else "text,ratings,join"
     chosen = set(args.streams.split(","))
     if not chosen or not chosen <= {"text", "ratings", "join"}:
         parser.error(f"--streams takes text, ratings and join, got {args.streams!r}")
+    if args.paced and "join" in chosen:
+        parser.error("--paced takes --streams text and ratings (the learner's rate)")
+    if args.paced and (args.duration <= 0 or args.start_rate <= 0):
+        parser.error("--duration and --start-rate must be positive")
     if args.passes < 1:
         parser.error(f"--passes must be at least 1, got {args.passes}")
 
@@ -324,7 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             data = write_sample(workdir / "sample.jsonl", users=users)
         else:
             data = Path(args.dataset)
-        rows = replay(load_interactions(data).interactions[: args.interactions], args.passes)
+        base = load_interactions(data).interactions
+        rows = replay(base[: args.interactions], args.passes)
         import torch
 
         from drex_model.text import TextEncoder
@@ -335,6 +470,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # machines the speed drifts over minutes, and the ratio uses their mean
         roles = ["all"] if args.layout == "one" else ["join", "learn"]
         runs: dict[str, Run] = {}
+        if args.paced:
+            if "text" in chosen:
+                before = encoder_rate(rows, args, encoder)
+            probes = paced_runs(chosen, base, args, workdir)
+            if "ratings" in chosen:
+                learner_per_s = learner_rate(rows, args, encoder)
+            chosen = set()  # no burst runs
         if "text" in chosen:
             before = encoder_rate(rows, args, encoder)
             runs["text"] = stream_run("text+rating", rows, 0.0, args, workdir, roles)
@@ -358,6 +500,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"layout {args.layout}, batch {args.batch_size}, "
         f"join window {args.join_window} s, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     )
+    if args.paced:
+        import paced
+
+        print(
+            f"paced: {args.duration:.0f} s per probe, lag slope tolerance "
+            f"{args.lag_tolerance:.0%} of the event rate, all learned within "
+            f"{args.max_behind:.0f} s of the last send; base stream {len(base)} interactions"
+        )
+        if "ratings" in probes:
+            paced.print_table("rating-only", probes["ratings"], learner_per_s, "learner alone")
+        if "text" in probes:
+            paced.print_table("text+rating", probes["text"], before[0], "encoder alone (reviews)")
+        return 0
     print(
         f"{'stream':<17}{'events':>8}{'seconds':>9}{'events/s':>10}{'inter./s':>10}"
         f"{'encode s':>9}{'learn s':>9}{'store s':>9}{'2nd half/s':>11}"

@@ -1,0 +1,314 @@
+"""The paced mode of ``stream_bench.py``: the highest rate the streaming learner sustains.
+
+A probe sends a stream at a fixed rate (interactions/s) for a duration to a fresh broker
+and worker (:func:`stream_bench.workers`), scrapes the worker every second meanwhile
+(the consumer lag, ``drex_consumer_lag_messages`` summed over the partitions but
+``join-ticks``, which the join's timer writes; and the interactions in the learner
+store, ``drex_learner_interactions``), then waits up to ``max_behind`` seconds for the
+learner to hold everything sent. A rate is *sustainable* when
+
+* the producer reached it (at least 95% of the events it was to send: on one machine
+  the producer shares the cores with the worker),
+* the lag did not keep growing over the second half of the window: the slope of a
+  least-squares line through the total lag is at most ``lag_tolerance`` of the event
+  rate (at least 1 message/s); a backlog that grows at 5% of the rate is a worker
+  that takes 95% of it,
+* and the learner caught up: everything sent was learned within ``max_behind`` seconds
+  of the last send (the join window, a take's ``within`` and a micro-batch are the
+  latency a sustained stream pays).
+
+:func:`search` starts at a rate, doubles it until a probe fails (halves it when the
+first one fails), then bisects between the highest pass and the lowest failure. The
+consumer lag is read by the worker every 5 s (streams/lag.py) from offsets committed
+every 2.8 s: a short window holds few readings, so the slope of a 20 s smoke run is
+rough; the default window is 120 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from streams.metrics import scrape
+from streams.plan import Event
+from streams.producer import EventProducer
+
+LAG = "drex_consumer_lag_messages{"
+LEARNED = "drex_learner_interactions"
+SAMPLE_SECONDS = 1.0
+PRODUCER_SHARE = 0.95  # of the events due that the producer must have sent
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since the first send
+    sent: int  # interactions sent so far (distinct pairs among the events sent)
+    learned: float  # interactions in the learner store
+    lag: float  # messages the group has not committed, all partitions but join-ticks
+
+
+@dataclass
+class Probe:
+    rate: float  # interactions/s asked for
+    produced: float  # interactions/s the producer sent over the window
+    learned: float  # interactions/s learned over the second half (least squares)
+    lag_end: float  # the last lag reading of the window
+    lag_slope: float  # messages/s, least squares over the second half
+    behind: float  # interactions sent and not learned at the end of the window
+    catch_up: float | None  # seconds after the last send until all was learned; None: not
+    sustainable: bool
+    why: str  # what failed, or "" when sustainable
+    samples: list[Sample] = field(default_factory=list, repr=False)  # the window's
+
+
+def slope(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x; 0 for fewer than two distinct x."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return 0.0
+    return sum((x - mx) * (y - my) for x, y in points) / sxx
+
+
+def total_lag(metrics: dict[str, float]) -> float:
+    """The sum of the lag series of a scrape, ``join-ticks`` left out."""
+    return sum(v for k, v in metrics.items() if k.startswith(LAG) and 'topic="join-ticks"' not in k)
+
+
+def pairs_sent(events: Sequence[Event]) -> list[int]:
+    """``out[i]``: distinct (user, item) pairs among the first ``i`` events, which the
+    learner must hold once they are joined (a lone half becomes an interaction too)."""
+    out = [0]
+    seen: set[tuple[str, str]] = set()
+    for _topic, _key, value in events:
+        event = orjson.loads(value)
+        seen.add((event["user_id"], event["item_id"]))
+        out.append(len(seen))
+    return out
+
+
+def judge(
+    rate: float,
+    events_per_interaction: float,
+    duration: float,
+    samples: Sequence[Sample],
+    catch_up: float | None,
+    lag_tolerance: float = 0.05,
+    max_behind: float = 15.0,
+) -> Probe:
+    """A probe's figures from the samples of its window, and whether ``rate`` is
+    sustainable (the module doc)."""
+    window = [s for s in samples if s.t <= duration + SAMPLE_SECONDS]
+    last = window[-1] if window else Sample(0.0, 0, 0.0, 0.0)
+    half = [s for s in window if s.t >= duration / 2]
+    produced = last.sent / duration if duration > 0 else 0.0
+    learned = slope([(s.t, s.learned) for s in half])
+    lag_slope = slope([(s.t, s.lag) for s in half])
+    limit = max(1.0, lag_tolerance * rate * events_per_interaction)
+    why = []
+    if produced < PRODUCER_SHARE * rate:
+        why.append(f"producer reached {produced:.0f}/s")
+    if lag_slope > limit:
+        why.append(f"lag grows {lag_slope:.1f}/s > {limit:.1f}/s")
+    if catch_up is None:
+        why.append(f"not learned {max_behind:.0f} s after the last send")
+    return Probe(
+        rate,
+        produced,
+        learned,
+        last.lag,
+        lag_slope,
+        max(0.0, last.sent - last.learned),
+        catch_up,
+        not why,
+        "; ".join(why),
+        list(window),
+    )
+
+
+class Progress:
+    """What the producer has sent, read by the sampler thread."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.started = 0.0  # monotonic time of the first send
+
+
+async def paced_send(
+    url: str, events: Sequence[Event], event_rate: float, duration: float, progress: Progress
+) -> None:
+    """Send ``events`` in order, event ``i`` at ``i / event_rate`` seconds after the first
+    (those due are sent together every few ms), for ``duration`` seconds."""
+    async with EventProducer(url) as producer:
+        progress.started = time.monotonic()
+        while True:
+            elapsed = time.monotonic() - progress.started
+            if elapsed >= duration or progress.events >= len(events):
+                break
+            due = min(len(events), math.floor(elapsed * event_rate) + 1)
+            while progress.events < due:
+                topic, key, value = events[progress.events]
+                await producer.send_raw(topic, key, value)
+                progress.events += 1
+            await asyncio.sleep(0.005)
+
+
+class Sampler(threading.Thread):
+    """Scrapes the workers every :data:`SAMPLE_SECONDS` while the producer sends: the
+    lag summed over all of them (each reports the partitions it is assigned), the
+    learned interactions from the one on ``ports[0]``."""
+
+    def __init__(self, ports: Sequence[int], progress: Progress, pairs: Sequence[int]) -> None:
+        super().__init__(daemon=True)
+        self.ports, self.progress, self.pairs = list(ports), progress, pairs
+        self.samples: list[Sample] = []
+        self.done = threading.Event()
+
+    def sample(self) -> Sample | None:
+        scrapes = [scrape(port) for port in self.ports]
+        if not scrapes[0] or not self.progress.started:
+            return None
+        s = Sample(
+            time.monotonic() - self.progress.started,
+            self.pairs[self.progress.events],
+            scrapes[0].get(LEARNED, 0.0),
+            sum(total_lag(m) for m in scrapes),
+        )
+        self.samples.append(s)
+        return s
+
+    def run(self) -> None:
+        while not self.done.wait(SAMPLE_SECONDS):
+            self.sample()
+
+
+def probe(
+    rate: float,
+    events: Sequence[Event],
+    url: str,
+    ports: Sequence[int],
+    proc: object,
+    duration: float,
+    lag_tolerance: float = 0.05,
+    max_behind: float = 15.0,
+) -> Probe:
+    """Send ``events`` at ``rate`` interactions/s for ``duration`` seconds to the workers
+    scraped on ``ports`` (the learner's first, its process ``proc``), and judge the rate."""
+    pairs = pairs_sent(events)
+    per_interaction = len(events) / pairs[-1]
+    progress = Progress()
+    sampler = Sampler(ports, progress, pairs)
+    sampler.start()
+    try:
+        asyncio.run(paced_send(url, events, rate * per_interaction, duration, progress))
+        sent_at = time.monotonic()
+        sampler.sample()  # the end of the window
+    finally:
+        sampler.done.set()
+        sampler.join()
+    catch_up = None
+    target = pairs[progress.events]
+    while time.monotonic() - sent_at <= max_behind:
+        if proc.poll() is not None:  # type: ignore[attr-defined]
+            break
+        m = scrape(ports[0])
+        if m.get(LEARNED, 0.0) >= target:
+            catch_up = time.monotonic() - sent_at
+            break
+        time.sleep(0.25)
+    samples = sampler.samples
+    return judge(rate, per_interaction, duration, samples, catch_up, lag_tolerance, max_behind)
+
+
+def search(
+    run_probe: Callable[[float], Probe],
+    start: float,
+    max_probes: int = 8,
+    bisect_steps: int = 2,
+    min_rate: float = 10.0,
+) -> list[Probe]:
+    """Probes from ``start``: doubling until one fails (halving while the first ones
+    fail, down to ``min_rate``), then bisecting between the highest sustainable rate and
+    the lowest failed one ``bisect_steps`` times; at most ``max_probes`` in all."""
+    probes: list[Probe] = []
+
+    def run(rate: float) -> bool:
+        probes.append(run_probe(round(rate)))
+        return probes[-1].sustainable
+
+    ok: float | None = None
+    bad: float | None = None
+    rate = start
+    while len(probes) < max_probes:
+        if run(rate):
+            ok = rate
+            if bad is not None:
+                break
+            rate *= 2
+        else:
+            bad = rate
+            if ok is not None:
+                break
+            rate /= 2
+            if rate < min_rate:
+                break
+    steps = 0
+    while ok is not None and bad is not None and steps < bisect_steps:
+        if len(probes) >= max_probes:
+            break
+        rate = (ok + bad) / 2
+        if round(rate) in (round(ok), round(bad)):
+            break
+        if run(rate):
+            ok = rate
+        else:
+            bad = rate
+        steps += 1
+    return probes
+
+
+def best(probes: Sequence[Probe]) -> Probe | None:
+    """The highest sustainable rate among the probes (None: none was)."""
+    passed = [p for p in probes if p.sustainable]
+    return max(passed, key=lambda p: p.rate) if passed else None
+
+
+def print_table(name: str, probes: Sequence[Probe], alone: float | None, ceiling: str) -> None:
+    """The probes in the order run, the sustainable throughput and its ratio to the
+    ceiling measured alone."""
+    print(
+        f"{name}: {'rate':>6}{'sent/s':>8}{'learned/s':>10}{'lag end':>9}{'lag slope':>10}"
+        f"{'behind':>8}{'catch-up s':>11}  sustainable"
+    )
+    for p in probes:
+        catch = "-" if p.catch_up is None else f"{p.catch_up:.1f}"
+        verdict = "yes" if p.sustainable else f"no ({p.why})"
+        print(
+            f"{'':<{len(name) + 2}}{p.rate:>6.0f}{p.produced:>8.0f}{p.learned:>10.0f}"
+            f"{p.lag_end:>9.0f}{p.lag_slope:>10.1f}{p.behind:>8.0f}{catch:>11}  {verdict}"
+        )
+    top = best(probes)
+    if top is None:
+        print(f"{name}: no rate tried was sustainable")
+        return
+    line = f"{name} sustainable throughput: {top.rate:.0f} interactions/s"
+    if alone:
+        line += f"; {ceiling}: {alone:.0f}/s; ratio {top.rate / alone:.2f}"
+    print(line)
+
+
+def print_trace(probe: Probe) -> None:
+    """A probe's samples: seconds, interactions sent and learned, the lag."""
+    print(f"    {'t':>6}{'sent':>8}{'learned':>9}{'lag':>8}")
+    for s in probe.samples:
+        print(f"    {s.t:>6.1f}{s.sent:>8}{s.learned:>9.0f}{s.lag:>8.0f}")
