@@ -44,22 +44,23 @@ arrive over time, as in production (benchmarks/paced.py). Each probe sends one s
 ``--duration`` seconds (120) to a fresh broker and worker, with the whole dataset replayed
 (new users and items each pass) to as many interactions as that takes, scrapes the
 worker's consumer lag and learned interactions every second, and judges the rate
-sustainable when the producer reached it, the lag did not keep growing over the second
-half of the window (least-squares slope at most ``--lag-tolerance`` of the event rate)
-and everything sent was learned within ``--max-behind`` seconds of the last send.
+sustainable when the producer reached it, neither the lag nor the backlog (sent and not
+yet learned) kept growing over the second half of the window (least-squares slopes at
+most ``--tolerance``, 10%, of the rate) and everything sent was learned within
+``--max-behind`` seconds of the last send.
 ``--rate R[,R...]`` probes those rates; without it the search starts at ``--start-rate``
 (200), doubles until a probe fails (halves while the first ones fail), then bisects
 ``--bisect-steps`` times, at most ``--max-probes`` probes. The table gives each probe's
-rate, interactions/s sent and learned, the lag at the end and its slope, what was behind,
-the seconds to catch up after the last send, the verdict, and then the sustainable
-throughput next to the learner alone (ratings) or the encoder alone (text) and their
-ratio. ``--duration 20 --max-probes 3`` is a smoke run.
+rate, interactions/s sent and learned, the lag at the end, the slopes of the lag and the
+backlog, what was behind at the end, the seconds to catch up after the last send, the
+verdict, and then the sustainable throughput next to the learner alone (ratings) or the
+encoder alone (text) and their ratio. ``--duration 20 --max-probes 3`` is a smoke run.
 
     python benchmarks/stream_bench.py [--interactions 4000] [--passes 1] [--batch-size 256]
         [--dataset FILE] [--threads 2] [--encoder DIR] [--layout one|split]
     python benchmarks/stream_bench.py --paced [--streams ratings|text] [--rate R[,R...]]
         [--start-rate 200] [--duration 120] [--max-probes 8] [--bisect-steps 2]
-        [--lag-tolerance 0.05] [--max-behind 15]
+        [--tolerance 0.1] [--max-behind 15]
 """
 
 from __future__ import annotations
@@ -347,7 +348,7 @@ def paced_runs(
                     [w.ports[n] for n in order],
                     w.procs[w.learner],
                     args.duration,
-                    args.lag_tolerance,
+                    args.tolerance,
                     args.max_behind,
                 )
             for state in workdir.glob(f"state-{slug}-*"):
@@ -355,7 +356,7 @@ def paced_runs(
             verdict = "sustainable" if result.sustainable else f"not sustainable ({result.why})"
             print(
                 f"  {kind} {rate:.0f}/s: sent {result.produced:.0f}/s, learned "
-                f"{result.learned:.0f}/s, lag slope {result.lag_slope:.1f}/s: {verdict}",
+                f"{result.learned:.0f}/s, backlog slope {result.backlog_slope:.1f}/s: {verdict}",
                 flush=True,
             )
             if args.trace:
@@ -424,10 +425,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     paced_flags.add_argument("--max-probes", type=int, default=8)
     paced_flags.add_argument("--bisect-steps", type=int, default=2)
     paced_flags.add_argument(
-        "--lag-tolerance",
+        "--tolerance",
         type=float,
-        default=0.05,
-        help="largest slope of the lag over the window's second half, as a share of the event rate",
+        default=0.1,
+        help="largest growth of the lag (events/s) and of the backlog (interactions/s) over "
+        "the window's second half, as a share of the rate",
     )
     paced_flags.add_argument(
         "--max-behind",
@@ -504,8 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import paced
 
         print(
-            f"paced: {args.duration:.0f} s per probe, lag slope tolerance "
-            f"{args.lag_tolerance:.0%} of the event rate, all learned within "
+            f"paced: {args.duration:.0f} s per probe, lag and backlog slope tolerance "
+            f"{args.tolerance:.0%} of the rate, all learned within "
             f"{args.max_behind:.0f} s of the last send; base stream {len(base)} interactions"
         )
         if "ratings" in probes:

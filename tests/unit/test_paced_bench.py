@@ -55,12 +55,33 @@ def test_a_rate_the_worker_keeps_up_with_is_sustainable() -> None:
 
 
 def test_a_growing_lag_is_not_sustainable_even_when_all_is_learned_in_the_end() -> None:
-    # the worker takes 90% of the rate: the lag grows by 20/s
-    probe = paced.judge(200, 1.0, 60, samples(200, 180, 60), catch_up=10.0)
+    # the worker takes 85% of the rate: lag and backlog grow by 30/s (10% of 200/s: 20)
+    probe = paced.judge(200, 1.0, 60, samples(200, 170, 60), catch_up=10.0)
     assert not probe.sustainable
-    assert probe.lag_slope == pytest.approx(20.0)
-    assert "lag grows" in probe.why
-    assert probe.behind == pytest.approx(1200)
+    assert probe.lag_slope == pytest.approx(30.0)
+    assert probe.backlog_slope == pytest.approx(30.0)
+    assert probe.why == "lag grows 30.0/s > 20.0/s; backlog grows 30.0/s > 20.0/s"
+    assert probe.behind == pytest.approx(1800)
+
+
+def test_the_lag_counts_only_from_four_readings_in_the_second_half() -> None:
+    # the worker reads the lag every 5 s: a 20 s window has three readings in its second half
+    window = samples(100, 100, 20)
+    for s in window:
+        s.lag = 1000.0 * (s.t // 5)  # steps up by 1000 every 5 s
+    assert paced.readings([(t, t) for t in (0, 1, 5, 6, 9.9, 10.5)]) == [
+        (0, 0),
+        (5, 5),
+        (10.5, 10.5),
+    ]
+    probe = paced.judge(100, 1.0, 20, window, catch_up=1.0)
+    assert probe.lag_slope is None and probe.sustainable
+    long = samples(100, 100, 60)
+    for s in long:
+        s.lag = 1000.0 * (s.t // 5)
+    probe = paced.judge(100, 1.0, 60, long, catch_up=1.0)
+    assert probe.lag_slope == pytest.approx(200.0)
+    assert not probe.sustainable and probe.why.startswith("lag grows")
 
 
 def test_a_backlog_that_drains_in_the_second_half_is_sustainable() -> None:
@@ -76,7 +97,7 @@ def test_tolerance_is_a_share_of_the_event_rate() -> None:
     # text+rating: two events per interaction; the lag counts events
     window = samples(100, 100, 60)
     for s in window:
-        s.lag += 8.0 * s.t  # grows 8 events/s: under 5% of 200 events/s
+        s.lag += 15.0 * s.t  # grows 15 events/s: under 10% of 200 events/s, over 10% of 100
     assert paced.judge(100, 2.0, 60, window, catch_up=1.0).sustainable
     assert not paced.judge(100, 1.0, 60, window, catch_up=1.0).sustainable
 
@@ -92,7 +113,7 @@ def fake_probe(capacity: float, tried: list[float]):
     def run(rate: float):
         tried.append(rate)
         ok = rate <= capacity
-        return paced.Probe(rate, rate, min(rate, capacity), 0, 0, 0, 1.0, ok, "" if ok else "x")
+        return paced.Probe(rate, rate, min(rate, capacity), 0, 0, 0, 0, 1.0, ok, "" if ok else "x")
 
     return run
 
