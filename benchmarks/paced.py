@@ -5,7 +5,8 @@ and worker (:func:`stream_bench.workers`), scrapes the worker every second meanw
 (the consumer lag, ``drex_consumer_lag_messages`` summed over the partitions but
 ``join-ticks``, which the join's timer writes; and the interactions in the learner
 store, ``drex_learner_interactions``), then waits up to ``max_behind`` seconds for the
-learner to hold everything sent. A rate is *sustainable* when
+learner to hold everything sent (and reads ``drex_producer_buffer_full_total``, the
+worker's back-pressure events, for the table). A rate is *sustainable* when
 
 * the producer reached it (at least 95% of the events it was to send: on one machine
   the producer shares the cores with the worker),
@@ -47,6 +48,7 @@ from streams.producer import EventProducer
 
 LAG = "drex_consumer_lag_messages{"
 LEARNED = "drex_learner_interactions"
+BUFFER_FULL = "drex_producer_buffer_full_total"  # faust's producer buffer full, counted
 SAMPLE_SECONDS = 1.0
 PRODUCER_SHARE = 0.95  # of the events due that the producer must have sent
 TOLERANCE = 0.1  # the largest growth of the lag and of the backlog, a share of the rate
@@ -75,6 +77,7 @@ class Probe:
     sustainable: bool
     why: str  # what failed, or "" when sustainable
     samples: list[Sample] = field(default_factory=list, repr=False)  # the window's
+    buffer_full: float | None = None  # the workers' back-pressure events, to the end
 
 
 def slope(points: Sequence[tuple[float, float]]) -> float:
@@ -256,7 +259,9 @@ def probe(
             break
         time.sleep(0.25)
     samples = sampler.samples
-    return judge(rate, per_interaction, duration, samples, catch_up, tolerance, max_behind)
+    result = judge(rate, per_interaction, duration, samples, catch_up, tolerance, max_behind)
+    result.buffer_full = sum(scrape(port).get(BUFFER_FULL, 0.0) for port in ports)
+    return result
 
 
 def search(
@@ -317,15 +322,16 @@ def print_table(name: str, probes: Sequence[Probe], alone: float | None, ceiling
     ceiling measured alone."""
     print(
         f"{name}: {'rate':>6}{'sent/s':>8}{'learned/s':>10}{'lag end':>9}{'lag slope':>10}"
-        f"{'backlog slope':>14}{'behind':>8}{'catch-up s':>11}  sustainable"
+        f"{'backlog slope':>14}{'behind':>8}{'catch-up s':>11}{'buffer full':>12}  sustainable"
     )
     for p in probes:
         catch = "-" if p.catch_up is None else f"{p.catch_up:.1f}"
         lag = "-" if p.lag_slope is None else f"{p.lag_slope:.1f}"
+        full = "-" if p.buffer_full is None else f"{p.buffer_full:.0f}"
         verdict = "yes" if p.sustainable else f"no ({p.why})"
         print(
             f"{'':<{len(name) + 2}}{p.rate:>6.0f}{p.produced:>8.0f}{p.learned:>10.0f}"
-            f"{p.lag_end:>9.0f}{lag:>10}{p.backlog_slope:>14.1f}{p.behind:>8.0f}{catch:>11}"
+            f"{p.lag_end:>9.0f}{lag:>10}{p.backlog_slope:>14.1f}{p.behind:>8.0f}{catch:>11}{full:>12}"
             f"  {verdict}"
         )
     top = best(probes)

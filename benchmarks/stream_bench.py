@@ -53,8 +53,9 @@ most ``--tolerance``, 10%, of the rate) and everything sent was learned within
 ``--bisect-steps`` times, at most ``--max-probes`` probes. The table gives each probe's
 rate, interactions/s sent and learned, the lag at the end, the slopes of the lag and the
 backlog, what was behind at the end, the seconds to catch up after the last send, the
-verdict, and then the sustainable throughput next to the learner alone (ratings) or the
-encoder alone (text) and their ratio. ``--duration 20 --max-probes 3`` is a smoke run.
+worker's back-pressure events (``drex_producer_buffer_full_total``), the verdict, and
+then the sustainable throughput next to the learner alone (ratings) or the encoder alone
+(text) and their ratio. ``--duration 20 --max-probes 3`` is a smoke run.
 
     python benchmarks/stream_bench.py [--interactions 4000] [--passes 1] [--batch-size 256]
         [--dataset FILE] [--threads 2] [--encoder DIR] [--layout one|split]
