@@ -336,7 +336,10 @@ def print_table(name: str, probes: Sequence[Probe], alone: float | None, ceiling
         )
     top = best(probes)
     if top is None:
-        print(f"{name}: no rate tried was sustainable")
+        print(
+            f"{name}: no rate tried was sustainable"
+            + (f"; {ceiling}: {alone:.0f}/s" if alone else "")
+        )
         return
     line = f"{name} sustainable throughput: {top.rate:.0f} interactions/s"
     if alone:
