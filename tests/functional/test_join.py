@@ -41,6 +41,7 @@ from streams.events import (
     parse_dead_letter,
     without_applied,
 )
+from streams.join_state import JoinState, MemoryChangelog
 from streams.settings import WorkerSettings
 
 WINDOW = 2.0
@@ -356,7 +357,8 @@ async def test_the_agent_joins_and_dead_letters_through_faust(tmp_path: Path) ->
     app = faust.App("drex-join-test", store="memory://", datadir=str(tmp_path), web_enabled=False)
     settings = WorkerSettings(partitions=1, join_window=WINDOW)
     interactions, dead = app.channel(), app.channel()
-    wiring = register(app, settings, interactions=interactions, dead_letters=dead)
+    state = JoinState(tmp_path / "join-state", MemoryChangelog())
+    wiring = register(app, settings, interactions=interactions, dead_letters=dead, state=state)
     # a channel delivers to its subscribers: subscribe before anything is sent
     interactions_out, dead_out = interactions.__aiter__(), dead.__aiter__()
     async with wiring.agent.test_context() as agent:
@@ -375,9 +377,9 @@ async def test_the_agent_joins_and_dead_letters_through_faust(tmp_path: Path) ->
             "not json",
         )
         assert interactions_out.empty()
-        # the buffer table holds the emitted row (tombstone), the waiting review and the
+        # the join's state holds the emitted row (tombstone), the waiting review and the
         # three event ids seen
-        assert len(list(wiring.table.keys())) == 5
+        assert len(wiring.state.rows(0)) == 5
         wiring.joiner.idle_after = 0.0  # no records pending: the wall clock decides
         wiring.joiner.window = 0.001
         wiring.joiner.forget()
@@ -408,7 +410,11 @@ async def test_an_interaction_the_broker_refuses_is_a_dead_letter_and_the_batch_
     settings = WorkerSettings(partitions=1, join_window=WINDOW)
     interactions, dead = app.channel(), app.channel()
     wiring = register(
-        app, settings, interactions=Refusing(interactions, "s-poison"), dead_letters=dead
+        app,
+        settings,
+        interactions=Refusing(interactions, "s-poison"),
+        dead_letters=dead,
+        state=JoinState(tmp_path / "join-state", MemoryChangelog()),
     )
     interactions_out, dead_out = interactions.__aiter__(), dead.__aiter__()
     async with wiring.agent.test_context() as agent:
