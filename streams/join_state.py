@@ -97,6 +97,7 @@ KILL_AFTER_ENV: Final = "DREX_TEST_KILL_AFTER_CHANGELOG"
 _RETRY_MAX: Final = 30.0
 
 Writes = dict[bytes, bytes | None]  # None: delete
+Records = tuple[int, list[tuple[int, bytes]]]  # a partition, (offset, value) records of it
 
 
 def changelog_topic(app_id: str) -> str:
@@ -141,12 +142,13 @@ class Changelog(Protocol):
         """Write ``values`` to ``partition`` in order; the offset of the last, once acked."""
         ...
 
-    async def end(self, partition: int) -> int:
-        """The next offset to be written to ``partition`` (its true end)."""
+    async def ends(self, partitions: list[int]) -> dict[int, int]:
+        """The next offset to be written to each partition (its true end)."""
         ...
 
-    def read(self, partition: int, start: int, end: int) -> AsyncIterator[list[tuple[int, bytes]]]:
-        """The records ``[start, end)`` of ``partition`` as ``(offset, value)`` lists."""
+    def read(self, ranges: dict[int, tuple[int, int]]) -> AsyncIterator[Records]:
+        """The records ``[start, end)`` of each partition, as ``(partition, [(offset,
+        value)])`` batches (each partition's in order)."""
         ...
 
 
@@ -161,19 +163,18 @@ class MemoryChangelog:
         log += values
         return len(log) - 1
 
-    async def end(self, partition: int) -> int:
-        return len(self.partitions.get(partition, []))
+    async def ends(self, partitions: list[int]) -> dict[int, int]:
+        return {p: len(self.partitions.get(p, [])) for p in partitions}
 
-    async def read(
-        self, partition: int, start: int, end: int
-    ) -> AsyncIterator[list[tuple[int, bytes]]]:
-        log = self.partitions.get(partition, [])
-        yield [(o, log[o]) for o in range(max(start, 0), min(end, len(log)))]
+    async def read(self, ranges: dict[int, tuple[int, int]]) -> AsyncIterator[Records]:
+        for p, (start, end) in ranges.items():
+            log = self.partitions.get(p, [])
+            yield p, [(o, log[o]) for o in range(max(start, 0), min(end, len(log)))]
 
 
 class KafkaChangelog:
     """The changelog topic: written through faust's producer (``topic``, a raw faust topic),
-    read with an aiokafka consumer of its own, assigned one partition at a time."""
+    read with an aiokafka consumer of its own (no group), assigned what it recovers."""
 
     def __init__(self, topic: Any, name: str, settings: WorkerSettings) -> None:
         self.topic, self.name, self.settings = topic, name, settings
@@ -196,6 +197,7 @@ class KafkaChangelog:
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
+                fetch_max_wait_ms=50,  # Tansu waits it out at a partition's end
                 client_id="drex-join-state",
                 **self.settings.aiokafka_options(),
             )
@@ -203,32 +205,37 @@ class KafkaChangelog:
             self._consumer = consumer
         return self._consumer
 
-    async def end(self, partition: int) -> int:
+    async def ends(self, partitions: list[int]) -> dict[int, int]:
         from aiokafka import TopicPartition
 
         from streams.compat import tansu_end_offsets
 
         consumer = await self._started()
-        tp = TopicPartition(self.name, partition)
-        return int((await tansu_end_offsets(consumer, [tp]))[tp])
+        tps = [TopicPartition(self.name, p) for p in partitions]
+        ends = await tansu_end_offsets(consumer, tps)
+        return {tp.partition: int(ends[tp]) for tp in tps}
 
-    async def read(
-        self, partition: int, start: int, end: int
-    ) -> AsyncIterator[list[tuple[int, bytes]]]:
+    async def read(self, ranges: dict[int, tuple[int, int]]) -> AsyncIterator[Records]:
         from aiokafka import TopicPartition
 
         consumer = await self._started()
-        tp = TopicPartition(self.name, partition)
-        consumer.assign([tp])
-        consumer.seek(tp, start)
+        tps = {TopicPartition(self.name, p): (start, end) for p, (start, end) in ranges.items()}
+        consumer.assign(list(tps))
+        for tp, (start, _) in tps.items():
+            consumer.seek(tp, start)
         stalled = time.monotonic() + 60
-        while await consumer.position(tp) < end:
-            batch = (await consumer.getmany(tp, timeout_ms=500)).get(tp, [])
-            if batch:
+        while left := [tp for tp, (_, end) in tps.items() if await consumer.position(tp) < end]:
+            batches = await consumer.getmany(*left, timeout_ms=500)
+            for tp, batch in batches.items():
+                end = tps[tp][1]
                 stalled = time.monotonic() + 60
-                yield [(r.offset, r.value) for r in batch if r.offset < end]
-            elif time.monotonic() > stalled:
-                raise TimeoutError(f"{self.name}[{partition}] gave nothing for 60 s before {end}")
+                yield tp.partition, [(r.offset, r.value) for r in batch if r.offset < end]
+            if time.monotonic() > stalled:
+                raise TimeoutError(
+                    f"{self.name} {sorted(t.partition for t in left)}: no records "
+                    f"for 60 s before their ends"
+                )
+        consumer.assign([])
 
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -492,45 +499,54 @@ class JoinState:
         self._ready.difference_update(partitions)
 
     async def ensure(self, partition: int) -> bool:
-        """Bring ``partition``'s store up to its changelog's end, once after each
-        assignment; True when that was done now (the Joiner must re-read the rows)."""
-        if partition in self._ready:
-            return False
+        """:meth:`ensure_all` of one partition: True when it was caught up now."""
+        return bool(await self.ensure_all([partition]))
+
+    async def ensure_all(self, partitions: Iterable[int]) -> set[int]:
+        """Bring each partition's store up to its changelog's end, once after each
+        assignment; the partitions that were caught up now (the Joiner must re-read
+        their rows). Retried until the changelog can be read."""
+        todo = sorted(set(partitions) - self._ready)
+        if not todo:
+            return set()
         wait = 0.5
         while True:
             try:
-                await self._catch_up(partition)
+                await self._catch_up(todo)
                 break
             except asyncio.CancelledError:
                 raise
             except Exception as err:
                 logger.error(
-                    "join-state recovery of partition %d: %r; again in %.1f s", partition, err, wait
+                    "join-state recovery of partitions %s: %r; again in %.1f s", todo, err, wait
                 )
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, _RETRY_MAX)
-        self._ready.add(partition)
-        return True
+        self._ready.update(todo)
+        return set(todo)
 
-    async def _catch_up(self, partition: int) -> None:
-        at = self.changelog_offset(partition)
-        end = await self.changelog.end(partition)
-        if at >= 0 and at >= end:
-            self._reanchor(partition, at, end)
-            at = -1
-        if at + 1 >= end:
+    async def _catch_up(self, partitions: list[int]) -> None:
+        ends = await self.changelog.ends(partitions)
+        ranges: dict[int, tuple[int, int]] = {}
+        for p in partitions:
+            at, end = self.changelog_offset(p), ends[p]
+            if at >= 0 and at >= end:
+                self._reanchor(p, at, end)
+                at = -1
+            if at + 1 < end:
+                ranges[p] = (at + 1, end)
+        if not ranges:
             return
-        steps = _Steps(self, partition)
+        steps = {p: _Steps(self, p) for p in ranges}
         started = time.monotonic()
-        async for records in self.changelog.read(partition, at + 1, end):
+        async for p, records in self.changelog.read(ranges):
             for offset, raw in records:
-                steps.feed(offset, raw)
+                steps[p].feed(offset, raw)
         logger.info(
-            "join-state partition %d: %d steps read from its changelog [%d, %d) in %.1f s",
-            partition,
-            steps.applied,
-            at + 1,
-            end,
+            "join-state: %s read from the changelog in %.1f s",
+            ", ".join(
+                f"partition {p} [{a}, {b}) {steps[p].applied} steps" for p, (a, b) in ranges.items()
+            ),
             time.monotonic() - started,
         )
 

@@ -530,9 +530,7 @@ def register(
 
     async def step_of(events: list[Any]) -> None:
         partitions = list(dict.fromkeys(e.message.partition for e in events))
-        for partition in partitions:  # caught up with the changelog before any use
-            if await state.ensure(partition):
-                joiner.forget([partition])
+        joiner.forget(await state.ensure_all(partitions))  # caught up before any use
         now = time.time()
         step = JoinStep()
         arrived: Counter[str] = Counter()
