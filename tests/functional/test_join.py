@@ -41,7 +41,7 @@ from streams.events import (
     parse_dead_letter,
     without_applied,
 )
-from streams.join_state import JoinState, MemoryChangelog
+from streams.join_state import JoinState, MemoryChangelog, encode_records
 from streams.settings import WorkerSettings
 
 WINDOW = 2.0
@@ -329,13 +329,15 @@ def test_an_unreadable_row_goes_to_dead_letters_and_the_partition_goes_on() -> N
 # --- the faust agent -------------------------------------------------------------------
 
 
-async def put(agent: Any, topic: str, value: bytes, partition: int = 0) -> None:
+async def put(
+    agent: Any, topic: str, value: bytes, partition: int = 0, offset: int | None = None
+) -> None:
     """Deliver one message as if it came from ``topic`` and wait until it is processed."""
     channel = agent.stream().channel
     message = Message(
         topic=topic,
         partition=partition,
-        offset=agent.sent_offset,
+        offset=agent.sent_offset if offset is None else offset,
         timestamp=time.time(),
         timestamp_type=0,
         headers=None,
@@ -387,6 +389,39 @@ async def test_the_agent_joins_and_dead_letters_through_faust(tmp_path: Path) ->
         await put(agent, TICKS_TOPIC, b"")  # re-indexes the partition, then expires
         alone = InteractionEvent.loads((await interactions_out.get(timeout=1)).value)
         assert (alone.item_id, alone.rating, alone.text) == ("pick", None, "warm")
+
+
+@pytest.mark.asyncio
+async def test_the_agent_catches_up_from_the_changelog_and_drops_what_was_applied(
+    tmp_path: Path,
+) -> None:
+    """A partition comes to this worker: before its first message the store is caught up
+    from the changelog another worker wrote (a waiting review, the offsets it applied);
+    a source message below those offsets is dropped as replayed."""
+    log = MemoryChangelog()
+    other = Harness()  # the other worker's rows
+    other.send(REVIEWS_TOPIC, review(), ts=time.time())
+    await log.append(0, encode_records(other.store, {REVIEWS_TOPIC: 10}))
+    app = faust.App("drex-join-move", store="memory://", datadir=str(tmp_path), web_enabled=False)
+    settings = WorkerSettings(partitions=1, join_window=WINDOW)
+    interactions, dead = app.channel(), app.channel()
+    state = JoinState(tmp_path / "join-state", log)
+    wiring = register(app, settings, interactions=interactions, dead_letters=dead, state=state)
+    interactions_out = interactions.__aiter__()
+    async with wiring.agent.test_context() as agent:
+        await put(agent, REVIEWS_TOPIC, review("r0", item="old"), offset=9)  # applied there
+        await put(agent, RATINGS_TOPIC, rating(), offset=0)
+        joined = InteractionEvent.loads((await interactions_out.get(timeout=1)).value)
+        assert interaction_id(joined) == '["ann","amp","r1","s1"]'
+        assert interactions_out.empty()
+        for _ in range(100):  # the step commits after its interaction went out
+            if state.changelog_offset(0) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert state.next_offset(REVIEWS_TOPIC, 0) == 10
+        assert state.next_offset(RATINGS_TOPIC, 0) == 1
+        assert len(log.partitions[0]) == 2  # its record, then the rating's step
+        assert state.changelog_offset(0) == 1
 
 
 class Refusing:
