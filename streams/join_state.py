@@ -20,12 +20,15 @@ write batch per partition, not faust's per-row table and changelog work:
   step whose writes exceed :data:`RECORD_BYTES` is split into several records of one group
   (``"g"``, every one but the last ``"more": true``, the last with ``"o"``); a reader
   applies a group only when its last record is there.
-* **The skip rule.** A source message whose offset is below the stored next offset of its
-  topic and partition was applied already (a crash after the write batch, before faust
-  committed the consumer offset): :meth:`JoinState.applied` says so and the join drops it
-  (outcome ``replayed``). So nothing is applied twice; a crash between the interactions'
-  acknowledgement and the changelog record's re-sends the step's interactions with the
-  same event ids, which the learner drops (:func:`streams.events.without_applied`).
+* **What was applied.** A source message below the stored next offset of its topic and
+  partition came before (a crash after the write batch, before faust committed the
+  consumer offset): its event id is in the rows, so the join drops it (outcome
+  ``replayed``). One whose id is not there is a new event of a topic that started again
+  (a broker restarted empty, a topic made again): it is joined, and the offsets follow the
+  new topic (``drex_source_resets_total{state="join"}``). So nothing is applied twice and
+  nothing new is dropped; a crash between the interactions' acknowledgement and the
+  changelog record re-sends the step's interactions with the same event ids, which the
+  learner drops (:func:`streams.events.without_applied`).
 * **Recovery** (:meth:`JoinState.ensure`, awaited by the join before it handles any
   message of a partition it was given): the local store is brought up to the changelog's
   end (the true end: :func:`streams.compat.tansu_end_offsets`) from the record after the
@@ -47,10 +50,7 @@ a partition read from the start (a worker that never had it) replays every step 
 written. Every row lives at most the join window plus the dedup retention (then it is
 purged), so only the records of that last stretch matter: a snapshot of the store with its
 changelog offset, or time retention a safe margin above window + retention, would bound
-recovery. Left as a follow-up. **Not covered:** a source topic made again while this
-changelog is kept (Kafka), and a new incarnation's messages reaching a worker that runs
-through a broker restart before its next assignment: they sit below the stored offsets
-and are dropped as ``replayed``.
+recovery. Left as a follow-up.
 """
 
 from __future__ import annotations
@@ -404,7 +404,8 @@ class JoinState:
         return self._offsets[partition].get(topic, 0)
 
     def applied(self, topic: str, partition: int, offset: int) -> bool:
-        """Whether the source message at ``offset`` was applied already (the skip rule)."""
+        """Whether ``offset`` is below the next offset stored (applied already, unless the
+        topic started again: the module docstring)."""
         return offset < self.next_offset(topic, partition)
 
     def changelog_offset(self, partition: int) -> int:

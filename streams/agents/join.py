@@ -43,10 +43,11 @@ follows the records; only an idle partition is timed by the wall clock. This ass
 producer and worker clocks agree to well within a window (NTP).
 
 **Delivery.** A step's rows are committed only *after* its emitted interactions are
-acknowledged by the broker (a row can say "emitted" only if the interaction really was);
-then its changelog record, then its local write batch with the source offsets, so a
-message already applied is dropped when faust delivers it again (streams/join_state.py).
-A crash before the changelog record re-emits the interactions with the same event ids,
+acknowledged (a row can say "emitted" only if the interaction really was): its changelog
+record, then its local write batch with the source offsets (streams/join_state.py). A
+message delivered again is dropped by its event id (``replayed`` when below the stored
+offsets); a new event below them (its topic started again) is joined, never dropped. A
+crash before the changelog record re-emits the interactions with the same event ids,
 which the learner drops (:func:`streams.events.without_applied`).
 """
 
@@ -500,13 +501,10 @@ def register(
     dead_letters: Any = None,
     state: JoinState | None = None,
 ) -> JoinWiring:
-    """Add the join agent, its state and its tick timer to ``app``.
-
-    ``settings`` is a :class:`streams.settings.WorkerSettings`. ``interactions`` and
-    ``dead_letters`` default to the Kafka topics, ``state`` to a
-    :class:`streams.join_state.JoinState` under the state dir changelogged to
-    ``<app id>-join-state``; tests pass in-memory faust channels and a state of their own.
-    """
+    """Add the join agent, its state and its tick timer to ``app`` (``settings``: a
+    :class:`streams.settings.WorkerSettings`). ``interactions`` and ``dead_letters``
+    default to the Kafka topics, ``state`` to a ``JoinState`` under the state dir
+    changelogged to ``<app id>-join-state``; tests pass channels and a state of their own."""
     from streams import metrics
     from streams.join_state import JoinState, KafkaChangelog, changelog_topic, deliver
     from streams.tables import raw_topic
@@ -535,22 +533,31 @@ def register(
         step = JoinStep()
         arrived: Counter[str] = Counter()
         offsets: dict[int, dict[str, int]] = {}  # partition -> topic -> next offset
+        resets: set[tuple[str, int]] = set()
         for event in events:
             m = event.message
             if m.topic == TICKS_TOPIC:
                 continue
             arrived[m.topic] += 1
-            if state.applied(m.topic, m.partition, m.offset):  # before a restart
-                step.outcomes[REPLAYED] += 1
-                continue
-            seen = offsets.setdefault(m.partition, {})
-            seen[m.topic] = max(seen.get(m.topic, 0), m.offset + 1)
+            below = state.applied(m.topic, m.partition, m.offset)
+            duplicates, letters = step.outcomes[DUPLICATE], len(step.dead_letters)
             # a failure costs that message a dead letter, no more
             joiner.on_message(m.topic, m.partition, event.value, m.timestamp, now, step, False)
+            if below and step.outcomes[DUPLICATE] > duplicates:  # applied before a restart
+                step.outcomes[DUPLICATE] -= 1
+                step.outcomes[REPLAYED] += 1
+                continue
+            if below and len(step.dead_letters) == letters:  # a new event under the offsets
+                resets.add((m.topic, m.partition))
+            seen = offsets.setdefault(m.partition, {})
+            seen[m.topic] = max(seen.get(m.topic, 0), m.offset + 1)
         for partition in partitions:
             joiner.on_tick(partition, now, step=step)
         for topic, count in arrived.items():
             metrics.EVENTS_IN.labels(topic).inc(count)
+        for topic, partition in sorted(resets):  # this commit lowers the stored offsets
+            logger.warning("%s[%d]: new events below the applied offsets", topic, partition)
+            metrics.SOURCE_RESETS.labels("join").inc()
         # the interactions acknowledged, then the changelog record, then the rows
         await deliver(step, now, interactions, dead_letters)
         await state.commit(joiner.writes_by_partition(step), offsets)

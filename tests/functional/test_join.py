@@ -12,12 +12,14 @@ import orjson
 import pytest
 from faust.types import Message
 
+from streams import metrics
 from streams.agents.join import (
     BOTH,
     DUPLICATE,
     EXPIRED,
     LATE,
     RATING_ONLY,
+    REPLAYED,
     REVIEW_ONLY,
     SUPERSEDED,
     TICKS_TOPIC,
@@ -397,7 +399,8 @@ async def test_the_agent_catches_up_from_the_changelog_and_drops_what_was_applie
 ) -> None:
     """A partition comes to this worker: before its first message the store is caught up
     from the changelog another worker wrote (a waiting review, the offsets it applied);
-    a source message below those offsets is dropped as replayed."""
+    a message below those offsets is dropped as replayed when its event id is in the
+    rows, and joined when it is not (its topic started again: nothing new is lost)."""
     log = MemoryChangelog()
     other = Harness()  # the other worker's rows
     other.send(REVIEWS_TOPIC, review(), ts=time.time())
@@ -408,20 +411,37 @@ async def test_the_agent_catches_up_from_the_changelog_and_drops_what_was_applie
     state = JoinState(tmp_path / "join-state", log)
     wiring = register(app, settings, interactions=interactions, dead_letters=dead, state=state)
     interactions_out = interactions.__aiter__()
+    resets = metrics.SOURCE_RESETS.labels("join")
+    resets_before, replayed_before = resets._value.get(), _outcome(REPLAYED)
     async with wiring.agent.test_context() as agent:
-        await put(agent, REVIEWS_TOPIC, review("r0", item="old"), offset=9)  # applied there
+        await put(agent, REVIEWS_TOPIC, review(), offset=9)  # applied there
+        await _eventually(lambda: _outcome(REPLAYED) == replayed_before + 1)
+        assert resets._value.get() == resets_before
+        await put(agent, REVIEWS_TOPIC, review("r0", item="old"), offset=8)  # a new topic's
+        await _eventually(lambda: state.changelog_offset(0) == 1)
+        assert resets._value.get() == resets_before + 1
+        assert state.next_offset(REVIEWS_TOPIC, 0) == 9  # the offsets follow the new topic
+        assert state.rows(0).get(row_key("ann", "old")) is not None  # waiting, not dropped
         await put(agent, RATINGS_TOPIC, rating(), offset=0)
         joined = InteractionEvent.loads((await interactions_out.get(timeout=1)).value)
         assert interaction_id(joined) == '["ann","amp","r1","s1"]'
         assert interactions_out.empty()
-        for _ in range(100):  # the step commits after its interaction went out
-            if state.changelog_offset(0) == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert state.next_offset(REVIEWS_TOPIC, 0) == 10
+        await _eventually(lambda: state.changelog_offset(0) == 2)
         assert state.next_offset(RATINGS_TOPIC, 0) == 1
-        assert len(log.partitions[0]) == 2  # its record, then the rating's step
-        assert state.changelog_offset(0) == 1
+        assert len(log.partitions[0]) == 3  # its record, then one per step that wrote
+
+
+async def _eventually(done: Any) -> None:
+    """Wait until ``done()``: a step commits after its interactions went out."""
+    for _ in range(100):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not reached in 1 s")
+
+
+def _outcome(outcome: str) -> float:
+    return float(metrics.JOIN_OUTCOMES.labels(outcome)._value.get())
 
 
 class Refusing:
