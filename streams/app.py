@@ -20,6 +20,7 @@ from streams.agents import join as join_agent
 from streams.agents import learn as learn_agent
 from streams.agents.index import IndexFeeder
 from streams.events import DEAD_LETTERS_TOPIC, INTERACTIONS_TOPIC, RATINGS_TOPIC, REVIEWS_TOPIC
+from streams.join_state import changelog_topic
 from streams.settings import WorkerSettings
 
 
@@ -43,6 +44,8 @@ def topic_partitions(settings: WorkerSettings) -> dict[str, int]:
         join_agent.TICKS_TOPIC: n,  # co-partitioned with the sources (see join.py)
         INTERACTIONS_TOPIC: 1,  # one learner (see learn.py)
         DEAD_LETTERS_TOPIC: n,
+        # the join's changelog: partition p holds source partition p's steps (never compact)
+        changelog_topic(settings.app_id): n,
     }
 
 

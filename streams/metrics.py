@@ -32,7 +32,8 @@ EVENTS_IN = Counter(
 JOIN_OUTCOMES = Counter(
     "drex_join_outcomes_total",
     "Join results: emitted interactions by modality (both, review_only, rating_only), "
-    "why a single part went alone (expired, late, superseded), dropped duplicates",
+    "why a single part went alone (expired, late, superseded), dropped duplicates, "
+    "source messages dropped as applied before a restart (replayed)",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -50,7 +51,8 @@ SOURCE_RESETS = Counter(
     "drex_source_resets_total",
     "New incarnations of a topic found under stored offsets (a broker restarted empty, a "
     "topic made again), by what was re-anchored: learner (its interactions offset, "
-    "streams/source.py) or table (a changelog partition, streams/recovery.py)",
+    "streams/source.py), table (a changelog partition, streams/recovery.py) or join (a "
+    "join-state partition, streams/join_state.py)",
     ["state"],
     registry=REGISTRY,
 )

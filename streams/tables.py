@@ -28,8 +28,9 @@ def raw_topic(app: Any, *names: str, partitions: int | None = None) -> Any:
 
 
 # RocksDB memory of each table partition. faust's defaults (3 memtables of 64 MiB and a
-# 2 GiB block cache per partition) let a worker grow by hundreds of MiB as its join
-# buffer fills memtables; these bound each partition to ~16 MiB (benchmarks/soak_bench.py).
+# 2 GiB block cache per partition) let a worker grow by hundreds of MiB as the join's
+# table (now streams/join_state.py, which keeps these sizes) filled memtables; these bound
+# each partition to ~16 MiB (benchmarks/soak_bench.py).
 TABLE_ROCKSDB: Final = {
     "write_buffer_size": 4 << 20,
     "max_write_buffer_number": 2,

@@ -3,11 +3,11 @@
 The two halves of a (user, item) interaction travel separately on ``reviews`` and
 ``ratings`` (keyed by user id, so both land in the same partition number; producers must
 use Kafka's default murmur2 partitioner, e.g. librdkafka's ``murmur2_random``). Kafka
-Streams-style stream-stream joins do not exist in faust, so the join is a table and a
+Streams-style stream-stream joins do not exist in faust, so the join is a store and a
 clock (:class:`Joiner`, a pure class, wrapped by :func:`register`):
 
-* The first half waits in the ``join-buffer`` table (RocksDB, changelogged, so a
-  partition's buffer moves with the partition on a rebalance), keyed by
+* The first half waits in the join's state (streams/join_state.py: RocksDB per partition,
+  changelogged per step, so a partition's rows move with it on a rebalance), keyed by
   :func:`row_key`, the JSON array ``[user, item]`` (unambiguous whatever the ids hold).
   When the other half arrives, one :class:`InteractionEvent` with both goes to
   ``interactions``.
@@ -33,36 +33,33 @@ clock (:class:`Joiner`, a pure class, wrapped by :func:`register`):
 
 **The clock.** A row's window starts at its record's Kafka timestamp. Expiry is checked
 once per batch of messages for each partition in it, and on *ticks*: a timer sends one
-small message per owned partition to the co-partitioned ``join-ticks`` topic, because
-faust only lets a table be written while an event of the same partition is being
-processed. The time a row is compared against
-is, per partition, the smallest "latest record timestamp" of the source topics that
+small message per owned partition to the co-partitioned ``join-ticks`` topic, so that
+every change of the state happens in the agent, one step at a time. The time a row is
+compared against is, per partition, the smallest "latest record timestamp" of the source topics that
 delivered a record in the last ``idle_after`` seconds (default: one window), or the wall
 clock when none did. So a worker that restarts with a backlog, or reads one topic ahead
 of the other, never expires a half whose partner is still in the backlog: the clock
 follows the records; only an idle partition is timed by the wall clock. This assumes
 producer and worker clocks agree to well within a window (NTP).
 
-**Delivery.** Faust's delivery is at-least-once: after a crash the uncommitted source
-messages come again, while the local RocksDB table may already hold their effects. So a
-step's table writes are made only *after* its emitted interactions are acknowledged by
-the broker: a row can say "emitted" only if the interaction really was. A crash in
-between re-emits the interaction on replay with the same event ids, which the learner
-drops (:func:`streams.events.without_applied`, streams/agents/learn.py).
+**Delivery.** A step's rows are committed only *after* its emitted interactions are
+acknowledged (a row can say "emitted" only if the interaction really was): its changelog
+record, then its local write batch with the source offsets (streams/join_state.py). A
+message delivered again is dropped by its event id (``replayed`` when below the stored
+offsets); a new event below them (its topic started again) is joined, never dropped. A
+crash before the changelog record re-emits the interactions with the same event ids,
+which the learner drops (:func:`streams.events.without_applied`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import heapq
 import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, MutableMapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -83,10 +80,12 @@ from streams.events import (
     dead_letter,
     validate,
 )
+from streams.join_state import PartitionRows
 
 if TYPE_CHECKING:
     import faust
 
+    from streams.join_state import JoinState
     from streams.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -119,6 +118,10 @@ def id_key(partition: int, event_id: str) -> bytes:
     return _key(orjson.dumps((partition, event_id)))
 
 
+Store = MutableMapping[bytes, bytes]
+REPLAYED: Final = "replayed"  # a source message applied before a restart, dropped
+
+
 def _key(raw: bytes) -> bytes:
     """``raw`` in a buffer of its own length: orjson (3.13) leaves a short result in a 4
     KiB allocation, and keys live in the expiry heaps for the dedup retention (an hour)."""
@@ -136,8 +139,9 @@ class Emission:
 @dataclass
 class JoinStep:
     """What one message, a tick or a batch of them produced. The caller sends ``emits``
-    (and waits for the broker's acknowledgement), sends ``dead_letters``, then calls
-    :meth:`Joiner.apply`. A later message of the same step sees its earlier writes.
+    (and waits for the broker's acknowledgement), sends ``dead_letters``, then stores the
+    ``writes`` (:meth:`Joiner.apply`, or JoinState.commit and :meth:`Joiner.index`). A
+    later message of the same step sees its earlier writes.
 
     A step with a ``parent`` is one message's part: it sees the parent's writes and is
     merged into it (:meth:`merge`) only if the message went through."""
@@ -165,8 +169,9 @@ class _TopicClock:
 
 
 class Joiner:
-    """The join's logic over any mutable mapping of bytes to bytes (a faust Table in the
-    worker, a dict in tests). Single-threaded; see the module docstring for semantics.
+    """The join's logic over mappings of bytes to bytes: one per partition (the worker's
+    ``JoinState.rows``) or one for all (a dict: replays, tests). Single-threaded; see the
+    module docstring for semantics.
 
     Pair rows are JSON: ``p`` partition, ``u``/``i`` ids, ``review`` / ``rating`` the
     waiting halves, ``since`` when the wait began, ``done`` kinds emitted in the current
@@ -177,7 +182,7 @@ class Joiner:
 
     def __init__(
         self,
-        store: MutableMapping[bytes, bytes],
+        store: Store | Callable[[int], Store],
         window: float,
         retention: float = 3600.0,
         idle_after: float | None = None,
@@ -186,7 +191,10 @@ class Joiner:
     ) -> None:
         if window <= 0 or retention < 0:
             raise ValueError("window must be > 0 and retention >= 0")
-        self.store = store
+        # one mapping for every partition (a dict), or a partition's own (JoinState.rows)
+        self._store_of: Callable[[int], Store] = (
+            store if callable(store) else lambda _partition: store
+        )
         self.window = float(window)
         self.retention = float(retention)
         self.idle_after = float(idle_after if idle_after is not None else window)
@@ -242,31 +250,38 @@ class Joiner:
         self._expire(step, partition, now)
         return step
 
-    def apply(
-        self,
-        step: JoinStep,
-        context: Callable[[int], AbstractContextManager[Any]] | None = None,
-    ) -> None:
-        """Write the step's rows (after its emissions were delivered) and index them.
+    def apply(self, step: JoinStep) -> None:
+        """Write the step's rows into the store (after its emissions were delivered) and
+        index them. A write that fails is logged and the others go on: the interactions
+        it records are out already. (The worker commits through JoinState, then indexes.)"""
+        for partition, writes in self.writes_by_partition(step).items():
+            store = self._store_of(partition)
+            for key, value in writes.items():
+                try:
+                    if value is None:
+                        store.pop(key, None)
+                    else:
+                        store[key] = value
+                except Exception:
+                    logger.exception("writing join row %r failed", key[:200])
+        self.index(step)
 
-        ``context(partition)`` wraps the writes of each partition (faust needs an event
-        of that partition current while its table is written). A write that fails is
-        logged and the others go on: the interactions it records are out already."""
-        by_partition: dict[int, list[bytes]] = {}
-        for key in step.writes:
-            by_partition.setdefault(step.partitions[key], []).append(key)
-        for partition, keys in by_partition.items():
-            with context(partition) if context is not None else contextlib.nullcontext():
-                for key in keys:
-                    value = step.writes[key]
-                    try:
-                        if value is None:
-                            self.store.pop(key, None)
-                            continue
-                        self.store[key] = value
-                        self._index(key, orjson.loads(value))
-                    except Exception:
-                        logger.exception("writing join row %r failed", key[:200])
+    @staticmethod
+    def writes_by_partition(step: JoinStep) -> dict[int, dict[bytes, bytes | None]]:
+        """The step's row writes, by partition."""
+        out: dict[int, dict[bytes, bytes | None]] = {}
+        for key, value in step.writes.items():
+            out.setdefault(step.partitions[key], {})[key] = value
+        return out
+
+    def index(self, step: JoinStep) -> None:
+        """Index the step's written rows (once they are stored)."""
+        for key, value in step.writes.items():
+            if value is not None:
+                try:
+                    self._index(key, orjson.loads(value))
+                except Exception:
+                    logger.exception("indexing join row %r failed", key[:200])
 
     def clock(self, partition: int, now: float) -> float:
         """The time rows of ``partition`` are compared against (module docstring)."""
@@ -301,12 +316,12 @@ class Joiner:
         kind = REVIEW if isinstance(event, ReviewEvent) else RATING
         other = RATING if kind == REVIEW else REVIEW
         seen = id_key(partition, event.event_id)
-        if self._get(step, seen) is not None:
+        if self._get(step, partition, seen) is not None:
             step.outcomes[DUPLICATE] += 1
             return
         self._write(step, partition, seen, {"p": partition, "e": 1, "since": None, "at": ts})
         key = row_key(event.user_id, event.item_id)
-        row = self._get(step, key)
+        row = self._get(step, partition, key)
         part: dict[str, Any] = {"id": event.event_id, "t": event.event_time, "ts": ts}
         part |= {"text": event.text} if isinstance(event, ReviewEvent) else {"r": event.rating}
         if event.categories:  # the item's, travelling with the half that gave them
@@ -343,7 +358,7 @@ class Joiner:
             deadline, key = heapq.heappop(heap)
             sub = JoinStep(parent=step)
             try:
-                row = self._get(sub, key)
+                row = self._get(sub, partition, key)
                 if row is None or row["since"] is None or row["since"] + self.window != deadline:
                     continue  # stale entry: the row changed since it was indexed
                 kind = REVIEW if row[REVIEW] is not None else RATING
@@ -359,7 +374,7 @@ class Joiner:
         while purges and purges[0][0] <= clock:
             due, key = heapq.heappop(purges)
             try:
-                row = self._get(step, key)
+                row = self._get(step, partition, key)
                 at = None if row is None or row["since"] is not None else row["at"]
                 if at is not None and at + self.retention == due:  # else: stale entry
                     self._write(step, partition, key, None)
@@ -371,7 +386,7 @@ class Joiner:
     ) -> None:
         """A row that fails goes to ``dead-letters`` (topic ``join-buffer``), out of the way."""
         logger.exception("join row %r failed; it goes to dead-letters", key[:200])
-        letter = dead_letter(self._raw(step, key), BUFFER_TABLE, err, now)
+        letter = dead_letter(self._raw(step, partition, key), BUFFER_TABLE, err, now)
         step.dead_letters.append((PROCESSING_ERROR, letter))
         self._write(step, partition, key, None)
 
@@ -425,17 +440,17 @@ class Joiner:
 
     # --- rows and the in-memory index -------------------------------------------------
 
-    def _raw(self, step: JoinStep, key: bytes) -> bytes | None:
+    def _raw(self, step: JoinStep, partition: int, key: bytes) -> bytes | None:
         """A row as the step (and the steps it belongs to) left it, else as stored."""
         s: JoinStep | None = step
         while s is not None:
             if key in s.writes:
                 return s.writes[key]
             s = s.parent
-        return self.store.get(key)
+        return self._store_of(partition).get(key)
 
-    def _get(self, step: JoinStep, key: bytes) -> dict[str, Any] | None:
-        raw = self._raw(step, key)
+    def _get(self, step: JoinStep, partition: int, key: bytes) -> dict[str, Any] | None:
+        raw = self._raw(step, partition, key)
         return None if raw is None else dict(orjson.loads(raw))
 
     def _ensure(self, partition: int, now: float) -> None:
@@ -447,7 +462,9 @@ class Joiner:
         self._purges[partition] = []
         for topic in _SOURCES:
             self._clocks[(topic, partition)] = _TopicClock(-math.inf, now)
-        for key, value in list(self.store.items()):
+        store = self._store_of(partition)
+        rows = store.rows() if isinstance(store, PartitionRows) else list(store.items())
+        for key, value in rows:
             try:
                 row = orjson.loads(value)
                 if row.get("p") == partition:
@@ -474,19 +491,23 @@ class JoinWiring:
 
     joiner: Joiner
     agent: Any  # the faust agent (agent.test_context() in tests)
-    table: Any  # the join-buffer table
+    state: JoinState  # the rows and source offsets, per partition (streams/join_state.py)
 
 
 def register(
-    app: faust.App, settings: WorkerSettings, interactions: Any = None, dead_letters: Any = None
+    app: faust.App,
+    settings: WorkerSettings,
+    interactions: Any = None,
+    dead_letters: Any = None,
+    state: JoinState | None = None,
 ) -> JoinWiring:
-    """Add the join agent, its buffer table and its tick timer to ``app``.
-
-    ``settings`` is a :class:`streams.settings.WorkerSettings`. ``interactions`` and
-    ``dead_letters`` default to the Kafka topics; tests pass in-memory faust channels.
-    """
+    """Add the join agent, its state and its tick timer to ``app`` (``settings``: a
+    :class:`streams.settings.WorkerSettings`). ``interactions`` and ``dead_letters``
+    default to the Kafka topics, ``state`` to a ``JoinState`` under the state dir
+    changelogged to ``<app id>-join-state``; tests pass channels and a state of their own."""
     from streams import metrics
-    from streams.tables import bytes_table, event_context, raw_topic
+    from streams.join_state import JoinState, KafkaChangelog, changelog_topic, deliver
+    from streams.tables import raw_topic
 
     n = settings.partitions
     source = raw_topic(app, REVIEWS_TOPIC, RATINGS_TOPIC, TICKS_TOPIC, partitions=n)
@@ -495,88 +516,70 @@ def register(
         interactions = raw_topic(app, INTERACTIONS_TOPIC, partitions=1)
     if dead_letters is None:
         dead_letters = raw_topic(app, DEAD_LETTERS_TOPIC)
-    table = bytes_table(
-        app, BUFFER_TABLE, n, help='["user","item"] -> waiting halves; [partition,"id"] -> seen'
-    )
-    joiner = Joiner(table, settings.join_window, retention=settings.dedup_retention)
+    if state is None:
+        name = changelog_topic(settings.app_id)
+        changelog = KafkaChangelog(raw_topic(app, name, partitions=n), name, settings)
+        state = JoinState(settings.state_path / "join-state", changelog)
+    joiner = Joiner(state.rows, settings.join_window, retention=settings.dedup_retention)
     metrics.bind_gauge(
         metrics.JOIN_PARTITIONS,
         lambda: sum(tp.topic == REVIEWS_TOPIC for tp in app.assignor.assigned_actives()),
     )
 
-    async def deliver(step: JoinStep, now: float) -> None:
-        """Send the interactions, wait for their acks, send the dead letters. Raises nothing:
-        a refused interaction is a dead letter itself (topic ``interactions``, replayable)."""
-        letters = list(step.dead_letters)
-
-        def refused(emission: Emission, err: BaseException) -> None:
-            logger.error("interaction of %r refused: %r", emission.event.user_id[:100], err)
-            raw = emission.event.dumps()
-            letters.append((PROCESSING_ERROR, dead_letter(raw, INTERACTIONS_TOPIC, err, now)))
-
-        sent: list[tuple[Emission, Any]] = []
-        for e in step.emits:
-            try:  # MessageSizeTooLargeError, say, is raised by send itself
-                sent.append(
-                    (
-                        e,
-                        await interactions.send(
-                            key=e.event.user_id.encode(), value=e.event.dumps()
-                        ),
-                    )
-                )
-            except Exception as err:
-                refused(e, err)
-        # acknowledged before the rows that record them are written
-        acks = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
-        for (e, _), ack in zip(sent, acks, strict=True):
-            if isinstance(ack, asyncio.CancelledError):
-                raise ack
-            if isinstance(ack, BaseException):
-                refused(e, ack)
-        for reason, letter in letters:
-            try:
-                await dead_letters.send(value=letter)
-            except Exception:
-                logger.exception("a dead letter (%s) could not be sent: %r", reason, letter[:500])
-            metrics.DEAD_LETTERS.labels(reason).inc()
-        for outcome, count in step.outcomes.items():
-            metrics.JOIN_OUTCOMES.labels(outcome).inc(count)
-
     async def step_of(events: list[Any]) -> None:
+        partitions = list(dict.fromkeys(e.message.partition for e in events))
+        joiner.forget(await state.ensure_all(partitions))  # caught up before any use
         now = time.time()
         step = JoinStep()
-        latest: dict[int, Any] = {}  # partition -> an event of it (table writes)
         arrived: Counter[str] = Counter()
+        offsets: dict[int, dict[str, int]] = {}  # partition -> topic -> next offset
+        resets: set[tuple[str, int]] = set()
         for event in events:
             m = event.message
-            latest[m.partition] = event
-            if m.topic != TICKS_TOPIC:  # a failure costs that message a dead letter, no more
-                arrived[m.topic] += 1
-                joiner.on_message(m.topic, m.partition, event.value, m.timestamp, now, step, False)
-        for partition in latest:
+            if m.topic == TICKS_TOPIC:
+                continue
+            arrived[m.topic] += 1
+            below = state.applied(m.topic, m.partition, m.offset)
+            duplicates, letters = step.outcomes[DUPLICATE], len(step.dead_letters)
+            # a failure costs that message a dead letter, no more
+            joiner.on_message(m.topic, m.partition, event.value, m.timestamp, now, step, False)
+            if below and step.outcomes[DUPLICATE] > duplicates:  # applied before a restart
+                step.outcomes[DUPLICATE] -= 1
+                step.outcomes[REPLAYED] += 1
+                continue
+            if below and len(step.dead_letters) == letters:  # a new event under the offsets
+                resets.add((m.topic, m.partition))
+            seen = offsets.setdefault(m.partition, {})
+            seen[m.topic] = max(seen.get(m.topic, 0), m.offset + 1)
+        for partition in partitions:
             joiner.on_tick(partition, now, step=step)
         for topic, count in arrived.items():
             metrics.EVENTS_IN.labels(topic).inc(count)
-        await deliver(step, now)
-        joiner.apply(step, functools.partial(_context_of, latest))
+        for topic, partition in sorted(resets):  # this commit lowers the stored offsets
+            logger.warning("%s[%d]: new events below the applied offsets", topic, partition)
+            metrics.SOURCE_RESETS.labels("join").inc()
+        # the interactions acknowledged, then the changelog record, then the rows
+        await deliver(step, now, interactions, dead_letters)
+        await state.commit(joiner.writes_by_partition(step), offsets)
+        joiner.index(step)
 
     @app.agent(source, name="drex.join")
     async def join(stream: Any) -> None:
         # A batch is one step: its emissions are sent together and acknowledged once,
-        # then its rows are written (one broker round trip per batch, not per event).
-        async for events in stream.take_events(settings.join_batch_size, within=JOIN_WITHIN):
-            try:
-                await step_of(events)
-            except Exception as err:  # a bug outside any one message: never lose the batch
-                logger.exception("a join batch failed; its messages go to dead-letters")
-                for e in (e for e in events if e.message.topic != TICKS_TOPIC):
-                    with contextlib.suppress(Exception):
-                        await dead_letters.send(value=dead_letter(e.value, e.message.topic, err))
-                        metrics.DEAD_LETTERS.labels(PROCESSING_ERROR).inc()
-
-    def _context_of(latest: dict[int, Any], partition: int) -> AbstractContextManager[None]:
-        return event_context(latest[partition])
+        # then its rows are committed (one changelog record, one write batch per partition).
+        try:
+            async for events in stream.take_events(settings.join_batch_size, within=JOIN_WITHIN):
+                try:
+                    await step_of(events)
+                except Exception as err:  # a bug outside any one message: never lose the batch
+                    logger.exception("a join batch failed; its messages go to dead-letters")
+                    for e in (e for e in events if e.message.topic != TICKS_TOPIC):
+                        with contextlib.suppress(Exception):
+                            letter = dead_letter(e.value, e.message.topic, err)
+                            await dead_letters.send(value=letter)
+                            metrics.DEAD_LETTERS.labels(PROCESSING_ERROR).inc()
+        finally:
+            await state.aclose()
 
     interval = max(0.1, min(1.0, settings.join_window / 4))
 
@@ -587,12 +590,11 @@ def register(
 
     app.timer(interval, name="drex.join-ticks")(tick)
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        joiner.forget({tp.partition for tp in args[0] if tp.topic in _SOURCES})
+    async def moved(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        parts = {tp.partition for tp in args[0] if tp.topic in _SOURCES}
+        state.release(parts)  # caught up from the changelog before their next message
+        joiner.forget(parts)
 
-    @app.on_partitions_assigned.connect
-    async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        joiner.forget({tp.partition for tp in args[0] if tp.topic in _SOURCES})
-
-    return JoinWiring(joiner, join, table)
+    app.on_partitions_revoked.connect(moved)
+    app.on_partitions_assigned.connect(moved)
+    return JoinWiring(joiner, join, state)

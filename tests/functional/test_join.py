@@ -12,12 +12,14 @@ import orjson
 import pytest
 from faust.types import Message
 
+from streams import metrics
 from streams.agents.join import (
     BOTH,
     DUPLICATE,
     EXPIRED,
     LATE,
     RATING_ONLY,
+    REPLAYED,
     REVIEW_ONLY,
     SUPERSEDED,
     TICKS_TOPIC,
@@ -41,6 +43,7 @@ from streams.events import (
     parse_dead_letter,
     without_applied,
 )
+from streams.join_state import JoinState, MemoryChangelog, encode_records
 from streams.settings import WorkerSettings
 
 WINDOW = 2.0
@@ -328,13 +331,15 @@ def test_an_unreadable_row_goes_to_dead_letters_and_the_partition_goes_on() -> N
 # --- the faust agent -------------------------------------------------------------------
 
 
-async def put(agent: Any, topic: str, value: bytes, partition: int = 0) -> None:
+async def put(
+    agent: Any, topic: str, value: bytes, partition: int = 0, offset: int | None = None
+) -> None:
     """Deliver one message as if it came from ``topic`` and wait until it is processed."""
     channel = agent.stream().channel
     message = Message(
         topic=topic,
         partition=partition,
-        offset=agent.sent_offset,
+        offset=agent.sent_offset if offset is None else offset,
         timestamp=time.time(),
         timestamp_type=0,
         headers=None,
@@ -356,7 +361,8 @@ async def test_the_agent_joins_and_dead_letters_through_faust(tmp_path: Path) ->
     app = faust.App("drex-join-test", store="memory://", datadir=str(tmp_path), web_enabled=False)
     settings = WorkerSettings(partitions=1, join_window=WINDOW)
     interactions, dead = app.channel(), app.channel()
-    wiring = register(app, settings, interactions=interactions, dead_letters=dead)
+    state = JoinState(tmp_path / "join-state", MemoryChangelog())
+    wiring = register(app, settings, interactions=interactions, dead_letters=dead, state=state)
     # a channel delivers to its subscribers: subscribe before anything is sent
     interactions_out, dead_out = interactions.__aiter__(), dead.__aiter__()
     async with wiring.agent.test_context() as agent:
@@ -375,9 +381,9 @@ async def test_the_agent_joins_and_dead_letters_through_faust(tmp_path: Path) ->
             "not json",
         )
         assert interactions_out.empty()
-        # the buffer table holds the emitted row (tombstone), the waiting review and the
+        # the join's state holds the emitted row (tombstone), the waiting review and the
         # three event ids seen
-        assert len(list(wiring.table.keys())) == 5
+        assert len(wiring.state.rows(0)) == 5
         wiring.joiner.idle_after = 0.0  # no records pending: the wall clock decides
         wiring.joiner.window = 0.001
         wiring.joiner.forget()
@@ -385,6 +391,57 @@ async def test_the_agent_joins_and_dead_letters_through_faust(tmp_path: Path) ->
         await put(agent, TICKS_TOPIC, b"")  # re-indexes the partition, then expires
         alone = InteractionEvent.loads((await interactions_out.get(timeout=1)).value)
         assert (alone.item_id, alone.rating, alone.text) == ("pick", None, "warm")
+
+
+@pytest.mark.asyncio
+async def test_the_agent_catches_up_from_the_changelog_and_drops_what_was_applied(
+    tmp_path: Path,
+) -> None:
+    """A partition comes to this worker: before its first message the store is caught up
+    from the changelog another worker wrote (a waiting review, the offsets it applied);
+    a message below those offsets is dropped as replayed when its event id is in the
+    rows, and joined when it is not (its topic started again: nothing new is lost)."""
+    log = MemoryChangelog()
+    other = Harness()  # the other worker's rows
+    other.send(REVIEWS_TOPIC, review(), ts=time.time())
+    await log.append(0, encode_records(other.store, {REVIEWS_TOPIC: 10}))
+    app = faust.App("drex-join-move", store="memory://", datadir=str(tmp_path), web_enabled=False)
+    settings = WorkerSettings(partitions=1, join_window=WINDOW)
+    interactions, dead = app.channel(), app.channel()
+    state = JoinState(tmp_path / "join-state", log)
+    wiring = register(app, settings, interactions=interactions, dead_letters=dead, state=state)
+    interactions_out = interactions.__aiter__()
+    resets = metrics.SOURCE_RESETS.labels("join")
+    resets_before, replayed_before = resets._value.get(), _outcome(REPLAYED)
+    async with wiring.agent.test_context() as agent:
+        await put(agent, REVIEWS_TOPIC, review(), offset=9)  # applied there
+        await _eventually(lambda: _outcome(REPLAYED) == replayed_before + 1)
+        assert resets._value.get() == resets_before
+        await put(agent, REVIEWS_TOPIC, review("r0", item="old"), offset=8)  # a new topic's
+        await _eventually(lambda: state.changelog_offset(0) == 1)
+        assert resets._value.get() == resets_before + 1
+        assert state.next_offset(REVIEWS_TOPIC, 0) == 9  # the offsets follow the new topic
+        assert state.rows(0).get(row_key("ann", "old")) is not None  # waiting, not dropped
+        await put(agent, RATINGS_TOPIC, rating(), offset=0)
+        joined = InteractionEvent.loads((await interactions_out.get(timeout=1)).value)
+        assert interaction_id(joined) == '["ann","amp","r1","s1"]'
+        assert interactions_out.empty()
+        await _eventually(lambda: state.changelog_offset(0) == 2)
+        assert state.next_offset(RATINGS_TOPIC, 0) == 1
+        assert len(log.partitions[0]) == 3  # its record, then one per step that wrote
+
+
+async def _eventually(done: Any) -> None:
+    """Wait until ``done()``: a step commits after its interactions went out."""
+    for _ in range(100):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not reached in 1 s")
+
+
+def _outcome(outcome: str) -> float:
+    return float(metrics.JOIN_OUTCOMES.labels(outcome)._value.get())
 
 
 class Refusing:
@@ -408,7 +465,11 @@ async def test_an_interaction_the_broker_refuses_is_a_dead_letter_and_the_batch_
     settings = WorkerSettings(partitions=1, join_window=WINDOW)
     interactions, dead = app.channel(), app.channel()
     wiring = register(
-        app, settings, interactions=Refusing(interactions, "s-poison"), dead_letters=dead
+        app,
+        settings,
+        interactions=Refusing(interactions, "s-poison"),
+        dead_letters=dead,
+        state=JoinState(tmp_path / "join-state", MemoryChangelog()),
     )
     interactions_out, dead_out = interactions.__aiter__(), dead.__aiter__()
     async with wiring.agent.test_context() as agent:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -43,6 +44,7 @@ class Worker:
         state_dir: Path,
         log_path: Path,
         extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.log_path = log_path
@@ -71,7 +73,7 @@ class Worker:
             *extra,
         ]
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()
-        self.proc = spawn(self.args, log=self._log)
+        self.proc = spawn(self.args, env={**os.environ, **(env or {})}, log=self._log)
 
     def metrics(self) -> dict[str, float]:
         return scrape(self.port)
