@@ -382,8 +382,8 @@ async def test_the_agent_joins_and_dead_letters_through_faust(tmp_path: Path) ->
         )
         assert interactions_out.empty()
         # the join's state holds the emitted row (tombstone), the waiting review and the
-        # three event ids seen
-        assert len(wiring.state.rows(0)) == 5
+        # three event ids seen, once the last step committed (after its sends)
+        await _eventually(lambda: len(wiring.state.rows(0)) == 5)
         wiring.joiner.idle_after = 0.0  # no records pending: the wall clock decides
         wiring.joiner.window = 0.001
         wiring.joiner.forget()
