@@ -14,7 +14,6 @@ Run it from the tree to measure (``PYTHONPATH=.``): the worker imports the code 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import tempfile
 import time
@@ -25,7 +24,6 @@ from drex_model.evaluate.sample import write_sample
 from streams.broker import EmbeddedBroker, free_port
 from streams.metrics import scrape
 from streams.plan import plan_events
-from streams.producer import EventProducer
 from streams.worker import spawn
 
 BOTH = 'drex_join_outcomes_total{outcome="both"}'
@@ -68,13 +66,10 @@ def main() -> None:
             time.sleep(2)  # the first rebalance settles
             before = cpu_seconds(proc.pid)
 
-            async def send() -> None:
-                async with EventProducer(broker.url) as producer:
-                    for topic, key, value in plan.events:
-                        await producer.send_raw(topic, key, value)
+            from stream_bench import send_events  # beside this script
 
             started = time.monotonic()
-            asyncio.run(send())
+            send_events(broker.url, plan.events)
             wait_for(port, BOTH, plan.truth.both, 3600)
             seconds = time.monotonic() - started
             used = cpu_seconds(proc.pid) - before

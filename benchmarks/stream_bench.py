@@ -160,6 +160,17 @@ def wait(
         time.sleep(POLL_SECONDS)
 
 
+def send_events(url: str, events: Sequence[tuple[str, bytes, bytes]]) -> None:
+    """Send ``events`` (topic, key, value) as fast as the producer takes them."""
+
+    async def send() -> None:
+        async with EventProducer(url) as producer:
+            for topic, key, value in events:
+                await producer.send_raw(topic, key, value)
+
+    asyncio.run(send())
+
+
 def second_half_rate(trace: Sequence[tuple[float, float]]) -> float | None:
     """Rate from the first scrape at or past half the final value to the last scrape
     (``trace`` as :func:`wait` collects it); None when that spans no time."""
@@ -256,13 +267,8 @@ def stream_run(
     with workers(slug, args, workdir, roles, join_batch) as w:
         broker, procs, ports, learner = w.broker, w.procs, w.ports, w.learner
 
-        async def send() -> None:
-            async with EventProducer(broker.url) as producer:
-                for topic, key, value in plan.events:
-                    await producer.send_raw(topic, key, value)
-
         started = time.monotonic()
-        asyncio.run(send())
+        send_events(broker.url, plan.events)
         trace: list[tuple[float, float]] = []
         if learner is not None:
             total = "drex_learner_interactions"

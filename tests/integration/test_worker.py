@@ -189,19 +189,7 @@ def test_a_killed_worker_resumes_without_losing_or_repeating(
         at_kill = applied_total(first)
     finally:
         first.kill()  # SIGKILL: batches in flight, offsets and changelogs uncommitted
-    second = Worker(fresh_broker, tiny_encoder_dir, state, tmp_path / "second.log")
-    try:
-        wait_until(
-            lambda: applied_total(second) >= plan.truth.interactions,
-            120,
-            f"{plan.truth.interactions} interactions after the restart",
-            second,
-        )
-        time.sleep(3)  # anything replayed twice would show up now
-        assert applied_total(second) == plan.truth.interactions
-        replays = second.metrics()
-    finally:
-        assert second.stop() == 0, second.log_tail()
+    replays = restart_applies_all_once(plan, fresh_broker, tiny_encoder_dir, state, tmp_path)
     assert 0 < at_kill < plan.truth.interactions  # the kill did land mid-stream
     check_learner(state / "learner", plan, fresh_broker, exact_dead_letters=False)
     skipped = {k: v for k, v in replays.items() if k.startswith("drex_interactions_skipped_total")}
@@ -234,19 +222,7 @@ def test_a_worker_killed_between_its_join_changelog_and_its_offsets_applies_noth
         first.kill()
     assert first.proc.returncode == -signal.SIGKILL, first.log_tail()
     assert "killing this process after the changelog acks" in first.log_path.read_text()
-    second = Worker(fresh_broker, tiny_encoder_dir, state, tmp_path / "second.log")
-    try:
-        wait_until(
-            lambda: applied_total(second) >= plan.truth.interactions,
-            120,
-            f"{plan.truth.interactions} interactions after the restart",
-            second,
-        )
-        time.sleep(3)  # anything replayed twice would show up now
-        assert applied_total(second) == plan.truth.interactions
-        after = second.metrics()
-    finally:
-        assert second.stop() == 0, second.log_tail()
+    after = restart_applies_all_once(plan, fresh_broker, tiny_encoder_dir, state, tmp_path)
     assert after.get('drex_join_outcomes_total{outcome="replayed"}', 0.0) > 0
     # no interaction came twice from the join: the learner had none to drop as applied
     assert after.get('drex_interactions_skipped_total{reason="applied"}', 0.0) == 0.0
@@ -348,3 +324,23 @@ def test_a_join_worker_and_a_learn_worker_split_the_roles(
     assert codes == [0, 0], [w.log_tail() for w in (joiner, learner)]
     assert joined >= plan.truth.events
     check_learner(tmp_path / "learn" / "learner", plan, fresh_broker)
+
+
+def restart_applies_all_once(
+    plan: EventPlan, broker: EmbeddedBroker, encoder: Path, state: Path, tmp_path: Path
+) -> dict[str, float]:
+    """Start a second worker on ``state``: it applies every interaction of ``plan``, none
+    twice (checked a moment after the last); its metrics at the end."""
+    second = Worker(broker, encoder, state, tmp_path / "second.log")
+    try:
+        wait_until(
+            lambda: applied_total(second) >= plan.truth.interactions,
+            120,
+            f"{plan.truth.interactions} interactions after the restart",
+            second,
+        )
+        time.sleep(3)  # anything replayed twice would show up now
+        assert applied_total(second) == plan.truth.interactions
+        return second.metrics()
+    finally:
+        assert second.stop() == 0, second.log_tail()
