@@ -221,15 +221,7 @@ def encode_review(
 ) -> bytes:
     """A review event's wire bytes, fields in contract order (``categories`` only when
     given)."""
-    event = {
-        "schema": SCHEMA_VERSION,
-        "event_id": event_id,
-        "user_id": user_id,
-        "item_id": item_id,
-        "event_time": event_time,
-        "text": text,
-    }
-    return orjson.dumps(event if categories is None else {**event, "categories": categories})
+    return _encode(event_id, user_id, item_id, event_time, "text", text, categories)
 
 
 def encode_rating(
@@ -242,13 +234,25 @@ def encode_rating(
 ) -> bytes:
     """A rating event's wire bytes, fields in contract order (``categories`` only when
     given)."""
+    return _encode(event_id, user_id, item_id, event_time, "rating", rating, categories)
+
+
+def _encode(
+    event_id: str,
+    user_id: str,
+    item_id: str,
+    event_time: float,
+    field: str,
+    value: str | float,
+    categories: Sequence[str] | None,
+) -> bytes:
     event = {
         "schema": SCHEMA_VERSION,
         "event_id": event_id,
         "user_id": user_id,
         "item_id": item_id,
         "event_time": event_time,
-        "rating": rating,
+        field: value,
     }
     return orjson.dumps(event if categories is None else {**event, "categories": categories})
 
