@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 
@@ -66,3 +66,12 @@ def event_context(event: Any) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+def write_tables(tables: Sequence[Any], rows: Sequence[Mapping[str, bytes]], event: Any) -> None:
+    """Write ``rows[n]`` (id -> value) into ``tables[n]``, as of ``event``
+    (:func:`event_context`): one changelog record per id."""
+    with event_context(event):
+        for table, values in zip(tables, rows, strict=True):
+            for key, value in values.items():
+                table[key.encode()] = value

@@ -52,15 +52,16 @@ serving joins and heartbeats while the CPU works):
    ``checkpoint_every`` batches, or ``checkpoint_interval`` seconds after the last one,
    write a versioned checkpoint folder (keeping the last few) and sweep the store.
 
-Back on the event loop the changed representations are mirrored, as float32 bytes, into
-the ``user-embeddings`` and ``item-embeddings`` tables, whose changelog topics let any
-Kafka consumer follow the embeddings (``drex serve`` reads the learner store instead;
-overwrite-only, so replaying them is harmless). Faust acknowledges a
-take's records only after the agent's body has gone through all of it (``take_events``),
-so the consumer group never commits past what the store holds. It acknowledges them also
-when the body raises, so a failed micro-batch is not left to faust: it is retried from
-the store's state, and after three failures its interactions go to ``dead-letters``
-(replayable) with a log line.
+Back on the event loop, after a take's micro-batches, the representations they changed
+are mirrored (float32 bytes) into the ``user-embeddings`` and ``item-embeddings`` tables,
+whose changelogs let any Kafka consumer follow the embeddings (``drex serve`` reads the
+store instead): each id once per take, its latest vector. Overwrite-only, before faust
+acknowledges the take: a crash before them replays the take, which writes them again.
+Faust acknowledges a take's records only after the agent's body has gone through all of
+it (``take_events``), so the consumer group never commits past what the store holds. It
+acknowledges them also when the body raises, so a failed micro-batch is not left to
+faust: it is retried from the store's state, and after three failures its interactions
+go to ``dead-letters`` (replayable) with a log line.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ from streams.events import (
 )
 from streams.heap import release_heap
 from streams.source import interactions_view
-from streams.tables import bytes_table, event_context, raw_topic
+from streams.tables import bytes_table, raw_topic, write_tables
 
 if TYPE_CHECKING:
     import faust
@@ -523,23 +524,27 @@ def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> L
             if len(decoded) > settings.batch_size:
                 seconds = await in_learner_thread(session.encode_ahead, [d for _, d in decoded])
                 metrics.ENCODE_SECONDS.observe(seconds)
-            for start in range(0, len(decoded), settings.batch_size):
-                if not owned():  # revoked midway: the new owner reads the rest
-                    break
-                chunk = decoded[start : start + settings.batch_size]
-                await learn_micro_batch([d for _, d in chunk], [e for e, _ in chunk])
+            latest: tuple[dict[str, bytes], dict[str, bytes]] = ({}, {})  # users, items
+            try:
+                for start in range(0, len(decoded), settings.batch_size):
+                    if not owned():  # revoked midway: the new owner reads the rest
+                        break
+                    chunk = decoded[start : start + settings.batch_size]
+                    await learn_micro_batch([d for _, d in chunk], [e for e, _ in chunk], latest)
+            finally:  # before faust acknowledges the take
+                write_tables(tables, latest, events[-1])
             await in_learner_thread(session.sweep)
 
     async def learn_micro_batch(
-        batch: list[tuple[int, InteractionEvent]], events: Sequence[Any]
+        batch: list[tuple[int, InteractionEvent]],
+        events: Sequence[Any],
+        latest: tuple[dict[str, bytes], dict[str, bytes]],
     ) -> None:
         result = await learn_with_retries(batch, events)
         if result is None:
             return
-        with event_context(events[-1]):
-            for table, vectors in zip(tables, (result.users, result.items), strict=True):
-                for key, value in vectors.items():
-                    table[key.encode()] = value
+        latest[0].update(result.users)
+        latest[1].update(result.items)
         metrics.BATCH_SIZE.observe(len(events))
         metrics.LEARN_SECONDS.observe(result.learn_seconds)
         metrics.PERSIST_SECONDS.observe(result.persist_seconds)

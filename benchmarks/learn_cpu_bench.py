@@ -1,0 +1,125 @@
+"""The learner's cost alone: core time of a ``--role learn`` worker per interaction,
+beside the same micro-batches through ``LearnerSession.process`` in this process.
+
+A learn-only ``drex worker`` (a subprocess) against the embedded broker is sent rating-only
+interactions straight on the ``interactions`` topic, as the join writes them (no join
+runs); the clock and the worker's CPU time (user + system, from /proc) run from the first
+interaction sent until all are applied (``drex_interactions_applied_total``). Then the same
+interactions go through a fresh ``LearnerSession`` in micro-batches of the worker's size:
+the learner's work (learn, snapshot, store write, index) without the event loop. The
+difference between the two is what the worker's loop costs per interaction (consuming,
+decoding, mirroring the representations into the embedding tables, acknowledging).
+
+    python benchmarks/learn_cpu_bench.py [--dataset FILE] [--interactions 12000]
+
+Run it from the tree to measure (``PYTHONPATH=.``): the worker imports the code beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from join_cpu_bench import cpu_seconds, wait_for  # beside this script
+
+from drex_model.evaluate.data import load_interactions
+from streams.agents.index import IndexFeeder
+from streams.agents.learn import LearnerSession
+from streams.broker import EmbeddedBroker, free_port
+from streams.events import INTERACTIONS_TOPIC, InteractionEvent
+from streams.settings import WorkerSettings
+from streams.worker import spawn
+
+APPLIED = "drex_interactions_applied_total"
+DEFAULT_DATASET = "../shared/data/amazon14_musical_instruments_5.json.gz"
+
+
+def interactions(dataset: str, n: int) -> list[InteractionEvent]:
+    """The first ``n`` rated interactions of ``dataset``, repeated under new user and item
+    ids each pass when it has fewer, as rating-only interaction events."""
+    rows = [x for x in load_interactions(dataset).interactions if x.rating is not None]
+    out: list[InteractionEvent] = []
+    for n_pass in range(-(-n // len(rows))):
+        for x in rows[: n - len(out)]:
+            out.append(
+                InteractionEvent(
+                    user_id=f"{x.user}~{n_pass}",
+                    item_id=f"{x.item}~{n_pass}",
+                    rating=x.rating,
+                    text=None,
+                    event_time=x.timestamp,
+                    rating_event_id=f"r{len(out)}",
+                )
+            )
+    return out
+
+
+def in_process(events: Sequence[InteractionEvent], batch: int, work: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``LearnerSession.process`` over
+    ``events`` in micro-batches of ``batch``, the first batch (warm-up) left out."""
+    settings = WorkerSettings(
+        state_dir=str(work / "in-process"), device="cpu", checkpoint_every=0, batch_size=batch
+    )
+    session = LearnerSession(settings, IndexFeeder(publish_every=0.0))
+    session.acquire()
+    numbered = list(enumerate(events))
+    session.process(numbered[:batch])
+    wall, cpu = time.perf_counter(), time.process_time()
+    for s in range(batch, len(numbered), batch):
+        session.process(numbered[s : s + batch])
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    session.release(save_index=False)
+    return wall, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default=DEFAULT_DATASET)
+    parser.add_argument("--interactions", type=int, default=12_000)
+    parser.add_argument("--batch-size", type=int, default=256, help="the worker's micro-batch")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="learn-cpu-"))
+    events = interactions(args.dataset, args.interactions)
+    n = len(events)
+    port = free_port()
+    with EmbeddedBroker(log_dir=work / "tansu") as broker, open(work / "worker.log", "wb") as log:
+        command = ["--broker", broker.url, "--embedded", "--state-dir", str(work / "state")]
+        command += ["--metrics-port", str(port), "--session-timeout", "4", "--role", "learn"]
+        command += ["--batch-size", str(args.batch_size)]
+        proc = spawn(command, log=log)
+        try:
+            wait_for(port, "drex_owns_learner", 1.0, 300)
+            time.sleep(2)  # the first rebalance settles
+            before = cpu_seconds(proc.pid)
+
+            from stream_bench import send_events  # beside this script
+
+            started = time.monotonic()
+            send_events(
+                broker.url,
+                [(INTERACTIONS_TOPIC, e.user_id.encode(), e.dumps()) for e in events],
+            )
+            wait_for(port, APPLIED, n, 3600)
+            seconds = time.monotonic() - started
+            used = cpu_seconds(proc.pid) - before
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    wall, cpu = in_process(events, args.batch_size, work)
+    m = n - args.batch_size
+    print(
+        f"learn worker: {n} interactions in {seconds:.1f} s, {n / seconds:,.0f}/s; "
+        f"CPU {used:.2f} s = {1e6 * used / n:.0f} us per interaction"
+    )
+    print(
+        f"LearnerSession.process alone: {m / wall:,.0f}/s; "
+        f"CPU {1e6 * cpu / m:.0f} us per interaction"
+    )
+    print(f"the worker's loop beyond it: {1e6 * (used / n - cpu / m):.0f} us per interaction")
+
+
+if __name__ == "__main__":
+    main()
