@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import tempfile
@@ -96,9 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=str(DEFAULT_DATASET) if DEFAULT_DATASET.exists() else "sample",
         help="a dataset file, or 'sample' (default: the shared Musical Instruments file)",
     )
-    parser.add_argument(
-        "--threads", type=int, default=0, help="the worker's --torch-threads (0: its default)"
-    )
+    parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     parser.add_argument("--encoder", default="", help="local HF folder (default: MiniLM)")
     parser.add_argument(
         "--worker-arg",

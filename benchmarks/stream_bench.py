@@ -393,14 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a dataset file, or 'sample' (default: the shared Musical Instruments file "
         "when present)",
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="the worker's --torch-threads (default 0: the worker's own choice, every core "
-        "while encoding and one fewer while learning); the encoder and the learner alone "
-        "run on every core",
-    )
+    parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     parser.add_argument("--batch-size", type=int, default=WorkerSettings().batch_size)
     parser.add_argument("--encoder", default="", help="local HF folder (default: MiniLM)")
     parser.add_argument(
@@ -478,10 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = replay(base[: args.interactions], args.passes)
         import torch
 
-        from drex_model.device import intra_op_threads
         from drex_model.text import TextEncoder
 
-        torch.set_num_threads(intra_op_threads(args.threads, encoding=True))
+        torch.set_num_threads(args.threads)
         encoder = TextEncoder(args.encoder or None)  # the worker's defaults
         # the encoder alone just before and just after the text stream: on shared
         # machines the speed drifts over minutes, and the ratio uses their mean
@@ -513,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{Path(args.dataset).name}: {len(rows)} interactions"
         + (f" ({args.passes} passes)" if args.passes > 1 else "")
-        + f", worker torch threads {args.threads or 'auto'}, "
+        + f", {args.threads} torch threads, "
         f"layout {args.layout}, batch {args.batch_size}, "
         f"join window {args.join_window} s, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     )

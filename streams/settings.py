@@ -106,8 +106,7 @@ class WorkerSettings(StateLocation):
     """DREX_FSYNC: fsync the learner store's write-ahead log on every batch. Off, a
     process crash loses nothing; a machine crash may lose the last batches (state.py)."""
     torch_threads: int = Field(0, ge=0)
-    """DREX_TORCH_THREADS: torch intra-op threads of the learner (0 = every core while
-    encoding reviews, one fewer while learning: the event loop keeps a core)."""
+    """DREX_TORCH_THREADS: torch intra-op threads (0 = torch's default)."""
     metrics_port: int = Field(9101, ge=-1, le=65535)
     """DREX_METRICS_PORT: Prometheus metrics port (0 = pick a free one, -1 = no server)."""
     metrics_host: str = "127.0.0.1"

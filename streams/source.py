@@ -30,7 +30,6 @@ creates an unknown topic with four as soon as a client asks for it.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
     from streams.settings import WorkerSettings
 
 FETCH_SECONDS = 10.0  # how long reading the one record at the stored offset may take
-logger = logging.getLogger(__name__)
 
 
 class SourceError(RuntimeError):
@@ -206,42 +204,3 @@ def _record_id(raw: bytes) -> str:
     from streams.events import InteractionEvent, interaction_id
 
     return interaction_id(InteractionEvent.loads(raw))
-
-
-def checked_info(
-    source: Callable[[int], TopicView] | None, store: Any, info: StoreInfo
-) -> StoreInfo:
-    """The learner store's info, its offset restarted at -1 if the ``interactions`` topic
-    is a new incarnation (``source(offset)`` shows it; None: not checked); that is written
-    to ``store`` at once and logged."""
-    from streams import metrics
-    from streams.events import INTERACTIONS_TOPIC
-
-    if source is None:
-        return info
-    try:
-        view = source(info.offset)
-    except Exception as err:  # the next take-over checks again
-        logger.warning(
-            "could not look at %s (%r): the stored offset %d is trusted",
-            INTERACTIONS_TOPIC,
-            err,
-            info.offset,
-        )
-        return info
-    verdict = check(info, view, INTERACTIONS_TOPIC)
-    if verdict.reset is not None:
-        logger.warning(
-            "new incarnation of %s (the broker restarted empty, or the topic was made "
-            "again): %s. The model is kept (%d interactions learned) and the new topic "
-            "is read from its beginning; already applied ids are still dropped",
-            INTERACTIONS_TOPIC,
-            verdict.reset,
-            info.applied,
-        )
-        metrics.SOURCE_RESETS.labels("learner").inc()
-    if verdict.unverified is not None:
-        logger.warning("the learner trusts its stored offset: %s", verdict.unverified)
-    if verdict.changed:
-        store.put_info(verdict.info)
-    return verdict.info

@@ -159,16 +159,16 @@ class LearnerSession:
             return
         import torch
 
-        from drex_model.device import intra_op_threads, resolve_device
+        from drex_model.device import resolve_device
         from drex_model.learner import DReXLearner
         from drex_model.model import DReXConfig
         from drex_model.text import TextEncoder
         from drex_store.learner import LearnerStore
-        from streams.source import checked_info
         from streams.state import restore, stored_review
 
         s = self.settings
-        torch.set_num_threads(intra_op_threads(s.torch_threads, encoding=False))
+        if s.torch_threads > 0:
+            torch.set_num_threads(s.torch_threads)
         device = resolve_device(s.device)
         started = time.monotonic()
         store = LearnerStore.open(s.learner_path, fsync=s.fsync, wait=STORE_WAIT_SECONDS)
@@ -184,7 +184,7 @@ class LearnerSession:
             learner = DReXLearner(config, encoder=self._encoder, seed=s.seed, device=device)
             learner.cache.loader = functools.partial(stored_review, store)  # past the budget
             info = restore(store, learner, self._encoder.identity)
-            info = checked_info(self.source, store, info)
+            info = self._check_source(store, info)
             items = list(learner.items.ids)
             self.feeder.rebuild(config.dim, items, learner.embeddings("items", items))
             self.feeder.publish(store, info.batches, force=True)
@@ -204,6 +204,40 @@ class LearnerSession:
             len(learner.users),
             len(learner.items),
         )
+
+    def _check_source(self, store: Any, info: Any) -> Any:
+        """The store's info, its offset restarted at -1 if the ``interactions`` topic is a
+        new incarnation (streams/source.py); that is written at once and logged."""
+        from streams.source import check
+
+        if self.source is None:
+            return info
+        try:
+            view = self.source(info.offset)
+        except Exception as err:  # the next take-over checks again
+            logger.warning(
+                "could not look at %s (%r): the stored offset %d is trusted",
+                INTERACTIONS_TOPIC,
+                err,
+                info.offset,
+            )
+            return info
+        verdict = check(info, view, INTERACTIONS_TOPIC)
+        if verdict.reset is not None:
+            logger.warning(
+                "new incarnation of %s (the broker restarted empty, or the topic was made "
+                "again): %s. The model is kept (%d interactions learned) and the new topic "
+                "is read from its beginning; already applied ids are still dropped",
+                INTERACTIONS_TOPIC,
+                verdict.reset,
+                info.applied,
+            )
+            metrics.SOURCE_RESETS.labels("learner").inc()
+        if verdict.unverified is not None:
+            logger.warning("the learner trusts its stored offset: %s", verdict.unverified)
+        if verdict.changed:
+            store.put_info(verdict.info)
+        return verdict.info
 
     def release(self, save_index: bool = True) -> None:
         """Close the store and forget the learner (another worker takes it over)."""
@@ -231,26 +265,13 @@ class LearnerSession:
         started = time.perf_counter()
         try:
             self.acquire()
-            self._encode([e.text for o, e in batch if e.text and o > self.info.offset])
+            learner = self.learner
+            texts = [e.text for o, e in batch if e.text and o > self.info.offset]
+            if texts and learner.encoder is not None and learner.config.use_text:
+                learner.cache.add(learner.encoder, texts)
         except Exception:
             logger.exception("encoding ahead failed; each micro-batch encodes its own reviews")
         return time.perf_counter() - started
-
-    def _encode(self, texts: Sequence[str]) -> None:
-        """Encode the ``texts`` the learner's cache lacks, with the encoding thread count
-        (:func:`drex_model.device.intra_op_threads`), then back to the learning one."""
-        import torch
-
-        from drex_model.device import intra_op_threads
-
-        learner, threads = self.learner, self.settings.torch_threads
-        if not texts or learner.encoder is None or not learner.config.use_text:
-            return
-        torch.set_num_threads(intra_op_threads(threads, encoding=True))
-        try:
-            learner.cache.add(learner.encoder, texts)
-        finally:
-            torch.set_num_threads(intra_op_threads(threads, encoding=False))
 
     def sweep(self, force: bool = False) -> None:
         """Forget the encoded reviews no pending message needs, once the cache has grown
@@ -324,7 +345,6 @@ class LearnerSession:
         started = time.perf_counter()
         changed: dict[str, set[str]] = {"users": set(), "items": set()}
         if keep:
-            self._encode([e.text for e in keep if e.text])  # with every core
             scores = learner.learn_many([e.to_interaction() for e in keep])
             result.errors = [
                 float(s) - float(e.rating)
