@@ -17,6 +17,7 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from drex_model.evaluate.data import load_interactions
@@ -47,6 +48,38 @@ def wait_for(port: int, name: str, value: float, timeout: float) -> None:
     raise TimeoutError(f"{name} did not reach {value} in {timeout:.0f} s")
 
 
+def time_worker(
+    work: Path,
+    extra: Sequence[str],
+    ready: str,
+    events: Sequence[tuple[str, bytes, bytes]],
+    done: str,
+    target: float,
+) -> tuple[float, float]:
+    """(wall seconds, the worker's CPU seconds) from the first of ``events`` sent to a
+    fresh worker (``extra`` flags) on a fresh embedded broker, once its gauge ``ready``
+    is 1, until its metric ``done`` reaches ``target``."""
+    port = free_port()
+    with EmbeddedBroker(log_dir=work / "tansu") as broker, open(work / "worker.log", "wb") as log:
+        command = ["--broker", broker.url, "--embedded", "--state-dir", str(work / "state")]
+        command += ["--metrics-port", str(port), "--session-timeout", "4", *extra]
+        proc = spawn(command, log=log)
+        try:
+            wait_for(port, ready, 1.0, 300)
+            time.sleep(2)  # the first rebalance settles
+            before = cpu_seconds(proc.pid)
+
+            from stream_bench import send_events  # beside this script
+
+            started = time.monotonic()
+            send_events(broker.url, events)
+            wait_for(port, done, target, 3600)
+            return time.monotonic() - started, cpu_seconds(proc.pid) - before
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=700, help="sample users (~12 pairs each)")
@@ -55,27 +88,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="join-cpu-"))
     rows = load_interactions(write_sample(work / "sample.jsonl", users=args.users)).interactions
     plan = plan_events(rows, seed=0, rating_only=0.0)
-    port = free_port()
-    with EmbeddedBroker(log_dir=work / "tansu") as broker, open(work / "worker.log", "wb") as log:
-        command = ["--broker", broker.url, "--embedded", "--state-dir", str(work / "state")]
-        command += ["--metrics-port", str(port), "--session-timeout", "4", "--role", "join"]
-        command += ["--join-window", str(args.join_window)]
-        proc = spawn(command, log=log)
-        try:
-            wait_for(port, "drex_join_partitions", 1.0, 300)
-            time.sleep(2)  # the first rebalance settles
-            before = cpu_seconds(proc.pid)
-
-            from stream_bench import send_events  # beside this script
-
-            started = time.monotonic()
-            send_events(broker.url, plan.events)
-            wait_for(port, BOTH, plan.truth.both, 3600)
-            seconds = time.monotonic() - started
-            used = cpu_seconds(proc.pid) - before
-        finally:
-            proc.terminate()
-            proc.wait(60)
+    extra = ["--role", "join", "--join-window", str(args.join_window)]
+    seconds, used = time_worker(
+        work, extra, "drex_join_partitions", plan.events, BOTH, plan.truth.both
+    )
     n = len(plan.events)
     print(
         f"{n} events ({plan.truth.both} pairs): {seconds:.1f} s, {n / seconds:,.0f} events/s; "

@@ -23,15 +23,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from join_cpu_bench import cpu_seconds, wait_for  # beside this script
+from join_cpu_bench import time_worker  # beside this script
 
 from drex_model.evaluate.data import load_interactions
 from streams.agents.index import IndexFeeder
 from streams.agents.learn import LearnerSession
-from streams.broker import EmbeddedBroker, free_port
 from streams.events import INTERACTIONS_TOPIC, InteractionEvent
 from streams.settings import WorkerSettings
-from streams.worker import spawn
 
 APPLIED = "drex_interactions_applied_total"
 DEFAULT_DATASET = "../shared/data/amazon14_musical_instruments_5.json.gz"
@@ -84,30 +82,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="learn-cpu-"))
     events = interactions(args.dataset, args.interactions)
     n = len(events)
-    port = free_port()
-    with EmbeddedBroker(log_dir=work / "tansu") as broker, open(work / "worker.log", "wb") as log:
-        command = ["--broker", broker.url, "--embedded", "--state-dir", str(work / "state")]
-        command += ["--metrics-port", str(port), "--session-timeout", "4", "--role", "learn"]
-        command += ["--batch-size", str(args.batch_size)]
-        proc = spawn(command, log=log)
-        try:
-            wait_for(port, "drex_owns_learner", 1.0, 300)
-            time.sleep(2)  # the first rebalance settles
-            before = cpu_seconds(proc.pid)
-
-            from stream_bench import send_events  # beside this script
-
-            started = time.monotonic()
-            send_events(
-                broker.url,
-                [(INTERACTIONS_TOPIC, e.user_id.encode(), e.dumps()) for e in events],
-            )
-            wait_for(port, APPLIED, n, 3600)
-            seconds = time.monotonic() - started
-            used = cpu_seconds(proc.pid) - before
-        finally:
-            proc.terminate()
-            proc.wait(60)
+    seconds, used = time_worker(
+        work,
+        ["--role", "learn", "--batch-size", str(args.batch_size)],
+        "drex_owns_learner",
+        [(INTERACTIONS_TOPIC, e.user_id.encode(), e.dumps()) for e in events],
+        APPLIED,
+        n,
+    )
     wall, cpu = in_process(events, args.batch_size, work)
     m = n - args.batch_size
     print(
