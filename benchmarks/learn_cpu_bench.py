@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from join_cpu_bench import time_worker  # beside this script
+from stream_bench import replay
 
 from drex_model.evaluate.data import load_interactions
 from streams.agents.index import IndexFeeder
@@ -36,23 +37,20 @@ DEFAULT_DATASET = "../shared/data/amazon14_musical_instruments_5.json.gz"
 
 
 def interactions(dataset: str, n: int) -> list[InteractionEvent]:
-    """The first ``n`` rated interactions of ``dataset``, repeated under new user and item
-    ids each pass when it has fewer, as rating-only interaction events."""
+    """The first ``n`` rated interactions of ``dataset``, replayed with new users and items
+    each pass when it has fewer (``stream_bench.replay``), as rating-only events."""
     rows = [x for x in load_interactions(dataset).interactions if x.rating is not None]
-    out: list[InteractionEvent] = []
-    for n_pass in range(-(-n // len(rows))):
-        for x in rows[: n - len(out)]:
-            out.append(
-                InteractionEvent(
-                    user_id=f"{x.user}~{n_pass}",
-                    item_id=f"{x.item}~{n_pass}",
-                    rating=x.rating,
-                    text=None,
-                    event_time=x.timestamp,
-                    rating_event_id=f"r{len(out)}",
-                )
-            )
-    return out
+    return [
+        InteractionEvent(
+            user_id=x.user,
+            item_id=x.item,
+            rating=x.rating,
+            text=None,
+            event_time=x.timestamp,
+            rating_event_id=f"r{k}",
+        )
+        for k, x in enumerate(replay(rows, -(-n // len(rows)))[:n])
+    ]
 
 
 def in_process(events: Sequence[InteractionEvent], batch: int, work: Path) -> tuple[float, float]:

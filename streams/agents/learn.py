@@ -524,27 +524,27 @@ def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> L
             if len(decoded) > settings.batch_size:
                 seconds = await in_learner_thread(session.encode_ahead, [d for _, d in decoded])
                 metrics.ENCODE_SECONDS.observe(seconds)
-            latest: tuple[dict[str, bytes], dict[str, bytes]] = ({}, {})  # users, items
+            users: dict[str, bytes] = {}  # each id's latest representation in the take
+            items: dict[str, bytes] = {}
             try:
                 for start in range(0, len(decoded), settings.batch_size):
                     if not owned():  # revoked midway: the new owner reads the rest
                         break
                     chunk = decoded[start : start + settings.batch_size]
-                    await learn_micro_batch([d for _, d in chunk], [e for e, _ in chunk], latest)
+                    result = await learn_micro_batch([d for _, d in chunk], [e for e, _ in chunk])
+                    if result is not None:
+                        users.update(result.users)
+                        items.update(result.items)
             finally:  # before faust acknowledges the take
-                write_tables(tables, latest, events[-1])
+                write_tables(tables, (users, items), events[-1])
             await in_learner_thread(session.sweep)
 
     async def learn_micro_batch(
-        batch: list[tuple[int, InteractionEvent]],
-        events: Sequence[Any],
-        latest: tuple[dict[str, bytes], dict[str, bytes]],
-    ) -> None:
+        batch: list[tuple[int, InteractionEvent]], events: Sequence[Any]
+    ) -> BatchResult | None:
         result = await learn_with_retries(batch, events)
         if result is None:
-            return
-        latest[0].update(result.users)
-        latest[1].update(result.items)
+            return None
         metrics.BATCH_SIZE.observe(len(events))
         metrics.LEARN_SECONDS.observe(result.learn_seconds)
         metrics.PERSIST_SECONDS.observe(result.persist_seconds)
@@ -554,6 +554,7 @@ def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> L
         if result.skipped_applied:
             metrics.INTERACTIONS_SKIPPED.labels("applied").inc(result.skipped_applied)
         prequential.update(result.errors)
+        return result
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
