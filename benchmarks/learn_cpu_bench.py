@@ -2,9 +2,10 @@
 beside the same micro-batches through ``LearnerSession.process`` in this process.
 
 A learn-only ``drex worker`` (a subprocess) against the embedded broker is sent rating-only
-interactions straight on the ``interactions`` topic, as the join writes them (no join
-runs); the clock and the worker's CPU time (user + system, from /proc) run from the first
-interaction sent until all are applied (``drex_interactions_applied_total``). Then the same
+interactions straight on the ``interactions`` topic, as the join writes them (16 to a
+record, ``streams.events.interaction_records``; no join runs); the clock and the worker's
+CPU time (user + system, from /proc) run from the first interaction sent until all are
+applied (``drex_interactions_applied_total``). Then the same
 interactions go through a fresh ``LearnerSession`` in micro-batches of the worker's size:
 the learner's work (learn, snapshot, store write, index) without the event loop. The
 difference between the two is what the worker's loop costs per interaction (consuming,
@@ -29,7 +30,7 @@ from stream_bench import replay
 from drex_model.evaluate.data import load_interactions
 from streams.agents.index import IndexFeeder
 from streams.agents.learn import LearnerSession
-from streams.events import INTERACTIONS_TOPIC, InteractionEvent
+from streams.events import INTERACTIONS_TOPIC, InteractionEvent, interaction_records
 from streams.settings import WorkerSettings
 
 APPLIED = "drex_interactions_applied_total"
@@ -84,7 +85,10 @@ def main() -> None:
         work,
         ["--role", "learn", "--batch-size", str(args.batch_size)],
         "drex_owns_learner",
-        [(INTERACTIONS_TOPIC, e.user_id.encode(), e.dumps()) for e in events],
+        [  # as the join writes them: rating-only interactions many to a record
+            (INTERACTIONS_TOPIC, events[a].user_id.encode(), value)
+            for a, _, value in interaction_records(events)
+        ],
         APPLIED,
         n,
     )

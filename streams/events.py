@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, Final
 
 import faust
@@ -152,6 +152,70 @@ class InteractionEvent(faust.Record, serializer="json", include_metadata=False):
             text=self.text,
             timestamp=self.event_time,
         )
+
+
+# Rating-only interactions one ``interactions`` record may carry (:func:`interaction_records`).
+# Each costs the learner ~0.3 ms, so a full record is a few ms of work and a take of
+# ``encode_window`` records stays a few seconds long; an id-bounded, rating-only
+# interaction is at most ~5 KB, so a full record stays far below Kafka's 1 MB limit.
+RECORD_INTERACTIONS: Final = 16
+
+
+def interaction_records(events: Sequence[InteractionEvent]) -> list[tuple[int, int, bytes]]:
+    """``(start, stop, value)``: the ``interactions`` records that carry ``events[start:
+    stop]``, in order. Consecutive rating-only interactions share a record, a JSON array
+    of up to :data:`RECORD_INTERACTIONS` of them: the per-message work of the producer,
+    the broker and the consumer is then paid once for many. An interaction with a review
+    travels alone, as one JSON object: the encoder dominates its cost, and the learner's
+    takes, counted in records, stay as long as they were."""
+    records: list[tuple[int, int, bytes]] = []
+    start = 0
+    while start < len(events):
+        stop = start + 1
+        if events[start].text is None:
+            while (
+                stop < len(events)
+                and stop - start < RECORD_INTERACTIONS
+                and events[stop].text is None
+            ):
+                stop += 1
+        if stop - start == 1:
+            value = events[start].dumps()
+        else:
+            value = b"[" + b",".join(e.dumps() for e in events[start:stop]) + b"]"
+        records.append((start, stop, value))
+        start = stop
+    return records
+
+
+def read_interactions(raw: bytes) -> list[InteractionEvent]:
+    """The interactions of one ``interactions`` record, in order: a JSON object (one
+    interaction, as a foreign writer or a replayed dead letter sends it) or a non-empty
+    array of them (the join's, :func:`interaction_records`). Raises on anything else."""
+    data = orjson.loads(raw)
+    if not isinstance(data, list):
+        return [InteractionEvent.from_data(_mapping(data))]
+    if not data:
+        raise ValueError("an interactions record holds an empty array")
+    return [InteractionEvent.from_data(_mapping(d)) for d in data]
+
+
+def micro_batches(
+    take: Sequence[tuple[int, InteractionEvent]], ends: Collection[int], size: int
+) -> Iterator[tuple[list[tuple[int, InteractionEvent]], int]]:
+    """A take's (record offset, interaction) pairs in micro-batches of ``size``, each with
+    the last offset whose record it finishes: ``ends`` holds where in ``take`` each
+    record's last interaction is, so a record cut in two is finished by its second part."""
+    for start in range(0, len(take), size):
+        stop = min(start + size, len(take))
+        tail = take[stop - 1][0]
+        yield list(take[start:stop]), tail if stop - 1 in ends else tail - 1
+
+
+def _mapping(data: object) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ValueError(f"an interaction is a JSON object, not {_kind(data)}")
+    return data
 
 
 def interaction_id(event: InteractionEvent) -> str:

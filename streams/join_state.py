@@ -40,9 +40,8 @@ write batch per partition, not faust's per-row table and changelog work:
   on top (``drex_source_resets_total{state="join"}``), as streams/recovery.py does for
   faust's tables; what the broker lost is not in the new changelog for another worker.
 
-A changelog record that cannot be written (the broker away) is retried until it is
-(the join waits: its rows must not move on without it); a failed write batch leaves the
-partition to be caught up from the changelog before its next message.
+A changelog record the broker refuses is retried until written (the join waits for it);
+a failed write batch has the partition caught up from the changelog before its next one.
 
 **Limitation: the changelog grows.** Records are never compacted (their keys are the
 partition: compaction would lose rows; the topic must keep ``cleanup.policy=delete``), so
@@ -72,6 +71,7 @@ from streams.events import (
     RATINGS_TOPIC,
     REVIEWS_TOPIC,
     dead_letter,
+    interaction_records,
 )
 
 if TYPE_CHECKING:
@@ -242,7 +242,7 @@ class KafkaChangelog:
 
 async def deliver(step: Any, now: float, interactions: Any, dead_letters: Any) -> None:
     """The first part of a join step's commit (a streams.agents.join.JoinStep): send the
-    interactions, wait for their acks, send the dead letters, count the outcomes. Raises
+    interactions, await their acks, send the dead letters, count the outcomes. Raises
     nothing: a refused interaction is a dead letter itself (topic ``interactions``)."""
     from streams import metrics
 
@@ -253,20 +253,25 @@ async def deliver(step: Any, now: float, interactions: Any, dead_letters: Any) -
         raw = emission.event.dumps()
         letters.append((PROCESSING_ERROR, dead_letter(raw, INTERACTIONS_TOPIC, err, now)))
 
-    sent: list[tuple[Any, Any]] = []
-    for e in step.emits:
+    emits = list(step.emits)
+    sent: list[tuple[list[Any], Any]] = []
+    # rating-only interactions travel many to a record (streams.events.interaction_records)
+    for start, stop, value in interaction_records([e.event for e in emits]):
+        group = emits[start:stop]
         try:  # MessageSizeTooLargeError, say, is raised by send itself
-            future = await interactions.send(key=e.event.user_id.encode(), value=e.event.dumps())
-            sent.append((e, future))
+            future = await interactions.send(key=group[0].event.user_id.encode(), value=value)
+            sent.append((group, future))
         except Exception as err:
-            refused(e, err)
+            for e in group:
+                refused(e, err)
     # acknowledged before the rows that record them are written
     acks = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
-    for (e, _), ack in zip(sent, acks, strict=True):
+    for (group, _), ack in zip(sent, acks, strict=True):
         if isinstance(ack, asyncio.CancelledError):
             raise ack
         if isinstance(ack, BaseException):
-            refused(e, ack)
+            for e in group:
+                refused(e, ack)
     for reason, letter in letters:
         try:
             await dead_letters.send(value=letter)

@@ -13,7 +13,8 @@ at the topic once (:func:`inspect_topic`) and compares it with the store
   answer; Tansu answers with its ``--cluster-id``, the same after a restart), or
 * the topic ends at or below the stored offset (the usual case after a restart), or
 * the record at the stored offset is not the interaction the store applied there (its
-  id, ``StoreInfo.last_id``): a new incarnation that has already grown past it.
+  id, ``StoreInfo.last_id``; for a record of several, its last): a new incarnation that
+  has already grown past it.
 
 A new incarnation keeps the model (it did learn those interactions) and restarts the
 offset at -1, so the whole new topic is read; the applied ids (``a:`` keys, kept for
@@ -201,6 +202,7 @@ def interactions_view(settings: WorkerSettings) -> Callable[[int], TopicView]:
 
 
 def _record_id(raw: bytes) -> str:
-    from streams.events import InteractionEvent, interaction_id
+    """The id of a record's last interaction: the one the store names with its offset."""
+    from streams.events import interaction_id, read_interactions
 
-    return interaction_id(InteractionEvent.loads(raw))
+    return interaction_id(read_interactions(raw)[-1])

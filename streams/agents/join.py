@@ -10,7 +10,7 @@ clock (:class:`Joiner`, a pure class, wrapped by :func:`register`):
   changelogged per step, so a partition's rows move with it on a rebalance), keyed by
   :func:`row_key`, the JSON array ``[user, item]`` (unambiguous whatever the ids hold).
   When the other half arrives, one :class:`InteractionEvent` with both goes to
-  ``interactions``.
+  ``interactions`` (rating-only ones up to 16 to a record: :func:`interaction_records`).
 * A half whose partner has not come within ``join_window`` seconds is emitted alone
   (outcome ``expired``); the model fuses the missing modality as zeros.
 * **An event id is one event, across the stream.** Each id seen is a small row of its

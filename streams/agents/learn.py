@@ -1,67 +1,60 @@
 """Interactions -> the learner -> its store, the embedding tables and the item index.
 
 **One model.** The dense network (review head, fusion, GRUs, rating MLP) and every
-user's and item's state form one model that must see every interaction. So the
-``interactions`` topic has exactly one partition: in a consumer group of several
-workers exactly one is assigned it, and that worker holds the learner. Joins scale out
-across workers by user partitions (streams/agents/join.py); the learner's throughput is
-bounded by one process. The scaling path is the encoder, which dominates the cost per
-interaction: run the learner's worker on a GPU (``DREX_DEVICE=cuda``) and give it the
-``learn`` role, with ``join`` workers (no torch imported) around it.
+user's and item's state form one model that must see every interaction, so the
+``interactions`` topic has one partition, and the worker assigned it holds the learner.
+Joins scale out by user partitions (streams/agents/join.py); the learner is one process,
+whose scaling path is the encoder, the cost of a text interaction: a ``learn`` worker on
+a GPU (``DREX_DEVICE=cuda``) with ``join`` workers (no torch imported) around it.
 
 **Taking over.** The learner lives in its store (drex_store/learner.py), opened when this
 worker is assigned ``interactions`` and closed when the partition is revoked (after the
-batch in progress is written). Workers that may take over from each other must share the
+batch in progress is written). Workers that may take over from each other share the
 store's folder (``DREX_LEARNER_DIR`` on a shared volume); RocksDB's lock keeps a second
-process out until the first has let go, and the new owner restores the learner from the
-store (checking its config and text encoder) and rebuilds and publishes the item
-index. It also checks that the store's offset belongs to the ``interactions`` topic the
-broker holds now (streams/source.py): after a broker restarted empty the topic starts at
-offset 0 again, and the old offset would skip that many new interactions; the learner
-then reads the new topic from its beginning, with its model kept. A worker whose store is
-not shared starts from what its own folder holds: give the ``learn`` role to one worker at
-a time in that setup.
+process out until the first has let go, and the new owner restores the learner (checking
+its config and text encoder), rebuilds and publishes the item index, and checks that the
+store's offset belongs to the ``interactions`` topic the broker holds now
+(streams/source.py: after a broker restarted empty, the new topic is read from its
+beginning, the model kept). Without a shared store, give the ``learn`` role to one
+worker at a time.
 
-**A take** is what the agent reads at once: up to ``encode_window`` interactions (1024)
-when a backlog is there, fewer when ``batch_within`` passes first. Its reviews are
-encoded first, in one pass sorted by length (:meth:`LearnerSession.encode_ahead`: a
-micro-batch of 256 pads ~5% more tokens than a sorted window of 1024, and the encoder is
-the cost of a text interaction); then its micro-batches of ``batch_size`` are learned
-and persisted one by one, as below; then the learner's review cache is swept of reviews
-no pending message needs (:meth:`LearnerSession.sweep`). A rebalance waits for the take
-in progress (faust's ``wait_empty``) before the partition moves; should the assignment
-change under it anyway, the take stops between micro-batches and the rest is the new
-owner's.
+**A take** is what the agent reads at once: up to ``encode_window`` records (1024) when a
+backlog is there, fewer when ``batch_within`` passes first. A record holds one
+interaction, or up to 16 rating-only ones (the join's, ``interaction_records``); each
+interaction keeps its record's offset. The take's reviews are encoded first, in one pass
+sorted by length (:meth:`LearnerSession.encode_ahead`: fewer padded tokens than a pass
+per micro-batch); then its micro-batches of ``batch_size`` interactions are learned and
+persisted one by one, as below, a record possibly cut between two (the stored offset
+moves once its last interaction is learned, and its ids drop its first part should it
+come again); then the review cache is swept (:meth:`LearnerSession.sweep`). A rebalance
+waits for the take in progress (faust's ``wait_empty``); should the assignment change
+under it anyway, the take stops between micro-batches and the rest is the new owner's.
 
 **A micro-batch**, in the learner's thread (one dedicated thread, so the event loop keeps
 serving joins and heartbeats while the CPU works):
 
-1. drop records already applied (offset <= stored offset, or id already applied);
+1. drop interactions already applied (record offset <= stored offset, or id applied);
 2. ``DReXLearner.learn_many`` (the same call as ``drex evaluate`` and replays); its
    scores, made before each label was used, feed the prequential error metrics;
-3. read back, in one pass (``DReXLearner.snapshot``), the representations and keyword
-   profiles of the users and items whose state changed (those in the batch, and after
-   an optimiser step also those whose learnable rows the step moved), and of those in
-   records dropped in 1 (a crash may have fallen between the store's write and the
-   embedding tables', so a replay writes them again);
-4. write all of it (with the representations, for serving replicas, and the reviews
-   pending messages need that the store lacks), the applied ids and the offset in one
-   atomic write (``streams.state.batch_write``, ``LearnerStore.commit``);
-5. upsert the changed items into the stream's FAISS index, and publish the index in the
-   store when ``index_save_every`` has passed (streams/agents/index.py); every
-   ``checkpoint_every`` batches, or ``checkpoint_interval`` seconds after the last one,
-   write a versioned checkpoint folder (keeping the last few) and sweep the store.
+3. read back (``DReXLearner.snapshot``) the representations and keyword profiles of
+   the users and items whose state changed (in the batch, or moved by an optimiser
+   step), and of those dropped in 1 (a crash may have fallen between the store's write
+   and the embedding tables', so a replay writes them again);
+4. write all of it (with the reviews pending messages need that the store lacks), the
+   applied ids and the offset in one atomic write (``streams.state.batch_write``);
+5. upsert the changed items into the stream's FAISS index, published in the store when
+   ``index_save_every`` has passed (streams/agents/index.py); every ``checkpoint_every``
+   batches, or ``checkpoint_interval`` seconds after the last, write a versioned
+   checkpoint folder (keeping the last few) and sweep the store.
 
-Back on the event loop, after a take's micro-batches, the representations they changed
-are mirrored (float32 bytes) into the ``user-embeddings`` and ``item-embeddings`` tables,
-whose changelogs let any Kafka consumer follow the embeddings (``drex serve`` reads the
-store instead): each id once per take, its latest vector. Overwrite-only, before faust
-acknowledges the take: a crash before them replays the take, which writes them again.
-Faust acknowledges a take's records only after the agent's body has gone through all of
-it (``take_events``), so the consumer group never commits past what the store holds. It
-acknowledges them also when the body raises, so a failed micro-batch is not left to
-faust: it is retried from the store's state, and after three failures its interactions
-go to ``dead-letters`` (replayable) with a log line.
+Back on the event loop, after a take, the representations it changed are mirrored
+(float32 bytes, each id once, its latest) into the ``user-embeddings`` and
+``item-embeddings`` tables, whose changelogs let any Kafka consumer follow them, before
+faust acknowledges the take (overwrite-only: a replayed take writes them again). Faust
+acknowledges a take's records only after the body has gone through all of it
+(``take_events``), so the group never commits past what the store holds, and also when
+the body raises: a failed micro-batch is retried from the store's state, and after three
+failures its interactions go to ``dead-letters`` (replayable), one message each.
 """
 
 from __future__ import annotations
@@ -89,6 +82,8 @@ from streams.events import (
     dead_letter,
     interaction_id,
     learned_keys,
+    micro_batches,
+    read_interactions,
     without_applied,
 )
 from streams.heap import release_heap
@@ -305,21 +300,24 @@ class LearnerSession:
             time.perf_counter() - started,
         )
 
-    def process(self, batch: Sequence[tuple[int, InteractionEvent]]) -> BatchResult:
-        """Learn one micro-batch of (offset, interaction) and persist it (module doc).
-
+    def process(
+        self, batch: Sequence[tuple[int, InteractionEvent]], complete: int | None = None
+    ) -> BatchResult:
+        """Learn one micro-batch of (record offset, interaction) and persist it (module
+        doc); ``complete``: the last offset whose record it finishes (None: all of them).
         If anything fails, the in-memory learner (possibly half updated) is dropped, so
-        that a retry starts again from the store, and the error propagates.
-        """
+        that a retry starts again from the store, and the error propagates."""
         self.acquire()
         try:
-            return self._process(batch)
+            return self._process(batch, complete)
         except BaseException:
             logger.exception("a micro-batch failed; the learner is reloaded from its store")
             self.release(save_index=False)
             raise
 
-    def _process(self, batch: Sequence[tuple[int, InteractionEvent]]) -> BatchResult:
+    def _process(
+        self, batch: Sequence[tuple[int, InteractionEvent]], complete: int | None
+    ) -> BatchResult:
         from streams.state import batch_write, next_info
 
         learner, store, info = self.learner, self.store, self.info
@@ -340,7 +338,10 @@ class LearnerSession:
                 done.update(learned_keys(rest))  # also drops a repeat within the batch
                 keep.append(rest)
                 kept_ids += learned_keys(rest)
-        last_offset, last = max(batch, key=lambda r: r[0], default=(info.offset, None))
+        # the stored offset moves to the last record finished (its last interaction):
+        # a record's first part, learned alone, is dropped by its ids when it comes again
+        done = [r for r in batch if complete is None or r[0] <= complete]
+        last_offset, last = max(reversed(done), key=lambda r: r[0], default=(info.offset, None))
         step_before = learner.step
         started = time.perf_counter()
         changed: dict[str, set[str]] = {"users": set(), "items": set()}
@@ -475,20 +476,17 @@ def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> L
         return await asyncio.get_running_loop().run_in_executor(executor, fun, *args)
 
     async def learn_with_retries(
-        batch: list[tuple[int, InteractionEvent]], events: Sequence[Any]
+        batch: list[tuple[int, InteractionEvent]], complete: int
     ) -> BatchResult | None:
-        """``session.process`` with retries; a batch that keeps failing is dead-lettered.
-
-        Raising out of the loop would not replay the batch: ``take_events`` acknowledges
-        the events on its way out. So a failure is retried from the store's state (the
-        session reloads it), and a batch that fails three times goes to ``dead-letters``
-        (replayable from there) instead of blocking the stream.
+        """``session.process`` retried from the store's state: raising out of the loop
+        would not replay the batch (``take_events`` acknowledges it on its way out), so
+        one that fails three times goes to ``dead-letters`` instead of blocking the stream.
         """
         from streams.source import SourceError
 
         for attempt in range(RETRIES):
             try:
-                result: BatchResult = await in_learner_thread(session.process, batch)
+                result: BatchResult = await in_learner_thread(session.process, batch, complete)
                 return result
             except SourceError as err:  # no retry helps: the worker stops with the reason
                 await refuse(err)
@@ -497,10 +495,11 @@ def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> L
                 if attempt + 1 < RETRIES:
                     await asyncio.sleep(2.0**attempt)
                     continue
-                logger.error("%d interactions go to dead-letters", len(events))
-                for event in events:
-                    await dead_letters.send(value=dead_letter(event.value, INTERACTIONS_TOPIC, err))
-                metrics.DEAD_LETTERS.labels(PROCESSING_ERROR).inc(len(events))
+                logger.error("%d interactions go to dead-letters", len(batch))
+                for _, event in batch:  # one each, replayable as it is
+                    letter = dead_letter(event.dumps(), INTERACTIONS_TOPIC, err)
+                    await dead_letters.send(value=letter)
+                metrics.DEAD_LETTERS.labels(PROCESSING_ERROR).inc(len(batch))
         return None
 
     take = max(settings.batch_size, settings.encode_window)
@@ -511,27 +510,29 @@ def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> L
             if not owned():  # revoked while these were buffered: the new owner reads them
                 continue
             metrics.EVENTS_IN.labels(INTERACTIONS_TOPIC).inc(len(events))
-            decoded = []  # (event, (offset, interaction))
+            decoded: list[tuple[int, InteractionEvent]] = []  # (record offset, interaction)
+            ends: set[int] = set()  # where each record's last interaction is in ``decoded``
             for event in events:
+                offset = event.message.offset
                 try:
-                    parsed = InteractionEvent.loads(event.value)
+                    parsed = read_interactions(event.value)
                 except Exception as err:  # only a bug or a foreign writer gets here
-                    logger.exception("undecodable interaction at offset %d", event.message.offset)
+                    logger.exception("undecodable interactions record at offset %d", offset)
                     await dead_letters.send(value=dead_letter(event.value, INTERACTIONS_TOPIC, err))
                     metrics.DEAD_LETTERS.labels(PROCESSING_ERROR).inc()
                 else:
-                    decoded.append((event, (event.message.offset, parsed)))
+                    decoded += ((offset, e) for e in parsed)
+                    ends.add(len(decoded) - 1)
             if len(decoded) > settings.batch_size:
-                seconds = await in_learner_thread(session.encode_ahead, [d for _, d in decoded])
+                seconds = await in_learner_thread(session.encode_ahead, decoded)
                 metrics.ENCODE_SECONDS.observe(seconds)
             users: dict[str, bytes] = {}  # each id's latest representation in the take
             items: dict[str, bytes] = {}
             try:
-                for start in range(0, len(decoded), settings.batch_size):
+                for batch, complete in micro_batches(decoded, ends, settings.batch_size):
                     if not owned():  # revoked midway: the new owner reads the rest
                         break
-                    chunk = decoded[start : start + settings.batch_size]
-                    result = await learn_micro_batch([d for _, d in chunk], [e for e, _ in chunk])
+                    result = await learn_micro_batch(batch, complete)
                     if result is not None:
                         users.update(result.users)
                         items.update(result.items)
@@ -540,12 +541,12 @@ def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> L
             await in_learner_thread(session.sweep)
 
     async def learn_micro_batch(
-        batch: list[tuple[int, InteractionEvent]], events: Sequence[Any]
+        batch: list[tuple[int, InteractionEvent]], complete: int
     ) -> BatchResult | None:
-        result = await learn_with_retries(batch, events)
+        result = await learn_with_retries(batch, complete)
         if result is None:
             return None
-        metrics.BATCH_SIZE.observe(len(events))
+        metrics.BATCH_SIZE.observe(len(batch))
         metrics.LEARN_SECONDS.observe(result.learn_seconds)
         metrics.PERSIST_SECONDS.observe(result.persist_seconds)
         metrics.INTERACTIONS_APPLIED.inc(result.applied)

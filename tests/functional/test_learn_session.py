@@ -13,7 +13,7 @@ import torch
 
 from streams.agents.index import IndexFeeder
 from streams.agents.learn import LearnerSession
-from streams.events import InteractionEvent
+from streams.events import InteractionEvent, interaction_id, micro_batches
 from streams.settings import WorkerSettings
 from tests.functional.streamed import sample_events
 
@@ -163,6 +163,30 @@ def test_replayed_records_write_their_entities_again(
         want = session.learner.embeddings("items", ids)
         got = np.stack([np.frombuffer(result.items[k], dtype=np.float32) for k in ids])
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_record_cut_between_micro_batches_is_learned_once_across_a_crash(
+    events: list[InteractionEvent], sessions: list[LearnerSession]
+) -> None:
+    """Records of 16 interactions in micro-batches of 40: the stored offset moves only
+    past a record whose last interaction is learned, so after a crash the whole take
+    comes again and the ids of the cut record's first part drop it."""
+    session = sessions[0]
+    records = [events[k : k + 16] for k in range(0, 96, 16)]  # offsets 0-5
+    take = [(o, e) for o, record in enumerate(records) for e in record]
+    ends = {16 * o + 15 for o in range(len(records))}
+    batches = list(micro_batches(take, ends, BATCH))
+    assert [c for _, c in batches] == [1, 4, 5]  # 40 = records 0, 1 and half of 2
+    first = session.process(*batches[0])
+    assert (first.applied, session.info.offset) == (BATCH, 1)
+    assert session.info.last_id == interaction_id(records[1][-1])
+    session.release(save_index=False)  # a crash: faust delivers the take again
+    session.acquire()
+    replayed = [session.process(*b) for b in batches]
+    assert sum(r.skipped_offset for r in replayed) == 32  # records 0 and 1
+    assert sum(r.skipped_applied for r in replayed) == BATCH - 32  # record 2's first part
+    assert session.info.applied == len(take)
+    assert (session.info.offset, session.info.last_id) == (5, interaction_id(records[5][-1]))
 
 
 def test_a_store_refuses_a_learner_with_another_text_encoder(

@@ -23,7 +23,10 @@ from streams.events import (
     dead_letter,
     encode_rating,
     encode_review,
+    interaction_records,
+    micro_batches,
     parse_dead_letter,
+    read_interactions,
     validate,
     validate_rating,
     validate_review,
@@ -277,6 +280,61 @@ def test_interaction_event_round_trip_and_conversion() -> None:
     back = InteractionEvent.loads(event.dumps())
     assert back == event
     assert back.to_interaction() == Interaction("u", "i", None, "only a review", 12.0)
+
+
+def _interaction(n: int, text: str | None = None) -> InteractionEvent:
+    return InteractionEvent(
+        user_id=f"u{n}",
+        item_id=f"i{n}",
+        rating=None if text else 4.0,
+        text=text,
+        event_time=float(n),
+        review_event_id=f"v{n}" if text else None,
+        rating_event_id=None if text else f"r{n}",
+    )
+
+
+def test_rating_only_interactions_share_records_and_a_review_travels_alone() -> None:
+    kinds = [None] * 20 + ["a review"] + [None] * 3 + ["another", "and another"]
+    events = [_interaction(n, text) for n, text in enumerate(kinds)]
+    records = interaction_records(events)
+    assert [(a, b) for a, b, _ in records] == [
+        (0, 16),
+        (16, 20),
+        (20, 21),
+        (21, 24),
+        (24, 25),
+        (25, 26),
+    ]
+    assert records[0][2].startswith(b"[") and records[2][2] == events[20].dumps()
+    assert [e for _, _, value in records for e in read_interactions(value)] == events
+    assert interaction_records([events[0]]) == [(0, 1, events[0].dumps())]  # one: an object
+    assert interaction_records([]) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"[]", ValueError),
+        (b"[5]", ValueError),
+        (b'"x"', ValueError),
+        (b"[{", orjson.JSONDecodeError),
+    ],
+)
+def test_an_interactions_record_that_is_not_interactions_is_refused(
+    raw: bytes, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        read_interactions(raw)
+    with pytest.raises(TypeError):  # a field missing
+        read_interactions(b'[{"user_id": "u"}]')
+
+
+def test_micro_batches_say_which_records_they_finish() -> None:
+    take = [(o, _interaction(o)) for o, size in enumerate([3, 1, 4]) for _ in range(size)]
+    ends = {2, 3, 7}  # records at offsets 0, 1, 2 end at these indices
+    got = [([o for o, _ in b], complete) for b, complete in micro_batches(take, ends, 3)]
+    assert got == [([0, 0, 0], 0), ([1, 2, 2], 1), ([2, 2], 2)]
 
 
 # --- dead letters ------------------------------------------------------------------------
