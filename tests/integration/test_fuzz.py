@@ -155,9 +155,9 @@ def learned_halves(
     records: list[InteractionEvent],
 ) -> list[tuple[InteractionEvent, list[tuple[str, Any]]]]:
     """What the learner makes of ``interactions`` by the contract (one event id, one
-    event): each record with its halves whose ids were not learned before, as (event id,
-    value) pairs; records with none left are dropped. Written out here, independently of
-    streams/agents/join.py's ``without_applied``, which the learner uses."""
+    event): each interaction, in order, with its halves whose ids were not learned before,
+    as (event id, value) pairs; those with none left are dropped. Written out here,
+    independently of streams/events.py's ``without_applied``, which the learner uses."""
     seen: set[str] = set()
     out = []
     for e in records:
@@ -197,15 +197,13 @@ def test_a_fuzzed_stream_is_learned_exactly_as_the_contract_says(running: Runnin
         if read < len(fuzz.messages):
             return False
         state["read_at"] = state["read_at"] or time.monotonic()
-        end = len(running.interactions())
+        end = max((o + 1 for o, _ in running.interactions()), default=0)  # records
         stable, state["end"] = end == state["end"], end
         waited = time.monotonic() - state["read_at"] > 6.0  # 2 s window, 0.5 s ticks
         return stable and waited and running.worker.metric("drex_learner_offset") >= end - 1
 
     wait_until(settled, 240, "the join and the learner to settle", running.worker)
-    records = running.interactions()
-
-    learned = learned_halves(records)
+    learned = learned_halves([e for _, e in running.interactions()])
 
     # nothing lost, nothing double
     halves = Counter(i for _, hs in learned for i, _ in hs)

@@ -7,6 +7,7 @@ tests share the worker (and its start-up time) without seeing each other's event
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -26,6 +27,7 @@ from streams.events import (
     InteractionEvent,
     encode_rating,
     encode_review,
+    interaction_records,
     parse_dead_letter,
     read_interactions,
 )
@@ -76,9 +78,13 @@ class Running:
 
     def interactions(self) -> list[tuple[int, InteractionEvent]]:
         """Every interaction on ``interactions`` in order, with its record's offset (one
-        partition: a record's index is its offset; a record may hold several)."""
-        records = read_topic(self.broker, INTERACTIONS_TOPIC)
-        return [(o, e) for o, (_, v) in enumerate(records) for e in read_interactions(v)]
+        partition: a record's index is its offset; a record may hold several). A record
+        that is not interactions is left out, as the learner leaves it to dead-letters."""
+        out: list[tuple[int, InteractionEvent]] = []
+        for offset, (_, value) in enumerate(read_topic(self.broker, INTERACTIONS_TOPIC)):
+            with contextlib.suppress(ValueError, TypeError):
+                out += ((offset, e) for e in read_interactions(value))
+        return out
 
     def wait_learned_up_to(self, offset: int, timeout: float = 60) -> None:
         wait_until(
@@ -164,6 +170,35 @@ def test_a_poison_event_costs_one_dead_letter_and_never_its_neighbours(running: 
     assert reasons == {"id_too_long:user_id": 1, "id_too_long:event_id": 150}
     assert running.counts("users")[user] == 150
     assert running.applied(at_limit) == set(at_limit)
+
+
+def test_an_interactions_record_the_learner_cannot_read_costs_one_dead_letter(
+    running: Running,
+) -> None:
+    """Between two records of rating-only interactions as the join writes them (16, then
+    4), a record that is not interactions: it goes to ``dead-letters`` whole, and every
+    interaction of the records around it is learned."""
+    tag = uuid.uuid4().hex[:8]
+    good = [
+        InteractionEvent(
+            user_id=f"{tag}-u{k}",
+            item_id=f"{tag}-i{k}",
+            rating=4.0,
+            text=None,
+            event_time=T0,
+            rating_event_id=f"{tag}-r{k}",
+        )
+        for k in range(20)
+    ]
+    first, second = [value for _, _, value in interaction_records(good)]
+    bad = b'[{"user_id": "' + tag.encode() + b'"}]'  # no item, no time
+    send(running.broker, [(INTERACTIONS_TOPIC, b"k", v) for v in (first, bad, second)])
+    running.wait_learned(dict.fromkeys((e.user_id for e in good), 1))
+    letters = running.letters(tag)
+    assert [(d.topic, d.reason, d.raw) for d in letters] == [
+        (INTERACTIONS_TOPIC, "processing_error", bad.decode())
+    ]
+    assert running.worker.alive()
 
 
 # --- item 5: ids that used to collide -----------------------------------------------------
