@@ -253,7 +253,7 @@ async def deliver(step: Any, now: float, interactions: Any, dead_letters: Any) -
         raw = emission.event.dumps()
         letters.append((PROCESSING_ERROR, dead_letter(raw, INTERACTIONS_TOPIC, err, now)))
 
-    emits = list(step.emits)
+    emits = step.emits
     sent: list[tuple[list[Any], Any]] = []
     # rating-only interactions travel many to a record (streams.events.interaction_records)
     for start, stop, value in interaction_records([e.event for e in emits]):

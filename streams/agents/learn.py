@@ -340,8 +340,8 @@ class LearnerSession:
                 kept_ids += learned_keys(rest)
         # the stored offset moves to the last record finished (its last interaction):
         # a record's first part, learned alone, is dropped by its ids when it comes again
-        done = [r for r in batch if complete is None or r[0] <= complete]
-        last_offset, last = max(reversed(done), key=lambda r: r[0], default=(info.offset, None))
+        finished = [r for r in batch if complete is None or r[0] <= complete]
+        last_offset, last = max(reversed(finished), key=lambda r: r[0], default=(info.offset, None))
         step_before = learner.step
         started = time.perf_counter()
         changed: dict[str, set[str]] = {"users": set(), "items": set()}
