@@ -106,7 +106,13 @@ class WorkerSettings(StateLocation):
     """DREX_FSYNC: fsync the learner store's write-ahead log on every batch. Off, a
     process crash loses nothing; a machine crash may lose the last batches (state.py)."""
     torch_threads: int = Field(0, ge=0)
-    """DREX_TORCH_THREADS: torch intra-op threads (0 = torch's default)."""
+    """DREX_TORCH_THREADS: torch intra-op threads while encoding reviews (0 = every core
+    the process may use)."""
+    learn_threads: int = Field(1, ge=0)
+    """DREX_LEARN_THREADS: torch intra-op threads while learning (0 = as when encoding).
+    One by default: a micro-batch's t-batches are small, so a second thread adds no speed
+    and, when the event loop or another process holds a core, stalls every parallel
+    region (docs/results.md: the learner 4-7x slower under such load)."""
     metrics_port: int = Field(9101, ge=-1, le=65535)
     """DREX_METRICS_PORT: Prometheus metrics port (0 = pick a free one, -1 = no server)."""
     metrics_host: str = "127.0.0.1"

@@ -154,7 +154,7 @@ class LearnerSession:
             return
         import torch
 
-        from drex_model.device import resolve_device
+        from drex_model.device import resolve_device, usable_cores
         from drex_model.learner import DReXLearner
         from drex_model.model import DReXConfig
         from drex_model.text import TextEncoder
@@ -162,15 +162,15 @@ class LearnerSession:
         from streams.state import restore, stored_review
 
         s = self.settings
-        if s.torch_threads > 0:
-            torch.set_num_threads(s.torch_threads)
+        encode_threads = s.torch_threads or usable_cores()
+        torch.set_num_threads(s.learn_threads or encode_threads)  # the encoder sets its own
         device = resolve_device(s.device)
         started = time.monotonic()
         store = LearnerStore.open(s.learner_path, fsync=s.fsync, wait=STORE_WAIT_SECONDS)
         try:
             if self._encoder is None:
                 self._encoder = TextEncoder(
-                    s.encoder or None, max_tokens=s.encoder_max_tokens, device=device
+                    s.encoder or None, s.encoder_max_tokens, device=device, threads=encode_threads
                 )
                 self._encoder.warm_up()
             config = DReXConfig.for_variant(

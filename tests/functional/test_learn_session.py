@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,15 +21,15 @@ from tests.functional.streamed import sample_events
 BATCH = 40
 
 
-def _session(tmp: Path, encoder: Path, name: str) -> LearnerSession:
+def _session(tmp: Path, encoder: Path, name: str, **overrides: Any) -> LearnerSession:
     settings = WorkerSettings(
         state_dir=str(tmp / name),
         encoder=str(encoder),
         encoder_max_tokens=32,
         device="cpu",
-        torch_threads=1,
         checkpoint_every=0,
         batch_size=BATCH,
+        **{"torch_threads": 1, **overrides},
     )
     return LearnerSession(settings, IndexFeeder(publish_every=0.0))
 
@@ -215,3 +216,28 @@ def test_a_store_refuses_a_learner_with_another_text_encoder(
     monkeypatch.setattr(TextEncoder, "identity", property(lambda self: other))
     with pytest.raises(CheckpointError, match="another text encoder"):
         _session(tmp_path, tiny_encoder_dir, "s").acquire()
+
+
+def test_the_learner_learns_with_its_threads_and_encodes_with_the_encoders(
+    tmp_path: Path, tiny_encoder_dir: Path, events: list[InteractionEvent]
+) -> None:
+    """DREX_LEARN_THREADS while learning (one by default), DREX_TORCH_THREADS while
+    encoding (every usable core when 0): small t-batches gain nothing from a second
+    thread and stall when another process holds the core (docs/results.md)."""
+    from drex_model.device import usable_cores
+
+    before = torch.get_num_threads()
+    try:
+        default = _session(tmp_path, tiny_encoder_dir, "default", torch_threads=0)
+        default.acquire()
+        assert torch.get_num_threads() == 1
+        assert default._encoder is not None and default._encoder.threads == usable_cores()
+        _take(default, events[:BATCH], 0, ahead=True)
+        assert torch.get_num_threads() == 1  # the encoder gave its threads back
+        default.release(save_index=False)
+        both = _session(tmp_path, tiny_encoder_dir, "both", learn_threads=0, torch_threads=2)
+        both.acquire()
+        assert torch.get_num_threads() == 2  # 0: as when encoding
+        both.release(save_index=False)
+    finally:
+        torch.set_num_threads(before)

@@ -51,6 +51,29 @@ def test_a_reviews_vectors_do_not_depend_on_its_batch(tiny_encoder: TextEncoder)
     assert len(set(lengths)) > 1  # padding really happened in the batch
 
 
+def test_the_encoder_runs_with_its_own_threads_and_gives_them_back(
+    tiny_encoder_dir: Path,
+) -> None:
+    """A worker learns with one thread and encodes with every core: the encoder sets its
+    count for each call and restores the caller's."""
+    encoder = TextEncoder(str(tiny_encoder_dir), max_tokens=32, device="cpu", threads=2)
+    forward, seen = encoder.model.forward, []
+
+    def counting(*args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return forward(*args, **kwargs)
+
+    encoder.model.forward = counting
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        encoder.encode(["the strings stayed in tune", "a warm tone"])
+        assert seen and set(seen) == {2}
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_long_reviews_are_truncated(tiny_encoder: TextEncoder) -> None:
     (review,) = tiny_encoder.encode(["guitar " * 500])
     assert review.tokens.shape[0] == tiny_encoder.max_tokens - 2  # [CLS] and [SEP] dropped
