@@ -58,7 +58,7 @@ then the sustainable throughput next to the learner alone (ratings) or the encod
 (text) and their ratio. ``--duration 20 --max-probes 3`` is a smoke run.
 
     python benchmarks/stream_bench.py [--interactions 4000] [--passes 1] [--batch-size 256]
-        [--dataset FILE] [--threads 2] [--encoder DIR] [--layout one|split]
+        [--dataset FILE] [--threads 2] [--learn-threads 1] [--encoder DIR] [--layout one|split]
     python benchmarks/stream_bench.py --paced [--streams ratings|text] [--rate R[,R...]]
         [--start-rate 200] [--duration 120] [--max-probes 8] [--bisect-steps 2]
         [--tolerance 0.1] [--max-behind 15]
@@ -223,6 +223,8 @@ def workers(
                 str(port),
                 "--torch-threads",
                 str(args.threads),
+                "--learn-threads",
+                str(args.learn_threads),
                 "--batch-size",
                 str(args.batch_size),
                 "--session-timeout",
@@ -312,6 +314,7 @@ def learner_rate(rows: Sequence[Interaction], args: argparse.Namespace, encoder:
     """Interactions/s of ``learn_many`` alone on the same ratings, in micro-batches, with
     the learner built as the worker builds it (text-capable: a rating's missing review
     still goes through fusion as zeros)."""
+    from drex_model.device import intra_op_threads
     from drex_model.learner import DReXLearner
     from drex_model.model import DReXConfig
 
@@ -320,8 +323,9 @@ def learner_rate(rows: Sequence[Interaction], args: argparse.Namespace, encoder:
     DReXLearner(config, encoder=encoder, seed=0).learn_many(ratings[: args.batch_size])  # warm-up
     learner = DReXLearner(config, encoder=encoder, seed=0)
     started = time.monotonic()
-    for s in range(0, len(ratings), args.batch_size):
-        learner.learn_many(ratings[s : s + args.batch_size])
+    with intra_op_threads(args.learn_threads):  # as the worker learns
+        for s in range(0, len(ratings), args.batch_size):
+            learner.learn_many(ratings[s : s + args.batch_size])
     return len(ratings) / (time.monotonic() - started)
 
 
@@ -393,7 +397,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a dataset file, or 'sample' (default: the shared Musical Instruments file "
         "when present)",
     )
-    parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, min(2, os.cpu_count() or 1)),
+        help="torch intra-op threads while encoding (the worker's --torch-threads)",
+    )
+    parser.add_argument(
+        "--learn-threads",
+        type=int,
+        default=WorkerSettings().learn_threads,
+        help="torch intra-op threads while learning (the worker's --learn-threads)",
+    )
     parser.add_argument("--batch-size", type=int, default=WorkerSettings().batch_size)
     parser.add_argument("--encoder", default="", help="local HF folder (default: MiniLM)")
     parser.add_argument(
@@ -474,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from drex_model.text import TextEncoder
 
         torch.set_num_threads(args.threads)
-        encoder = TextEncoder(args.encoder or None)  # the worker's defaults
+        encoder = TextEncoder(args.encoder or None, threads=args.threads)  # as the worker
         # the encoder alone just before and just after the text stream: on shared
         # machines the speed drifts over minutes, and the ratio uses their mean
         roles = ["all"] if args.layout == "one" else ["join", "learn"]
@@ -505,7 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{Path(args.dataset).name}: {len(rows)} interactions"
         + (f" ({args.passes} passes)" if args.passes > 1 else "")
-        + f", {args.threads} torch threads, "
+        + f", torch threads {args.threads} encoding / {args.learn_threads or args.threads} "
+        "learning, "
         f"layout {args.layout}, batch {args.batch_size}, "
         f"join window {args.join_window} s, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     )
