@@ -106,8 +106,8 @@ class WorkerSettings(StateLocation):
     """DREX_FSYNC: fsync the learner store's write-ahead log on every batch. Off, a
     process crash loses nothing; a machine crash may lose the last batches (state.py)."""
     torch_threads: int = Field(0, ge=0)
-    """DREX_TORCH_THREADS: torch intra-op threads while encoding reviews (0 = every core
-    the process may use)."""
+    """DREX_TORCH_THREADS: torch intra-op threads while encoding reviews (0 = torch's
+    default, one per physical core)."""
     learn_threads: int = Field(1, ge=0)
     """DREX_LEARN_THREADS: torch intra-op threads while learning (0 = as when encoding).
     One by default: a micro-batch's t-batches are small, so a second thread adds no speed

@@ -154,15 +154,15 @@ class LearnerSession:
             return
         import torch
 
-        from drex_model.device import resolve_device, usable_cores
+        from drex_model.device import resolve_device
         from drex_model.learner import DReXLearner
         from drex_model.model import DReXConfig
         from drex_model.text import TextEncoder
         from drex_store.learner import LearnerStore
         from streams.state import restore, stored_review
 
-        s = self.settings
-        encode_threads = s.torch_threads or usable_cores()
+        s, encoder = self.settings, self._encoder  # torch's default count until it is made
+        encode_threads = encoder.threads if encoder else s.torch_threads or torch.get_num_threads()
         torch.set_num_threads(s.learn_threads or encode_threads)  # the encoder sets its own
         device = resolve_device(s.device)
         started = time.monotonic()

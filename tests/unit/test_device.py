@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 import torch
 
-from drex_model.device import intra_op_threads, usable_cores
+from drex_model.device import intra_op_threads
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +36,3 @@ def test_the_count_comes_back_when_the_block_fails() -> None:
     with pytest.raises(RuntimeError), intra_op_threads(1):
         raise RuntimeError("boom")
     assert torch.get_num_threads() == 2
-
-
-def test_usable_cores_is_at_least_one() -> None:
-    assert 1 <= usable_cores() <= (os.cpu_count() or 1)
