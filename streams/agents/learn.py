@@ -161,7 +161,7 @@ class LearnerSession:
         from drex_store.learner import LearnerStore
         from streams.state import restore, stored_review
 
-        s, encoder = self.settings, self._encoder  # torch's default count until it is made
+        s, encoder = self.settings, self._encoder  # None: torch still has its default count
         encode_threads = encoder.threads if encoder else s.torch_threads or torch.get_num_threads()
         torch.set_num_threads(s.learn_threads or encode_threads)  # the encoder sets its own
         device = resolve_device(s.device)

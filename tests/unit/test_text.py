@@ -54,8 +54,8 @@ def test_a_reviews_vectors_do_not_depend_on_its_batch(tiny_encoder: TextEncoder)
 def test_the_encoder_runs_with_its_own_threads_and_gives_them_back(
     tiny_encoder_dir: Path,
 ) -> None:
-    """A worker learns with one thread and encodes with every core: the encoder sets its
-    count for each call and restores the caller's."""
+    """A worker learns with one thread and encodes with more: the encoder sets its count
+    for each call and restores the caller's."""
     encoder = TextEncoder(str(tiny_encoder_dir), max_tokens=32, device="cpu", threads=2)
     forward, seen = encoder.model.forward, []
 
