@@ -218,28 +218,25 @@ def test_a_store_refuses_a_learner_with_another_text_encoder(
         _session(tmp_path, tiny_encoder_dir, "s").acquire()
 
 
+@pytest.mark.usefixtures("torch_threads_kept")
 def test_the_learner_learns_with_its_threads_and_encodes_with_the_encoders(
     tmp_path: Path, tiny_encoder_dir: Path, events: list[InteractionEvent]
 ) -> None:
     """DREX_LEARN_THREADS while learning (one by default), DREX_TORCH_THREADS while
     encoding (torch's default when 0): small t-batches gain nothing from a second
     thread and stall when another process holds the core (docs/results.md)."""
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)  # as torch's default on a 2-core machine
-        default = _session(tmp_path, tiny_encoder_dir, "default", torch_threads=0)
-        default.acquire()
-        assert torch.get_num_threads() == 1
-        assert default._encoder is not None and default._encoder.threads == 2
-        _take(default, events[:BATCH], 0, ahead=True)
-        assert torch.get_num_threads() == 1  # the encoder gave its threads back
-        default.release(save_index=False)
-        default.acquire()  # a take-over keeps the encoder's count, not the learner's
-        assert default._encoder.threads == 2 and torch.get_num_threads() == 1
-        default.release(save_index=False)
-        both = _session(tmp_path, tiny_encoder_dir, "both", learn_threads=0, torch_threads=2)
-        both.acquire()
-        assert torch.get_num_threads() == 2  # 0: as when encoding
-        both.release(save_index=False)
-    finally:
-        torch.set_num_threads(before)
+    torch.set_num_threads(2)  # as torch's default on a 2-core machine
+    default = _session(tmp_path, tiny_encoder_dir, "default", torch_threads=0)
+    default.acquire()
+    assert torch.get_num_threads() == 1
+    assert default._encoder is not None and default._encoder.threads == 2
+    _take(default, events[:BATCH], 0, ahead=True)
+    assert torch.get_num_threads() == 1  # the encoder gave its threads back
+    default.release(save_index=False)
+    default.acquire()  # a take-over keeps the encoder's count, not the learner's
+    assert default._encoder.threads == 2 and torch.get_num_threads() == 1
+    default.release(save_index=False)
+    both = _session(tmp_path, tiny_encoder_dir, "both", learn_threads=0, torch_threads=2)
+    both.acquire()
+    assert torch.get_num_threads() == 2  # 0: as when encoding
+    both.release(save_index=False)

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from drex_model.device import intra_op_threads
 
-
-@pytest.fixture(autouse=True)
-def _threads_kept() -> Iterator[None]:
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_threads_kept")
 
 
 def test_a_block_runs_with_its_threads_and_the_count_comes_back() -> None:

@@ -51,6 +51,7 @@ def test_a_reviews_vectors_do_not_depend_on_its_batch(tiny_encoder: TextEncoder)
     assert len(set(lengths)) > 1  # padding really happened in the batch
 
 
+@pytest.mark.usefixtures("torch_threads_kept")
 def test_the_encoder_runs_with_its_own_threads_and_gives_them_back(
     tiny_encoder_dir: Path,
 ) -> None:
@@ -64,14 +65,10 @@ def test_the_encoder_runs_with_its_own_threads_and_gives_them_back(
         return forward(*args, **kwargs)
 
     encoder.model.forward = counting
-    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        encoder.encode(["the strings stayed in tune", "a warm tone"])
-        assert seen and set(seen) == {2}
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    encoder.encode(["the strings stayed in tune", "a warm tone"])
+    assert seen and set(seen) == {2}
+    assert torch.get_num_threads() == 1
 
 
 def test_long_reviews_are_truncated(tiny_encoder: TextEncoder) -> None:
