@@ -229,10 +229,11 @@ def export_cooccurrence(
     it, {item id: users who picked both})."""
     co, table = learner.cooccurrence, learner.items
     rows = co.users if items is None else [table.index[i] for i in items if i in table.index]
+    ids = table.ids
     out = {}
-    for row in rows:
+    for row in rows:  # a row is re-read whole after each change: map its keys in C
         users, pairs = co.row(row)
-        out[table.ids[row]] = (users, {table.ids[j]: c for j, c in pairs.items()})
+        out[ids[row]] = (users, dict(zip(map(ids.__getitem__, pairs), pairs.values(), strict=True)))
     return out
 
 

@@ -109,7 +109,7 @@ def row_to_bytes(row: EntityRow) -> bytes:
         "dim": int(row.vectors.shape[1]),
         "content": int(row.content.shape[0]),
     }
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     return (
         _HEADER.pack(len(head))
         + head
@@ -152,7 +152,8 @@ def row_from_bytes(data: bytes) -> EntityRow:
 def cooccurrence_to_bytes(users: float, pairs: Mapping[str, float]) -> bytes:
     """One item's co-occurrence state (drex_model.affinity.CoOccurrence): the users who
     picked it and, by item id, how many of them picked the other item too. JSON."""
-    return orjson.dumps({"v": FORMAT_VERSION, "users": users, "pairs": dict(pairs)})
+    pairs = pairs if type(pairs) is dict else dict(pairs)  # the learner's rows are dicts
+    return orjson.dumps({"v": FORMAT_VERSION, "users": users, "pairs": pairs})
 
 
 def cooccurrence_from_bytes(data: bytes) -> tuple[float, dict[str, float]]:
@@ -177,10 +178,7 @@ class ReviewArrays:
 
 def review_to_bytes(review: ReviewArrays) -> bytes:
     tokens = np.ascontiguousarray(review.tokens, dtype="<f2")
-    head = json.dumps(
-        {"v": FORMAT_VERSION, "words": review.words, "shape": list(tokens.shape)},
-        separators=(",", ":"),
-    ).encode()
+    head = orjson.dumps({"v": FORMAT_VERSION, "words": review.words, "shape": list(tokens.shape)})
     wot = np.asarray(review.word_of_token).astype("<i4")
     return _HEADER.pack(len(head)) + head + tokens.tobytes() + wot.tobytes()
 
@@ -313,7 +311,7 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
 
 def _read_header(data: bytes, what: str) -> tuple[dict[str, Any], int]:
     (n,) = _HEADER.unpack_from(data)
-    header = json.loads(data[4 : 4 + n])
+    header = orjson.loads(data[4 : 4 + n])
     if header.get("v") != FORMAT_VERSION:
         raise FormatError(f"{what} of format {header.get('v')!r}")
     return header, 4 + n
