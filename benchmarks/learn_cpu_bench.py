@@ -76,7 +76,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default=DEFAULT_DATASET)
     parser.add_argument("--interactions", type=int, default=12_000)
-    parser.add_argument("--batch-size", type=int, default=256, help="the worker's micro-batch")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=WorkerSettings().batch_size,
+        help="the worker's micro-batch (default: the worker's)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="learn-cpu-"))
     events = interactions(args.dataset, args.interactions)

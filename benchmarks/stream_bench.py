@@ -57,7 +57,7 @@ worker's back-pressure events (``drex_producer_buffer_full_total``), the verdict
 then the sustainable throughput next to the learner alone (ratings) or the encoder alone
 (text) and their ratio. ``--duration 20 --max-probes 3`` is a smoke run.
 
-    python benchmarks/stream_bench.py [--interactions 4000] [--passes 1] [--batch-size 256]
+    python benchmarks/stream_bench.py [--interactions 4000] [--passes 1] [--batch-size 1024]
         [--dataset FILE] [--threads 2] [--learn-threads 1] [--encoder DIR] [--layout one|split]
     python benchmarks/stream_bench.py --paced [--streams ratings|text] [--rate R[,R...]]
         [--start-rate 200] [--duration 120] [--max-probes 8] [--bisect-steps 2]

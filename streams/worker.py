@@ -1,7 +1,7 @@
 """``drex worker``: run the streaming learner (join, learn, index) as a faust worker.
 
     drex worker --broker kafka://HOST:PORT [--state-dir ./state] [--partitions 4]
-                [--batch-size 256] [--join-window 30] [--device auto] [--metrics-port 9101]
+                [--batch-size 1024] [--join-window 30] [--device auto] [--metrics-port 9101]
                 [--embedded] [--set use_text=false ...]
 
 Every setting (streams/settings.py) has a flag and an environment variable; flags win. The worker

@@ -49,7 +49,7 @@ DEFAULT_RATING_SCALE: Final = 5  # ratings are 1..5 unless said otherwise (as th
 class PrequentialSettings:
     """The stream side of ``--mode prequential``."""
 
-    batch_size: int = 256  # interactions per learn_many call (the worker's micro-batch)
+    batch_size: int = 256  # interactions per learn_many call (a worker's micro-batch)
     window: int = 1000  # interactions per window of the error-over-time curve
     checkpoint_every: int = -1  # interactions between ranking checkpoints (0: none; -1: window)
 

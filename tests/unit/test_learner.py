@@ -87,6 +87,34 @@ def test_a_score_never_sees_a_later_interaction(variant: str, micro_batch: int) 
     assert not np.array_equal(a[151:], b[151:])
 
 
+def test_the_micro_batch_size_does_not_change_what_a_rating_stream_learns() -> None:
+    """The worker's micro-batch (DREX_BATCH_SIZE) is a persistence unit, not a model
+    setting: optimiser steps come every ``step_size`` ratings whatever the calls, so
+    micro-batches of 64 and of 256 (multiples of the step) give the same scores and the
+    same state, to the last bit."""
+    data = [dataclasses.replace(x, text=None) for x in stream(600, users=40, items=25, seed=5)]
+
+    def run(micro_batch: int) -> tuple[np.ndarray, np.ndarray]:
+        config = DReXConfig.for_variant("drex", dim=8, use_text=False, step_size=32)
+        learner = DReXLearner(config, seed=0, n_users_hint=40, n_items_hint=25)
+        scores = np.concatenate(
+            [
+                learner.learn_many(data[s : s + micro_batch])
+                for s in range(0, len(data), micro_batch)
+            ]
+        )
+        users = sorted({x.user for x in data})
+        items = sorted({x.item for x in data})
+        return scores, learner.score_matrix(users, items)
+
+    small, large = run(64), run(256)
+    assert np.array_equal(small[0], large[0])
+    assert np.array_equal(small[1], large[1])
+    assert np.array_equal(small[0], run(600)[0])  # one call: the same chunks too
+    # micro-batches that cut a step in two read the global mean mid-step: not the same
+    assert not np.array_equal(small[0], run(50)[0])
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_learner_contract(variant: str, tiny_encoder: TextEncoder) -> None:
     learner = make(variant, tiny_encoder)
