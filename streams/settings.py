@@ -43,9 +43,9 @@ class WorkerSettings(StateLocation):
     and one atomic store write (a micro-batch holds what a take brought, at most this
     many). It is a unit of persistence, not of learning: the optimiser steps every
     ``step_size`` rated interactions whatever the micro-batch. Larger ones write each
-    changed row and the dense state once for more interactions: 1024 costs ~25% less
-    CPU per rating-only interaction than 256 (docs/results.md); a crash redoes at most the
-    micro-batch in progress."""
+    changed row and the dense state once for more interactions: with 1024 a learn
+    worker spends ~20% less CPU per rating-only interaction than with 256
+    (docs/results.md). A crash redoes at most the micro-batch in progress."""
     batch_within: float = Field(1.0, gt=0)
     """DREX_BATCH_WITHIN: seconds a partial micro-batch waits before it is learned anyway."""
     encode_window: int = Field(1024, ge=1)
