@@ -523,7 +523,7 @@ def register(app: faust.App, settings: WorkerSettings, feeder: IndexFeeder) -> L
                 else:
                     decoded += ((offset, e) for e in parsed)
                     ends.add(len(decoded) - 1)
-            if len(decoded) > settings.batch_size:
+            if any(e.text for _, e in decoded):  # any size: a take may be one micro-batch
                 seconds = await in_learner_thread(session.encode_ahead, decoded)
                 metrics.ENCODE_SECONDS.observe(seconds)
             users: dict[str, bytes] = {}  # each id's latest representation in the take
