@@ -8,7 +8,8 @@ of state make the ranking personal (measured in docs/results.md):
   both (within each user's ``window`` most recent distinct items), and how many users
   picked each item. This is the state of item-based collaborative filtering (ItemKNN,
   cosine similarity with shrinkage), kept as running counts so that it streams: a new
-  (user, item) pair adds one to the pairs it forms with the user's recent items.
+  (user, item) pair adds one to the pairs it forms with the user's recent items, or
+  less the more items the user had picked before it (:func:`activity_weight`).
 * content vectors (:func:`review_vector`), what the reviews say: each user's and item's
   sum of the unit, mean-pooled frozen-encoder vectors of the reviews they wrote or
   received. Kept by :class:`drex_model.entities.EntityTable` (``content``), scored as the
@@ -40,7 +41,9 @@ class CoOccurrence:
     """Item-item co-occurrence counts over users, as running sums (see the module doc).
 
     Items are the learner's item rows (ints); ``pairs[i][j]`` is the number of users
-    who picked both i and j, ``users[i]`` the number who picked i. Symmetric.
+    who picked both i and j, each counted with the weight given to :meth:`add` (1
+    unless the learner weighs users by their activity), ``users[i]`` the number who
+    picked i. Symmetric.
 
     >>> co = CoOccurrence()
     >>> co.add([], 0); co.add([0], 1)  # a first user picks 0, then 1
@@ -62,10 +65,10 @@ class CoOccurrence:
     def __len__(self) -> int:
         return len(self.users)
 
-    def add(self, history: Sequence[int], item: int) -> None:
+    def add(self, history: Sequence[int], item: int, weight: float = 1.0) -> None:
         """A user whose earlier distinct items are ``history`` (oldest first) picked
-        ``item`` for the first time: one more user for it and for each pair it forms
-        with the last ``window`` of them."""
+        ``item`` for the first time: one more user for it, and ``weight`` more for each
+        pair it forms with the last ``window`` of them (see :func:`activity_weight`)."""
         self.users[item] = self.users.get(item, 0.0) + 1.0
         self.changed.add(item)
         self._arrays.pop(item, None)
@@ -74,9 +77,9 @@ class CoOccurrence:
         for j in history[-self.window :]:
             if j == item:
                 continue
-            row[j] = row.get(j, 0.0) + 1.0
+            row[j] = row.get(j, 0.0) + weight
             other = self.pairs.setdefault(j, {})
-            other[item] = other.get(item, 0.0) + 1.0
+            other[item] = other.get(item, 0.0) + weight
             self.changed.add(j)
             self._arrays.pop(j, None)
 
@@ -150,6 +153,20 @@ def recent(items: Reversible[T], window: int) -> list[T]:
     ['d', 'c']
     """
     return list(itertools.islice(reversed(items), window))
+
+
+def activity_weight(earlier: int, exponent: float) -> float:
+    """What each pair a user's new item forms counts: ``(earlier + 1) ** -exponent``,
+    ``earlier`` being how many distinct items the user had picked before it.
+
+    A pair from a user with few items says more about the two items than one from a user
+    who picked hundreds (inverse user frequency, as in RP3beta). The weight is known when
+    the pair is added, so it streams. Exponent 0 counts every pair as 1 (ItemKNN).
+
+    >>> activity_weight(0, 0.5), activity_weight(3, 0.5), activity_weight(3, 0.0)
+    (1.0, 0.5, 1.0)
+    """
+    return float((earlier + 1) ** -exponent)
 
 
 def review_vector(tokens: npt.ArrayLike) -> npt.NDArray[np.float32]:

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from drex_model.affinity import CoOccurrence, recent, review_vector
+from drex_model.affinity import CoOccurrence, activity_weight, recent, review_vector
 from drex_model.entities import EntityTable, LookedUp, carry_sparse_state, t_batches
 from drex_model.explain import KeywordProfiles, rebuild, word_weights
 from drex_model.model import DReX, DReXConfig, PreferenceInit
@@ -462,10 +462,12 @@ class DReXLearner(LearnerViews):
                 table.rating_count[rows] += rated_f
             self._add_content(urows, irows, review_ids)
         index, window = self.items.index, self.cooccurrence.window
+        activity = self.config.cooccurrence_activity
         for x, item_row in zip(batch, irows.tolist(), strict=True):
             seen = self._seen.setdefault(x.user, {})
             if x.item not in seen:
-                self.cooccurrence.add([index[j] for j in recent(seen, window)], item_row)
+                weight = activity_weight(len(seen), activity) if activity else 1.0
+                self.cooccurrence.add([index[j] for j in recent(seen, window)], item_row, weight)
                 seen[x.item] = None
             if x.rating is not None and self.pref_nets is not None:
                 self._ratings[(x.user, x.item)] = x.rating

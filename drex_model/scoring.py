@@ -19,7 +19,8 @@ embedding) and the per-entity scalars the learner keeps:
                  + content_weight * cos(content_u, content_i)
     cooc(u, i)   = sum over u's items j of co(i, j) / (sqrt(n_i n_j) + shrinkage)
 
-``co(i, j)`` counts the users who picked both items, ``n_i`` those who picked i
+``co(i, j)`` counts the users who picked both items (each weighted by how few items
+they had picked, ``DReXConfig.cooccurrence_activity``), ``n_i`` those who picked i
 (:class:`drex_model.affinity.CoOccurrence`: item-based collaborative filtering as running
 counts); ``content`` sums the unit mean-pooled encoder vectors of an entity's reviews
 (:func:`drex_model.affinity.review_vector`). The co-occurrence term is divided by the

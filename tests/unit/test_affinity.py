@@ -25,7 +25,8 @@ def picks(n: int = 300, users: int = 30, items: int = 20, seed: int = 0) -> list
 
 def test_streamed_cooccurrence_is_the_batch_gram_matrix() -> None:
     data = picks()
-    learner = DReXLearner(DReXConfig.for_variant("drex", use_text=False, dim=8), seed=0)
+    config = DReXConfig.for_variant("drex", use_text=False, dim=8, cooccurrence_activity=0.0)
+    learner = DReXLearner(config, seed=0)
     for s in range(0, len(data), 7):  # micro-batches of any size give the same counts
         learner.learn_many(data[s : s + 7])
     users = sorted({x.user for x in data})
@@ -46,7 +47,8 @@ def test_streamed_cooccurrence_is_the_batch_gram_matrix() -> None:
 
 def test_the_cooccurrence_term_ranks_as_itemknn_without_a_neighbour_cut() -> None:
     data = picks(seed=1)
-    learner = DReXLearner(DReXConfig.for_variant("drex", use_text=False, dim=8), seed=0)
+    config = DReXConfig.for_variant("drex", use_text=False, dim=8, cooccurrence_activity=0.0)
+    learner = DReXLearner(config, seed=0)
     learner.learn_many(data)
     knn = ItemKNN()
     knn.fit(data, data)
@@ -57,6 +59,31 @@ def test_the_cooccurrence_term_ranks_as_itemknn_without_a_neighbour_cut() -> Non
     got = learner.ranking_terms(users, items, shrinkage=10.0)[2]
     assert got is not None
     np.testing.assert_allclose(got, expected, atol=1e-9)
+
+
+def test_a_pair_counts_less_the_more_items_its_user_picked_before() -> None:
+    data = picks(seed=2)
+    config = DReXConfig.for_variant("drex", use_text=False, dim=8, cooccurrence_activity=0.5)
+    learner = DReXLearner(config, seed=0)
+    for s in range(0, len(data), 7):
+        learner.learn_many(data[s : s + 7])
+    expected: dict[tuple[str, str], float] = {}
+    history: dict[str, list[str]] = {}
+    for x in data:  # a user's new item pairs with each earlier one at (earlier + 1)^-0.5
+        earlier = history.setdefault(x.user, [])
+        if x.item in earlier:
+            continue
+        for j in earlier:
+            for key in ((x.item, j), (j, x.item)):
+                expected[key] = expected.get(key, 0.0) + (len(earlier) + 1) ** -0.5
+        earlier.append(x.item)
+    ids, co = learner.items.ids, learner.cooccurrence
+    got = {(ids[i], ids[j]): c for i, row in co.pairs.items() for j, c in row.items()}
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-12)
+    users = {x.user for x in data}
+    assert sum(co.users.values()) == sum(len(history[u]) for u in users)  # a user counts 1
 
 
 def test_the_window_bounds_the_pairs_a_pick_forms() -> None:
