@@ -74,7 +74,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +109,8 @@ class Run:
     persist_seconds: float  # the store's WriteBatch, summed
     batches: int
     second_half: float | None = None  # interactions/s from half learned to the end
+    # CPU seconds each process spent from the first send to the last interaction learned
+    cpu: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -116,6 +118,26 @@ class Run:
 
 
 POLL_SECONDS = 0.5  # a scrape costs the worker ~4 ms of CPU (and its GIL): poll gently
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a live process, from Linux's /proc (0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def cpu_by_process(w: Workers) -> dict[str, float]:
+    """CPU seconds so far of the broker, of each worker, and of this process (the load
+    generator and the scrapes)."""
+    out = {"broker": cpu_seconds(w.broker.pid)}
+    for n, (role, proc) in enumerate(zip(w.roles, w.procs, strict=True)):
+        name = f"worker {role}" if w.roles.count(role) == 1 else f"worker {role} {n}"
+        out[name] = cpu_seconds(proc.pid)
+    out["generator"] = time.process_time()
+    return out
 
 
 def replay(rows: Sequence[Interaction], passes: int) -> list[Interaction]:
@@ -181,6 +203,24 @@ def second_half_rate(trace: Sequence[tuple[float, float]]) -> float | None:
     return (final - value) / (end - t) if end > t else None
 
 
+def cpu_line(cpu: dict[str, float], interactions: float, seconds: float) -> str:
+    """CPU ms per interaction learned, by process, and the cores busy over ``seconds``."""
+    per = 1e3 / max(interactions, 1.0)
+    parts = ", ".join(f"{k} {v * per:.2f}" for k, v in cpu.items())
+    total = sum(cpu.values())
+    return (
+        f"CPU ms per interaction: {parts}; total {total * per:.2f} "
+        f"({total / seconds:.2f} cores busy of {os.cpu_count()})"
+    )
+
+
+def print_cpu(runs: Iterable[Run]) -> None:
+    """Where each burst's CPU went (:func:`cpu_line`)."""
+    for r in runs:
+        if r.cpu:
+            print(f"{r.name} {cpu_line(r.cpu, r.interactions, r.seconds)}")
+
+
 def print_ratios(label: str, run: Run, alone: float, ceiling: str) -> None:
     """End to end and second half against a ceiling measured alone."""
     print(f"{label} end to end / {ceiling}: {run.rate / alone:.2f}")
@@ -195,6 +235,7 @@ class Workers:
     broker: EmbeddedBroker
     procs: list[Any]
     ports: list[int]
+    roles: list[str]
     learner: int | None  # which of them holds the learner (None: no learner among them)
 
 
@@ -249,7 +290,7 @@ def workers(
                 wait(ports[n], "drex_join_partitions", 1.0, 300, procs[n])
         if learner is not None:
             wait(ports[learner], "drex_owns_learner", 1.0, 300, procs[learner])
-        yield Workers(broker, procs, ports, learner)
+        yield Workers(broker, procs, ports, list(roles), learner)
 
 
 def stream_run(
@@ -269,6 +310,7 @@ def stream_run(
     with workers(slug, args, workdir, roles, join_batch) as w:
         broker, procs, ports, learner = w.broker, w.procs, w.ports, w.learner
 
+        cpu_before = cpu_by_process(w)
         started = time.monotonic()
         send_events(broker.url, plan.events)
         trace: list[tuple[float, float]] = []
@@ -279,6 +321,7 @@ def stream_run(
             both = 'drex_join_outcomes_total{outcome="both"}'
             m = wait(ports[0], both, plan.truth.both, 3600, procs[0])
         seconds = time.monotonic() - started
+        cpu = {k: v - cpu_before[k] for k, v in cpu_by_process(w).items()}
     return Run(
         name,
         plan.truth.interactions,
@@ -289,6 +332,7 @@ def stream_run(
         m.get("drex_persist_seconds_sum", 0.0),
         int(m.get("drex_learn_seconds_count", 0.0)),
         second_half_rate(trace),
+        cpu,
     )
 
 
@@ -352,6 +396,7 @@ def paced_runs(
             with workers(slug, args, workdir, roles) as w:
                 assert w.learner is not None
                 order = [w.learner, *(n for n in range(len(roles)) if n != w.learner)]
+                cpu_before, started = cpu_by_process(w), time.monotonic()
                 result = paced.probe(
                     rate,
                     plan.events,
@@ -362,6 +407,8 @@ def paced_runs(
                     args.tolerance,
                     args.max_behind,
                 )
+                cpu = {k: v - cpu_before[k] for k, v in cpu_by_process(w).items()}
+                learned = scrape(w.ports[w.learner]).get(paced.LEARNED, 0.0)
             for state in workdir.glob(f"state-{slug}-*"):
                 shutil.rmtree(state, ignore_errors=True)
             verdict = "sustainable" if result.sustainable else f"not sustainable ({result.why})"
@@ -370,6 +417,7 @@ def paced_runs(
                 f"{result.learned:.0f}/s, backlog slope {result.backlog_slope:.1f}/s: {verdict}",
                 flush=True,
             )
+            print(f"    {cpu_line(cpu, learned, time.monotonic() - started)}", flush=True)
             if args.trace:
                 paced.print_trace(result)
             return result
@@ -549,6 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r.rate:>10.0f}{r.encode_seconds:>9.1f}{r.learn_seconds:>9.1f}"
             f"{r.persist_seconds:>9.1f}{half:>11}"
         )
+    print_cpu(runs.values())
     if "text" in runs:
         reviews_per_s = (before[0] + after[0]) / 2
         print(

@@ -1,9 +1,13 @@
 """The benchmark's sustained stream: each pass new users, items and reviews, later."""
 
 import importlib.util
+import os
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 from drex_model.types import Interaction
 
@@ -46,3 +50,15 @@ def test_second_half_rate_leaves_the_opening_out() -> None:
     assert bench.second_half_rate(trace) == 10.0
     assert bench.second_half_rate([(3.0, 5.0)]) is None  # one scrape spans no time
     assert bench.second_half_rate([]) is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
+def test_cpu_seconds_reads_a_process_cpu_time() -> None:
+    bench = _stream_bench()
+    before = bench.cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # burn 0.3 s of CPU
+        pass
+    spent = bench.cpu_seconds(os.getpid()) - before
+    assert 0.2 <= spent <= 1.0  # clock ticks of 10 ms
+    assert bench.cpu_seconds(None) == 0.0  # no process: nothing to read
