@@ -120,26 +120,6 @@ class Run:
 POLL_SECONDS = 0.5  # a scrape costs the worker ~4 ms of CPU (and its GIL): poll gently
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a live process, from Linux's /proc (0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def cpu_by_process(w: Workers) -> dict[str, float]:
-    """CPU seconds so far of the broker, of each worker, and of this process (the load
-    generator and the scrapes)."""
-    out = {"broker": cpu_seconds(w.broker.pid)}
-    for n, (role, proc) in enumerate(zip(w.roles, w.procs, strict=True)):
-        name = f"worker {role}" if w.roles.count(role) == 1 else f"worker {role} {n}"
-        out[name] = cpu_seconds(proc.pid)
-    out["generator"] = time.process_time()
-    return out
-
-
 def replay(rows: Sequence[Interaction], passes: int) -> list[Interaction]:
     """``rows`` ``passes`` times over, each pass with its own users, items and review
     texts and its event times after the previous pass's."""
@@ -203,19 +183,10 @@ def second_half_rate(trace: Sequence[tuple[float, float]]) -> float | None:
     return (final - value) / (end - t) if end > t else None
 
 
-def cpu_line(cpu: dict[str, float], interactions: float, seconds: float) -> str:
-    """CPU ms per interaction learned, by process, and the cores busy over ``seconds``."""
-    per = 1e3 / max(interactions, 1.0)
-    parts = ", ".join(f"{k} {v * per:.2f}" for k, v in cpu.items())
-    total = sum(cpu.values())
-    return (
-        f"CPU ms per interaction: {parts}; total {total * per:.2f} "
-        f"({total / seconds:.2f} cores busy of {os.cpu_count()})"
-    )
-
-
 def print_cpu(runs: Iterable[Run]) -> None:
-    """Where each burst's CPU went (:func:`cpu_line`)."""
+    """Where each burst's CPU went (cpu_use.py, beside this script)."""
+    from cpu_use import cpu_line
+
     for r in runs:
         if r.cpu:
             print(f"{r.name} {cpu_line(r.cpu, r.interactions, r.seconds)}")
@@ -307,6 +278,8 @@ def stream_run(
     them, until every pair was joined (the join's own capacity)."""
     plan = plan_events(rows, seed=0, rating_only=rating_only)
     slug = "".join(c if c.isalnum() else "-" for c in name)
+    from cpu_use import cpu_by_process  # beside this script
+
     with workers(slug, args, workdir, roles, join_batch) as w:
         broker, procs, ports, learner = w.broker, w.procs, w.ports, w.learner
 
@@ -381,6 +354,7 @@ def paced_runs(
     worker, its stream ``base`` replayed (new users and items each pass) to as many
     interactions as the rate takes for ``--duration`` seconds."""
     import paced  # beside this script
+    from cpu_use import cpu_by_process, cpu_line
 
     roles = ["all"] if args.layout == "one" else ["join", "learn"]
     out: dict[str, list[Any]] = {}
