@@ -35,6 +35,11 @@ def cpu_by_process(workers: Any) -> dict[str, float]:
     return out
 
 
+def cpu_since(workers: Any, before: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each process spent since ``before`` (:func:`cpu_by_process`)."""
+    return {k: v - before[k] for k, v in cpu_by_process(workers).items()}
+
+
 def cpu_line(cpu: dict[str, float], interactions: float, seconds: float) -> str:
     """CPU ms per interaction learned, by process, and the cores busy over ``seconds``."""
     per = 1e3 / max(interactions, 1.0)

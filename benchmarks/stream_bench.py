@@ -278,7 +278,7 @@ def stream_run(
     them, until every pair was joined (the join's own capacity)."""
     plan = plan_events(rows, seed=0, rating_only=rating_only)
     slug = "".join(c if c.isalnum() else "-" for c in name)
-    from cpu_use import cpu_by_process  # beside this script
+    from cpu_use import cpu_by_process, cpu_since  # beside this script
 
     with workers(slug, args, workdir, roles, join_batch) as w:
         broker, procs, ports, learner = w.broker, w.procs, w.ports, w.learner
@@ -294,7 +294,7 @@ def stream_run(
             both = 'drex_join_outcomes_total{outcome="both"}'
             m = wait(ports[0], both, plan.truth.both, 3600, procs[0])
         seconds = time.monotonic() - started
-        cpu = {k: v - cpu_before[k] for k, v in cpu_by_process(w).items()}
+        cpu = cpu_since(w, cpu_before)
     return Run(
         name,
         plan.truth.interactions,
@@ -354,7 +354,7 @@ def paced_runs(
     worker, its stream ``base`` replayed (new users and items each pass) to as many
     interactions as the rate takes for ``--duration`` seconds."""
     import paced  # beside this script
-    from cpu_use import cpu_by_process, cpu_line
+    from cpu_use import cpu_by_process, cpu_line, cpu_since
 
     roles = ["all"] if args.layout == "one" else ["join", "learn"]
     out: dict[str, list[Any]] = {}
@@ -381,7 +381,7 @@ def paced_runs(
                     args.tolerance,
                     args.max_behind,
                 )
-                cpu = {k: v - cpu_before[k] for k, v in cpu_by_process(w).items()}
+                cpu = cpu_since(w, cpu_before)
                 learned = scrape(w.ports[w.learner]).get(paced.LEARNED, 0.0)
             for state in workdir.glob(f"state-{slug}-*"):
                 shutil.rmtree(state, ignore_errors=True)

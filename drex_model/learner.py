@@ -466,7 +466,7 @@ class DReXLearner(LearnerViews):
         for x, item_row in zip(batch, irows.tolist(), strict=True):
             seen = self._seen.setdefault(x.user, {})
             if x.item not in seen:
-                weight = activity_weight(len(seen), activity) if activity else 1.0
+                weight = activity_weight(len(seen), activity)
                 self.cooccurrence.add([index[j] for j in recent(seen, window)], item_row, weight)
                 seen[x.item] = None
             if x.rating is not None and self.pref_nets is not None:
