@@ -5,13 +5,14 @@ The learner (:meth:`drex_model.views.LearnerViews.rank`) and the server
 
 **State it reads**, all updated online by the worker, per micro-batch:
 
-- the keyword profiles of the user and the item (``drex_model.explain``): each word's
-  summed token attention over the entity's reviews. Attention sums to 1 over a review's
-  words, so a profile's total is its number of reviews and ``profile[w] / total`` is the
-  share of the entity's attention that went to ``w``. A user's profile decays by
-  ``keyword_decay`` at each new review, so it follows the user's recent interests;
-- a :class:`Vocabulary`: per word, the attention it received over all reviews (the
-  corpus share ``p(w)``), and the ratings of the reviews that hold it (its sentiment);
+- the keyword profiles of the user and the item (``drex_model.explain``): per word, the
+  number of the entity's reviews that hold it (the default ``drex``), or its summed
+  token attention (the paper's, ``keyword_attention``; attention sums to 1 over a
+  review's words). Either way ``profile[w] / total`` is the share of the entity's
+  weight that went to ``w``. A user's profile decays by ``keyword_decay`` at each new
+  review, so it follows the user's recent interests;
+- a :class:`Vocabulary`: per word, the same weight summed over all reviews (the corpus
+  share ``p(w)``), and the ratings of the reviews that hold it (its sentiment);
 - a :class:`QuoteBook`: per item, recent sentences of its positive reviews.
 
 **The rule.** Over the item's words (its :data:`PROFILE_WORDS` heaviest), a word's score
@@ -23,9 +24,10 @@ which the item says what is talked about and the user how they talk::
 
 ``p_u / p`` is how distinctive the word is for the user, ``p_i / p`` for the item; with
 ``corpus_weight`` < 1 + ``user_weight`` a word must also be frequent for the item, not
-only rare. The explanation is the :data:`ASPECT_WORDS` best aspects, then the best of
-the other words, :data:`EXPLAIN_WORDS` in all. A user with no profile gets the item's
-own distinctive words (the fallback: every item with reviews has an explanation).
+only rare. The explanation is the :data:`EXPLAIN_WORDS` best words, strongest first
+(putting the best aspects first instead cost hit, idf precision and distinctness on
+every dataset: docs/results.md). A user with no profile gets the item's own distinctive
+words (the fallback: every item with reviews has an explanation).
 Words that are **negative** (a negative valence in the VADER lexicon, or reviews holding
 the word rated below the mean by more than :data:`NEGATIVE_BELOW` stars, shrunk) never
 explain a recommendation; the item's distinctive negative words are returned apart, as
@@ -50,7 +52,6 @@ from typing import Any, Final
 
 PROFILE_WORDS: Final = 64  # heaviest profile words the rule reads (the server keeps these)
 EXPLAIN_WORDS: Final = 5  # keywords an explanation shows
-ASPECT_WORDS: Final = 3  # of which the best aspects come first
 CAUTION_WORDS: Final = 3  # negative words returned apart
 NEGATIVE_BELOW: Final = -0.3  # stars: shrunk mean deviation of a word's reviews' ratings
 SENTIMENT_SHRINKAGE: Final = 5.0  # pseudo-count of that mean
@@ -149,7 +150,8 @@ def is_aspect(word: str) -> bool:
 
 @dataclass
 class Vocabulary:
-    """Per word ``[attention mass, rated reviews, rating sum]``, and the total mass.
+    """Per word ``[mass, rated reviews, rating sum]``, and the total mass (the profiles'
+    weight: reviews holding the word, or its attention).
 
     Updated once per review (when the review is folded into its item's profile); the
     worker stores the rows of :attr:`changed` after each micro-batch."""
@@ -159,7 +161,7 @@ class Vocabulary:
     changed: set[str] = field(default_factory=set)
 
     def add(self, weights: Mapping[str, float], rating: float | None) -> None:
-        """One review's attention per word, and its rating (None: not rated)."""
+        """One review's weight per word, and its rating (None: not rated)."""
         for word, weight in weights.items():
             row = self.words.setdefault(word, [0.0, 0.0, 0.0])
             row[0] += weight
@@ -256,7 +258,7 @@ class QuoteBook:
 
 def pick_quote(quotes: Sequence[Quote], keywords: Sequence[str]) -> Quote | None:
     """The sentence whose keywords weigh most (the first keyword ``len(keywords)``, the
-    last 1: the aspects lead), then the best rated, then the most recent.
+    last 1: the strongest lead), then the best rated, then the most recent.
 
     >>> qs = [Quote("Warm tone.", 5.0, ("warm", "tone")), Quote("Love it.", 5.0, ("love",))]
     >>> pick_quote(qs, ["tone", "love"]).text
@@ -310,9 +312,7 @@ def explain(
             - weights.corpus_weight * math.log(p)
         )
         scored.append((-score, word))
-    ranked = [w for _, w in sorted(scored)]
-    first = [w for w in ranked if is_aspect(w)][:ASPECT_WORDS]
-    keywords = first + [w for w in ranked if w not in first][: EXPLAIN_WORDS - len(first)]
+    keywords = [w for _, w in sorted(scored)[:EXPLAIN_WORDS]]
     return Reason(
         keywords=keywords,
         aspects=[w for w in keywords if is_aspect(w)],

@@ -74,11 +74,15 @@ def test_at_most_the_shown_number_of_words_split_into_aspects_and_opinions() -> 
     assert is_aspect("tone") and not is_aspect("love") and not is_aspect("sturdy")
 
 
-def test_the_best_aspects_come_first() -> None:
-    item = {"love": 3.0, "great": 3.0, "recommend": 3.0, "tone": 1.0, "pickup": 0.9, "peg": 0.8}
-    reason = explain({}, item, corpus(), 4.5)
-    assert reason.keywords[:3] == ["tone", "pickup", "peg"]
-    assert reason.aspects == ["tone", "pickup", "peg"] and len(reason.opinions) == 2
+def test_the_strongest_words_lead_whether_aspects_or_opinions() -> None:
+    """Keywords are in score order (no class goes first); aspects and opinions keep it."""
+    item = {"recommend": 3.0, "sturdy": 2.5, "tone": 1.0, "pickup": 0.9, "peg": 0.8, "cable": 0.1}
+    vocabulary = Vocabulary()
+    vocabulary.add(dict.fromkeys(item, 1.0), 5.0)  # every word as common: the item decides
+    reason = explain({}, item, vocabulary, 4.5)
+    assert reason.keywords == ["recommend", "sturdy", "tone", "pickup", "peg"]
+    assert reason.aspects == ["tone", "pickup", "peg"]
+    assert reason.opinions == ["recommend", "sturdy"]
 
 
 def test_the_weights_come_from_the_config() -> None:
