@@ -1,9 +1,11 @@
 """Keyword profiles and explanations (paper section 3.6).
 
-A profile maps each word of an entity's reviews to the attention weight it received,
-summed over every occurrence the learner processed; a profile with a decay below 1 (the
-users', ``DReXConfig.keyword_decay``) multiplies its weights by it before each review is
-added, so that it follows recent interests. The explanation of a recommendation is
+A profile maps each word of an entity's reviews to a weight summed over the reviews the
+learner processed: the attention the word received (the paper), or, with
+``DReXConfig.keyword_attention`` off (the default ``drex``), 1 per review that holds it
+(:func:`review_words`). A profile with a decay below 1 (the users',
+``DReXConfig.keyword_decay``) multiplies its weights by it before each review is added,
+so that it follows recent interests. The explanation of a recommendation is
 :func:`drex_model.reasons.explain`, which the server calls too.
 """
 
@@ -37,8 +39,22 @@ def word_weights(review: EncodedReview, attn: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def review_words(review: EncodedReview, attn: torch.Tensor, attention: bool) -> dict[str, float]:
+    """What one review adds to its user's and its item's profiles and to the vocabulary:
+    :func:`word_weights` (``attention``), else 1 for each word it holds (all its words,
+    also those past the encoder's token limit).
+
+    >>> review = EncodedReview(["tone", "warm", "tone"], torch.zeros(0, 2), torch.zeros(0))
+    >>> review_words(review, torch.zeros(0), attention=False)
+    {'tone': 1.0, 'warm': 1.0}
+    """
+    if attention:
+        return word_weights(review, attn)
+    return dict.fromkeys(review.words, 1.0)
+
+
 class KeywordProfiles:
-    """entity id -> {word: summed attention}; one instance per side (users or items)."""
+    """entity id -> {word: summed weight}; one instance per side (users or items)."""
 
     def __init__(self, decay: float = 1.0) -> None:
         if not 0.0 < decay <= 1.0:
@@ -82,9 +98,10 @@ class KeywordProfiles:
 @torch.inference_mode()
 def rebuild(learner: Any, interactions: Sequence[Interaction], chunk: int = 256) -> None:
     """A ``DReXLearner``'s keyword profiles, vocabulary and quotes from scratch (typed
-    ``Any``: the learner imports this module): each review's attention under the current
-    model, summed per word into its user's and its item's profile and into the
-    vocabulary, in stream order (so users' profiles decay as they do online)."""
+    ``Any``: the learner imports this module): each review's words (:func:`review_words`:
+    their attention under the current model, or 1 each), summed into its user's and its
+    item's profile and into the vocabulary, in stream order (so users' profiles decay as
+    they do online)."""
     for kept in (learner.user_keywords, learner.item_keywords, learner.vocabulary, learner.quotes):
         kept.clear()
     for x in interactions:
@@ -99,7 +116,7 @@ def rebuild(learner: Any, interactions: Sequence[Interaction], chunk: int = 256)
         _, attn = learner.model.review(tokens.to(learner.device), mask.to(learner.device))
         for x, j, a in zip(interactions[s : s + chunk], ids, attn, strict=True):
             if j >= 0:
-                weights = word_weights(learner.cache.get(j), a)
+                weights = review_words(learner.cache.get(j), a, learner.config.keyword_attention)
                 learner.user_keywords.add(x.user, weights)
                 learner.item_keywords.add(x.item, weights)
                 learner.vocabulary.add(weights, x.rating)

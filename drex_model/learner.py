@@ -47,7 +47,7 @@ from torch import nn
 
 from drex_model.affinity import CoOccurrence, activity_weight, recent, review_vector
 from drex_model.entities import EntityTable, LookedUp, carry_sparse_state, t_batches
-from drex_model.explain import KeywordProfiles, rebuild, word_weights
+from drex_model.explain import KeywordProfiles, rebuild, review_words
 from drex_model.model import DReX, DReXConfig, PreferenceInit
 from drex_model.reasons import ExplainWeights, QuoteBook, Vocabulary
 from drex_model.scoring import Blend
@@ -264,7 +264,7 @@ class DReXLearner(LearnerViews):
                 zip(prow.tolist(), review_ids.tolist(), attn.detach(), strict=True)
             ):
                 if j >= 0:
-                    weights = word_weights(self.cache.get(j), a)
+                    weights = review_words(self.cache.get(j), a, self.config.keyword_attention)
                     keywords.add(table.ids[row], weights)
                     if vocabulary is not None:
                         vocabulary.add(weights, None if math.isnan(ratings[n]) else ratings[n])

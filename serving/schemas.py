@@ -237,7 +237,10 @@ class Similar(Answer):
 
 class Keyword(Answer):
     word: str
-    weight: float = Field(description="summed attention")
+    weight: float = Field(
+        description="the reviews that hold the word (decayed for users), or its summed "
+        "attention when the model keeps attention profiles (DReXConfig.keyword_attention)"
+    )
 
 
 class _Profile(Answer):

@@ -25,7 +25,7 @@ from drex_model.checkpoint import (
     review_arrays,
     save_checkpoint,
 )
-from drex_model.explain import word_weights
+from drex_model.explain import review_words
 from drex_model.formats import (
     review_from_bytes,
     review_to_bytes,
@@ -70,8 +70,9 @@ def stream(n: int, start: int = 0, seed: int = 0) -> list[Interaction]:
     return out
 
 
-def trained(encoder: TextEncoder) -> DReXLearner:
-    learner = DReXLearner(config(encoder_dim=encoder.hidden_size), encoder=encoder, seed=0)
+def trained(encoder: TextEncoder, **overrides: object) -> DReXLearner:
+    cfg = config(encoder_dim=encoder.hidden_size, **overrides)
+    learner = DReXLearner(cfg, encoder=encoder, seed=0)
     for s in range(0, 32, 8):
         learner.learn_many(stream(8, s, seed=s))
     assert learner.step > 0
@@ -209,11 +210,12 @@ def test_views_do_not_register_ids(tiny_encoder: TextEncoder) -> None:
     assert all(profiles)
 
 
-def test_a_snapshot_is_both_views_in_one_pass(tiny_encoder: TextEncoder) -> None:
+@pytest.mark.parametrize("attention", [True, False], ids=["attention", "reviews"])
+def test_a_snapshot_is_both_views_in_one_pass(tiny_encoder: TextEncoder, attention: bool) -> None:
     """Vectors as ``embeddings`` gives them; each learned profile is the stored one, and
     the pending words are the pending review's under the current model (computed here
     review by review); ``keyword_profiles`` shows their sum."""
-    learner = trained(tiny_encoder)
+    learner = trained(tiny_encoder, keyword_attention=attention)
     learner.model.eval()
     pending = 0
     for side in ("users", "items"):
@@ -235,7 +237,8 @@ def test_a_snapshot_is_both_views_in_one_pass(tiny_encoder: TextEncoder) -> None
                 tokens, mask = learner.cache.batch([j])
                 with torch.no_grad():
                     _, attn = learner.model.review(tokens, mask)
-                for word, w in word_weights(learner.cache.reviews[j], attn[0]).items():
+                review = learner.cache.reviews[j]
+                for word, w in review_words(review, attn[0], attention).items():
                     want[word] = want.get(word, 0.0) + w
             assert got == pytest.approx(want, abs=1e-5)
         assert learner.keyword_profiles(side, ids) == profiles

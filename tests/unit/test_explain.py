@@ -1,11 +1,11 @@
-"""Keyword profiles (word -> summed attention), with and without decay."""
+"""Keyword profiles (word -> summed attention, or reviews holding it), with and without decay."""
 
 from __future__ import annotations
 
 import torch
 
 from drex_model.explain import KeywordProfiles, word_weights
-from drex_model.text import EncodedReview
+from drex_model.text import EncodedReview, TextEncoder
 
 
 def test_word_weights_sum_word_pieces_of_each_word() -> None:
@@ -36,3 +36,30 @@ def test_a_decaying_profile_follows_recent_reviews() -> None:
     for _ in range(10):  # a word not seen again fades out of the profile
         users.add("ann", {"strap": 0.8})
     assert "tone" not in users.profile("ann")
+
+
+def test_without_attention_a_profile_counts_the_reviews_that_hold_each_word(
+    tiny_encoder: TextEncoder,
+) -> None:
+    """``keyword_attention=False`` (the default ``drex``): each review adds 1 per word it
+    holds, however often and however attended, to its item's profile (folded or pending)."""
+    from collections import Counter
+
+    from drex_model.learner import DReXLearner
+    from drex_model.model import DReXConfig
+    from drex_model.text import preprocess
+    from tests.unit.quotable import reviewed
+
+    config = DReXConfig.for_variant("drex", dim=8, encoder_dim=tiny_encoder.hidden_size)
+    assert not config.keyword_attention
+    learner = DReXLearner(config, encoder=tiny_encoder, seed=0)
+    stream = reviewed(40)
+    for start in range(0, 40, 8):
+        learner.learn_many(stream[start : start + 8])
+    items = sorted({x.item for x in stream})
+    want = {i: Counter[str]() for i in items}
+    for x in stream:
+        if x.text:
+            want[x.item].update(set(preprocess(x.text)))
+    shown = learner.keyword_profiles("items", items)
+    assert [dict(p) for p in shown] == [dict(want[i]) for i in items]
