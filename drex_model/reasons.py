@@ -25,9 +25,10 @@ which the item says what is talked about and the user how they talk::
 ``p_u / p`` is how distinctive the word is for the user, ``p_i / p`` for the item; with
 ``corpus_weight`` < 1 + ``user_weight`` a word must also be frequent for the item, not
 only rare. The explanation is the :data:`EXPLAIN_WORDS` best words, strongest first
-(putting the best aspects first instead cost hit, idf precision and distinctness on
-every dataset: docs/results.md). A user with no profile gets the item's own distinctive
-words (the fallback: every item with reviews has an explanation).
+(putting the best aspects first instead cost hit, idf precision and distinct
+explanations on Gift Cards and changed little elsewhere: docs/results.md). A user with
+no profile gets the item's own distinctive words (the fallback: every item with reviews
+has an explanation).
 Words that are **negative** (a negative valence in the VADER lexicon, or reviews holding
 the word rated below the mean by more than :data:`NEGATIVE_BELOW` stars, shrunk) never
 explain a recommendation; the item's distinctive negative words are returned apart, as
