@@ -12,7 +12,7 @@ import torch
 
 from drex_model.learner import DReXLearner, t_batches
 from drex_model.model import VARIANTS, DReXConfig
-from drex_model.text import EncodedReview, TextEncoder
+from drex_model.text import EncodedReview, TextEncoder, preprocess
 from drex_model.types import Interaction
 
 WORDS = ["tone", "cheap", "sturdy", "strap", "noise", "great", "broke", "tune", "warm", "value"]
@@ -165,16 +165,20 @@ def test_tables_grow_past_their_capacity_and_keep_learning(tiny_encoder: TextEnc
     assert int(learner.users.count.sum()) == len(data)
 
 
-def test_keyword_profiles_collect_review_words(tiny_encoder: TextEncoder) -> None:
-    learner = make("drex", tiny_encoder)
+@pytest.mark.parametrize("attention", [True, False], ids=["attention", "reviews"])
+def test_keyword_profiles_collect_review_words(tiny_encoder: TextEncoder, attention: bool) -> None:
+    learner = make("drex", tiny_encoder, keyword_attention=attention)
     data = stream()
     learner.learn_many(data)
     learner.rebuild_keywords(data)
     top = dict(learner.user_keywords.top("u1", k=20))
     assert top and set(top) <= set(WORDS)
     total = sum(learner.user_keywords.profile("u1").values())
-    n_reviews = sum(1 for x in data if x.user == "u1")
-    assert total == pytest.approx(n_reviews, rel=1e-4)  # attention sums to 1 per review
+    reviews = [set(preprocess(x.text or "")) for x in data if x.user == "u1"]
+    if attention:  # attention sums to 1 over each review's words
+        assert total == pytest.approx(len(reviews), rel=1e-4)
+    else:  # 1 per word a review holds
+        assert total == sum(len(words) for words in reviews)
 
 
 def test_rating_only_learner_needs_no_encoder() -> None:
