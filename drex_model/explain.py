@@ -39,7 +39,9 @@ def word_weights(review: EncodedReview, attn: torch.Tensor) -> dict[str, float]:
     return out
 
 
-def review_words(review: EncodedReview, attn: torch.Tensor, attention: bool) -> dict[str, float]:
+def review_words(
+    review: EncodedReview, attn: torch.Tensor | None, attention: bool
+) -> dict[str, float]:
     """What one review adds to its user's and its item's profiles and to the vocabulary:
     :func:`word_weights` (``attention``), else 1 for each word it holds (all its words,
     also those past the encoder's token limit).
@@ -48,9 +50,11 @@ def review_words(review: EncodedReview, attn: torch.Tensor, attention: bool) -> 
     >>> review_words(review, torch.zeros(0), attention=False)
     {'tone': 1.0, 'warm': 1.0}
     """
-    if attention:
-        return word_weights(review, attn)
-    return dict.fromkeys(review.words, 1.0)
+    if not attention:
+        return dict.fromkeys(review.words, 1.0)
+    if attn is None:
+        raise ValueError("attention profiles need the review's attention")
+    return word_weights(review, attn)
 
 
 class KeywordProfiles:
@@ -109,14 +113,17 @@ def rebuild(learner: Any, interactions: Sequence[Interaction], chunk: int = 256)
     if not learner.config.use_text:
         return
     learner.model.eval()
+    attention = learner.config.keyword_attention
     review_ids = learner._review_ids(interactions, progress=False).tolist()
     for s in range(0, len(interactions), chunk):
         ids = review_ids[s : s + chunk]
-        tokens, mask = learner.cache.batch(ids)
-        _, attn = learner.model.review(tokens.to(learner.device), mask.to(learner.device))
+        attn: Sequence[torch.Tensor | None] = [None] * len(ids)
+        if attention:  # counted reviews need no forward pass
+            tokens, mask = learner.cache.batch(ids)
+            _, attn = learner.model.review(tokens.to(learner.device), mask.to(learner.device))
         for x, j, a in zip(interactions[s : s + chunk], ids, attn, strict=True):
             if j >= 0:
-                weights = review_words(learner.cache.get(j), a, learner.config.keyword_attention)
+                weights = review_words(learner.cache.get(j), a, attention)
                 learner.user_keywords.add(x.user, weights)
                 learner.item_keywords.add(x.item, weights)
                 learner.vocabulary.add(weights, x.rating)
