@@ -1,10 +1,13 @@
 """A generated review dataset, so that drex runs on a fresh machine with no data.
 
 Users have tastes over product aspects, items have qualities on them; a rating follows
-how well an item's qualities meet a user's tastes, and the review says, in short
-sentences, how the aspects the user cares about were ("The tone is warm."), with words
-that match the rating's sentiment. It is small and
-deterministic (by seed), and it has the structure that review-based models exploit.
+how well an item's qualities meet a user's tastes. The review says, in short sentences,
+how two aspects were ("The tone is warm."), with words that match the rating's
+sentiment. As in real reviews, what is talked about depends on both sides: the aspects
+the user cares about and those where the item stands out (its strongest and weakest
+qualities), each named by the item's own nouns (one item's reviews speak of its
+"strap", another's of its "grip"). It is small and deterministic (by seed), and it has
+the structure that review-based models exploit.
 """
 
 from __future__ import annotations
@@ -43,15 +46,15 @@ NEGATIVE = ["bad", "broke", "disappointed", "return", "poor", "waste"]
 PHRASES = {  # no nouns, so that the aspects are what tells items apart
     "great": "Great!",
     "love": "I love it.",
-    "excellent": "Excellent overall.",
+    "excellent": "Excellent.",
     "perfect": "Just perfect.",
-    "recommend": "I would recommend it.",
+    "recommend": "Recommended.",
     "happy": "Very happy with it.",
     "bad": "Really bad.",
     "broke": "It broke quickly.",
     "disappointed": "I am disappointed.",
     "return": "I will return it.",
-    "poor": "Poor overall.",
+    "poor": "Poor.",
     "waste": "What a waste.",
 }
 
@@ -62,11 +65,14 @@ def generate(
     """Rows in the generic JSONL format (user, item, rating, text, timestamp)."""
     rng = np.random.default_rng(seed)
     wording = np.random.default_rng(seed + 1)  # the text's own draws: ratings stay as they are
+    kinds = np.random.default_rng(seed + 2)  # what each item's reviews call its aspects
     names = list(ASPECTS)
     taste = rng.dirichlet(np.ones(len(names)) * 0.5, size=users)  # (users, aspects)
     quality = rng.normal(0.0, 1.0, size=(items, len(names)))  # (items, aspects)
     popularity = rng.zipf(1.6, size=items).astype(float)
     popularity /= popularity.sum()
+    standout = np.exp(1.5 * np.abs(quality))  # an item is talked about where it stands out
+    nouns = kinds.dirichlet(np.full(len(ASPECTS["sound"]), 0.3), size=(items, len(names)))
     rows: list[dict[str, object]] = []
     t = 1_500_000_000
     for u in range(users):
@@ -83,6 +89,8 @@ def generate(
             mood = POSITIVE if rating >= 4 else NEGATIVE
             tokens += [(2 + n, str(w)) for n, w in enumerate(rng.choice(mood, 2))]
             rng.shuffle(tokens)
+            talk = taste[u] * standout[i]
+            topics = wording.choice(len(names), size=2, replace=False, p=talk / talk.sum())
             sentences: dict[int, str] = {}
             for group, word in tokens:  # each sentence where its first word fell
                 if group in sentences:
@@ -90,9 +98,11 @@ def generate(
                 if group >= 2:
                     sentences[group] = PHRASES[word]
                     continue
+                aspect = names[topics[group]]
+                noun = wording.choice(ASPECTS[aspect], p=nouns[i, topics[group]])
                 good = rating >= 4 or (rating == 3 and wording.random() < 0.5)
-                adjective = wording.choice((GOOD if good else BAD)[names[focus[group]]])
-                sentences[group] = f"The {word} is {adjective}."
+                adjective = wording.choice((GOOD if good else BAD)[aspect])
+                sentences[group] = f"The {noun} is {adjective}."
             t += int(rng.integers(60, 86_400))
             rows.append(
                 {
