@@ -11,6 +11,7 @@ most distinct setting when none reaches it). The test pairs' figures of the chos
 setting and of the defaults are printed beside it, and the medians of the choices last.
 
     python benchmarks/explain_sweep.py --datasets FILE[,FILE...] [--seeds 0,1,2]
+        [--user-weights 0.25,0.5,1] [--corpus-weights 0,0.25,0.5,1,1.5] [--decays 1,0.9,0.7]
 """
 
 from __future__ import annotations
@@ -73,7 +74,15 @@ def choose(valid: dict[Setting, dict[str, float]]) -> Setting:
 
 
 def run_seed(
-    dataset: str, data: Sequence[Interaction], seed: int, max_epochs: int = 100
+    dataset: str,
+    data: Sequence[Interaction],
+    seed: int,
+    max_epochs: int = 100,
+    grid: tuple[Sequence[float], Sequence[float], Sequence[float]] = (
+        USER_WEIGHTS,
+        CORPUS_WEIGHTS,
+        DECAYS,
+    ),
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     split = split_interactions(data, seed=seed)
@@ -93,16 +102,19 @@ def run_seed(
     assert by_learner == reasons_of(learner, check, default), "not the learner's rule"
     valid: dict[Setting, dict[str, float]] = {}
     test: dict[Setting, dict[str, float]] = {}
-    for decay in DECAYS:
+    user_weights, corpus_weights, decays = grid
+    for decay in decays:
         learner.user_keywords = KeywordProfiles(decay)
         learner.rebuild_keywords(split.train)
-        for uw, cw in itertools.product(USER_WEIGHTS, CORPUS_WEIGHTS):
+        for uw, cw in itertools.product(user_weights, corpus_weights):
             w = ExplainWeights(uw, cw, default.smoothing)
             for part, pairs in ((valid, valid_pairs), (test, test_pairs)):
                 reasons = reasons_of(learner, pairs, w)
                 part[(uw, cw, decay)] = score_reasons(reasons, pairs, words.idf, words.default_idf)
     chosen = choose(valid)
     base: Setting = (default.user_weight, default.corpus_weight, config.keyword_decay)
+    if base not in valid:
+        raise SystemExit(f"the grid must hold the defaults {base} (user, corpus, decay)")
     name = os.path.basename(dataset).split(".")[0]
     print(f"\n## {name} seed {seed}: fit {fitted:.0f}s, {len(valid_pairs)} validation pairs")
     print("| user_w | corpus_w | decay | " + " | ".join(KEYS) + " |")
@@ -125,17 +137,25 @@ def run_seed(
     return row
 
 
+def floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", required=True, help="comma-separated files")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--max-epochs", type=int, default=100, help="as drex evaluate's")
+    parser.add_argument("--user-weights", type=floats, default=USER_WEIGHTS)
+    parser.add_argument("--corpus-weights", type=floats, default=CORPUS_WEIGHTS)
+    parser.add_argument("--decays", type=floats, default=DECAYS)
     args = parser.parse_args(argv)
+    grid = (args.user_weights, args.corpus_weights, args.decays)
     rows = []
     for dataset in args.datasets.split(","):
         data = filter_min_counts(load_interactions(dataset).interactions, 5, 5)
         for seed in (int(s) for s in args.seeds.split(",")):
-            rows.append(run_seed(dataset, data, seed, args.max_epochs))
+            rows.append(run_seed(dataset, data, seed, args.max_epochs, grid))
     print("\n## choices (user_weight, corpus_weight, keyword_decay) and their medians")
     groups = {
         name: [r for r in rows if r["dataset"] == name]
