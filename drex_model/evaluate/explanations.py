@@ -8,6 +8,9 @@ after :func:`drex_model.text.preprocess`:
 - ``expl_precision``: share of an explanation's words found in the review, averaged over
   the non-empty explanations (an empty one counts in coverage only);
 - ``expl_hit``: share of non-empty explanations with at least one word in the review;
+- ``expl_hit_all``: share of all pairs whose explanation has a word in the review (an
+  empty explanation is a miss: ``expl_hit`` x ``expl_coverage``), so that an explainer
+  that stays silent when unsure is compared on the same pairs as one that always speaks;
 - ``expl_idf_precision``: precision with each word weighted by its idf over the
   training reviews' word sets (a rare, specific word earns more than "great"), again
   over the non-empty explanations;
@@ -46,6 +49,7 @@ EXPLANATION_COLUMNS = (
     "expl_coverage",
     "expl_precision",
     "expl_hit",
+    "expl_hit_all",
     "expl_idf_precision",
     "expl_distinct",
     "expl_diversity",
@@ -99,6 +103,7 @@ def explanation_metrics(
         "expl_coverage": len(shown) / n if n else 0.0,
         "expl_precision": _mean(precision),
         "expl_hit": _mean(hit),
+        "expl_hit_all": sum(hit) / n if n else 0.0,
         "expl_idf_precision": _mean(weighted),
         "expl_distinct": len({tuple(e) for e in explanations}) / n if n else 0.0,
         "expl_diversity": diversity([set(e) for e, _ in shown[:DIVERSITY_SAMPLE]]),

@@ -43,6 +43,7 @@ def test_precision_and_hit_average_over_non_empty_explanations_only() -> None:
     assert m["expl_precision"] == pytest.approx((1 / 2 + 0) / 2)  # the empty one is out
     assert m["expl_hit"] == pytest.approx(1 / 2)
     assert m["expl_idf_precision"] == pytest.approx(1 / 4)  # equal weights: plain precision
+    assert m["expl_hit_all"] == pytest.approx(1 / 3)  # over all pairs: the empty one missed
     assert m["expl_distinct"] == pytest.approx(1.0)
     assert m["expl_diversity"] == pytest.approx(1.0)  # {tone, price} and {cheap} share none
 
@@ -60,6 +61,7 @@ def test_no_explanation_at_all_scores_zero_with_zero_coverage() -> None:
     m = explanation_metrics([[], []], [{"a"}, {"b"}], {}, 1.0)
     assert m["expl_coverage"] == 0.0
     assert m["expl_precision"] == m["expl_hit"] == m["expl_idf_precision"] == 0.0
+    assert m["expl_hit_all"] == 0.0
     assert m["expl_distinct"] == pytest.approx(1 / 2)
     assert explanation_metrics([], [], {}, 1.0)["expl_coverage"] == 0.0
     assert m["expl_diversity"] == 0.0
