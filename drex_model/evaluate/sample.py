@@ -83,6 +83,8 @@ def generate(
             focus = rng.choice(len(names), size=2, replace=False, p=taste[u])
             # The draws of the original word-list generator, kept so that ratings and
             # timestamps stay as they were: 2 nouns per aspect, 2 mood words, a shuffle.
+            # Of the nouns only their places are used now (where each sentence goes);
+            # what the sentences talk about is drawn below, from the text's own draws.
             tokens: list[tuple[int, str]] = [
                 (n, str(w)) for n, a in enumerate(focus) for w in rng.choice(ASPECTS[names[a]], 2)
             ]
