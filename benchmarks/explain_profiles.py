@@ -22,10 +22,10 @@ import statistics
 from collections.abc import Sequence
 from unittest import mock
 
+from explain_sweep import fit_drex
+
 from drex_model import reasons
-from drex_model.evaluate import runner
-from drex_model.evaluate.data import filter_min_counts, load_interactions, split_interactions
-from drex_model.evaluate.drex import DReXRecommender
+from drex_model.evaluate.data import filter_min_counts, load_interactions
 from drex_model.evaluate.explanations import (
     Explainer,
     TrainingWords,
@@ -34,7 +34,6 @@ from drex_model.evaluate.explanations import (
     score_explainer,
 )
 from drex_model.learner import DReXLearner
-from drex_model.model import DReXConfig
 from drex_model.reasons import EXPLAIN_WORDS, is_aspect
 from drex_model.types import Interaction
 
@@ -58,14 +57,7 @@ def explainer(learner: DReXLearner, aspects_first: bool) -> Explainer:
 
 
 def run_seed(dataset: str, data: Sequence[Interaction], seed: int) -> dict[str, dict[str, float]]:
-    split = split_interactions(data, seed=seed)
-    opts = runner.EvaluateOptions(dataset=dataset, output="", seeds=(seed,), progress=False)
-    cache = runner.review_cache(opts, data, "cpu")
-    config = DReXConfig.for_variant("drex", encoder_dim=cache.hidden_size)
-    drex = DReXRecommender(config, cache, seed=seed)
-    drex.fit(split.train, split.valid, catalogue=data)
-    learner = drex.learner
-    assert learner is not None
+    split, config, learner = fit_drex(dataset, data, seed)
     words = TrainingWords(split.train)
     parts = {"valid": explained_pairs(split.valid), "test": explained_pairs(split.test)}
     out: dict[str, dict[str, float]] = {}

@@ -26,7 +26,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from drex_model.evaluate import runner
-from drex_model.evaluate.data import filter_min_counts, load_interactions, split_interactions
+from drex_model.evaluate.data import (
+    Split,
+    filter_min_counts,
+    load_interactions,
+    split_interactions,
+)
 from drex_model.evaluate.drex import DReXRecommender
 from drex_model.evaluate.explanations import TrainingWords, explained_pairs, score_reasons
 from drex_model.explain import KeywordProfiles
@@ -66,6 +71,28 @@ def reasons_of(
     ]
 
 
+def fit_drex(
+    dataset: str, data: Sequence[Interaction], seed: int, max_epochs: int = 100
+) -> tuple[Split, DReXConfig, DReXLearner]:
+    """The default ``drex`` fitted on ``drex evaluate``'s split of ``data`` for ``seed``,
+    as ``drex evaluate`` fits it: the split, the config and the learner."""
+    split = split_interactions(data, seed=seed)
+    opts = runner.EvaluateOptions(dataset=dataset, output="", seeds=(seed,), progress=False)
+    cache = runner.review_cache(opts, data, "cpu")
+    config = DReXConfig.for_variant("drex", encoder_dim=cache.hidden_size)
+    drex = DReXRecommender(config, cache, seed=seed, max_epochs=max_epochs)
+    drex.fit(split.train, split.valid, catalogue=data)
+    assert drex.learner is not None
+    return split, config, drex.learner
+
+
+def default_setting() -> Setting:
+    """The defaults of ``drex``: (user weight, corpus weight, user keyword decay)."""
+    config = DReXConfig.for_variant("drex")
+    default = ExplainWeights.from_config(config.to_dict())
+    return (default.user_weight, default.corpus_weight, config.keyword_decay)
+
+
 def choose(valid: dict[Setting, dict[str, float]]) -> Setting:
     ok = [s for s, m in valid.items() if m["expl_distinct"] >= MIN_DISTINCT]
     if not ok:
@@ -85,14 +112,7 @@ def run_seed(
     ),
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    split = split_interactions(data, seed=seed)
-    opts = runner.EvaluateOptions(dataset=dataset, output="", seeds=(seed,), progress=False)
-    cache = runner.review_cache(opts, data, "cpu")
-    config = DReXConfig.for_variant("drex", encoder_dim=cache.hidden_size)
-    drex = DReXRecommender(config, cache, seed=seed, max_epochs=max_epochs)
-    drex.fit(split.train, split.valid, catalogue=data)
-    learner = drex.learner
-    assert learner is not None
+    split, config, learner = fit_drex(dataset, data, seed, max_epochs)
     fitted = time.perf_counter() - t0
     words = TrainingWords(split.train)
     valid_pairs, test_pairs = explained_pairs(split.valid), explained_pairs(split.test)
@@ -112,9 +132,7 @@ def run_seed(
                 reasons = reasons_of(learner, pairs, w)
                 part[(uw, cw, decay)] = score_reasons(reasons, pairs, words.idf, words.default_idf)
     chosen = choose(valid)
-    base: Setting = (default.user_weight, default.corpus_weight, config.keyword_decay)
-    if base not in valid:
-        raise SystemExit(f"the grid must hold the defaults {base} (user, corpus, decay)")
+    base = default_setting()
     name = os.path.basename(dataset).split(".")[0]
     print(f"\n## {name} seed {seed}: fit {fitted:.0f}s, {len(valid_pairs)} validation pairs")
     print("| user_w | corpus_w | decay | " + " | ".join(KEYS) + " |")
@@ -151,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--decays", type=floats, default=DECAYS)
     args = parser.parse_args(argv)
     grid = (args.user_weights, args.corpus_weights, args.decays)
+    base = default_setting()
+    if not (base[0] in grid[0] and base[1] in grid[1] and base[2] in grid[2]):
+        parser.error(f"the grid must hold the defaults {base} (user, corpus, decay)")
     rows = []
     for dataset in args.datasets.split(","):
         data = filter_min_counts(load_interactions(dataset).interactions, 5, 5)
