@@ -130,7 +130,11 @@ def search(
     return {"valid": float(best_score), "test": test.ndcg(test_scores), "weight": w}
 
 
-def run_seed(dataset: str, data: Sequence[Interaction], items: list[str], seed: int, args) -> dict:
+def run_seed(
+    dataset: str, data: Sequence[Interaction], items: list[str], seed: int, args: argparse.Namespace
+) -> dict:
+    """One seed: the default ranking, the blend searched again without a variant (the same
+    as the default: a check), and the blend searched with each of the variant's values."""
     split = split_interactions(data, seed=seed)
     opts = runner.EvaluateOptions(dataset=dataset, output="", seeds=(seed,))
     drex = DReXRecommender(
