@@ -26,21 +26,19 @@ import json
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from explain_sweep import fit_drex  # beside this script
 
-from drex_model.evaluate import runner
-from drex_model.evaluate.data import filter_min_counts, load_interactions, split_interactions
+from drex_model.evaluate.data import filter_min_counts, load_interactions
 from drex_model.evaluate.drex import (
     CONTENT_GRID,
     EXPOSURE_GRID,
     RATING_GRID,
     SHRINKAGE_GRID,
-    DReXRecommender,
     _relevant,
     _seen,
 )
 from drex_model.evaluate.metrics import ranking_metrics
 from drex_model.learner import DReXLearner
-from drex_model.model import DReXConfig
 from drex_model.scoring import Blend, cooccurrence_sparse, lookup_sparse
 from drex_model.types import Interaction
 
@@ -135,14 +133,8 @@ def run_seed(
 ) -> dict:
     """One seed: the default ranking, the blend searched again without a variant (the same
     as the default: a check), and the blend searched with each of the variant's values."""
-    split = split_interactions(data, seed=seed)
-    opts = runner.EvaluateOptions(dataset=dataset, output="", seeds=(seed,))
-    drex = DReXRecommender(
-        DReXConfig.for_variant("drex"), runner.review_cache(opts, data, "cpu"), seed=seed
-    )
-    drex.fit(split.train, split.valid, catalogue=data)
-    learner, blend = drex.learner, drex.blend
-    assert learner is not None
+    split, _, learner = fit_drex(dataset, data, seed)
+    blend = learner.blend  # as validation chose it
     known = {"valid": list(split.train), "test": [*split.train, *split.valid]}
     valid = Part(split.valid, known["valid"], items)
     test = Part(split.test, known["test"], items)
