@@ -43,7 +43,26 @@ STOPWORDS = frozenset(
     now d ll m o re ve y ma""".split()
 )
 NEGATIONS = frozenset({"no", "nor", "not", "never"})
+# Clitics after an apostrophe that the NLTK list holds apart ("ve", "m", ...): the word
+# before them is kept ("guitar's" -> "guitar", "i've" -> "i", a stopword). Without this,
+# "i've" and "i'm" became the words "ive" and "im", in one review in seven on Musical
+# Instruments, and explanations showed them.
+CLITICS = frozenset({"s", "ve", "m", "re", "ll", "d"})
+# The same contractions written without their apostrophe; only spellings that are no
+# other English word ("ill", "well", "id", "shell" are left alone).
+UNMARKED_CONTRACTIONS = frozenset(
+    """im ive youre youve youll youd theyre theyve theyll theyd weve thats whats theres
+    heres itll hes shes""".split()
+)
+UNMARKED_NEGATIONS = frozenset(
+    """dont doesnt didnt isnt wasnt arent werent cant couldnt wouldnt shouldnt havent
+    hasnt hadnt wont aint""".split()
+)
+# Bump when preprocess() changes what it returns: encoder outputs cached on disk were
+# computed from its words (drex_model.evaluate.runner.review_cache keys on it).
+PREPROCESSING_VERSION = 2
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 LEMMA_CACHE = 2**16  # distinct tokens whose lemma is remembered (a few MB)
 
 
@@ -59,18 +78,21 @@ def preprocess(text: str) -> list[str]:
 
     >>> preprocess("The strings weren't bad, and they STAYED in tune!")
     ['string', 'not', 'bad', 'stay', 'tune']
+    >>> preprocess("I\u2019ve had it a year, dont regret it; it's the amp's best feature")
+    ['year', 'not', 'regret', 'amp', 'good', 'feature']
     """
     words: list[str] = []
-    for token in _WORD.findall(text.lower()):
-        if token.endswith("n't"):
+    for token in _WORD.findall(text.lower().translate(_APOSTROPHES)):
+        if token.endswith("n't") or token in UNMARKED_NEGATIONS:
             # "weren't" -> "were" + "not"; the auxiliary is a stopword.
-            stem = token[:-3]
-            if stem and stem not in STOPWORDS and stem not in {"ca", "wo", "sha"}:
+            stem = token[:-3] if token.endswith("n't") else token[:-2]
+            if stem and stem not in STOPWORDS and stem not in {"ca", "wo", "sha", "ai"}:
                 words.append(lemmatize(stem))
             words.append("not")
             continue
-        token = token.replace("'", "")
-        if token in STOPWORDS:
+        stem, _, clitic = token.partition("'")
+        token = stem if clitic in CLITICS else stem + clitic
+        if token in STOPWORDS or token in UNMARKED_CONTRACTIONS:
             continue
         words.append(token if token in NEGATIONS else lemmatize(token))
     return words

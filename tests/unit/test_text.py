@@ -22,6 +22,27 @@ def test_preprocess_lowercases_drops_stopwords_keeps_negations_and_lemmatises() 
     assert preprocess("I can't recommend it") == ["not", "recommend"]
 
 
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("I've had it a year and I'm happy", ["year", "happy"]),
+        ("Ive had it a year and im happy, youre welcome", ["year", "happy", "welcome"]),
+        ("I\u2019ve had it \u2018a year\u2019 and I\u2019m happy", ["year", "happy"]),
+        ("The guitar's neck, that's what they'll love", ["guitar", "neck", "love"]),
+        ("dont buy it, it doesnt stay in tune", ["not", "buy", "not", "stay", "tune"]),
+        ("I don\u2019t like it", ["not", "like"]),
+        ("I'll be ill, we'll see how well it works", ["ill", "see", "well", "work"]),
+    ],
+)
+def test_preprocess_drops_contractions_with_or_without_their_apostrophe(
+    text: str, words: list[str]
+) -> None:
+    """A contraction's clitic goes ("i've" is "i", a stopword: not the word "ive"), the
+    same spellings without an apostrophe go too, and an unmarked negation still says
+    "not"; words that a dropped apostrophe could make ("ill", "well") stay."""
+    assert preprocess(text) == words
+
+
 def test_encoder_gives_one_embedding_per_word_piece(tiny_encoder: TextEncoder) -> None:
     reviews = tiny_encoder.encode(["Great tone, sturdy build", "", "the and of"])
     assert [r.words for r in reviews] == [["great", "tone", "sturdy", "build"], [], []]
