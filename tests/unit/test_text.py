@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from drex_model.text import ReviewCache, TextEncoder, preprocess, review_bytes
+from drex_model.evaluate import runner
+from drex_model.evaluate.runner import EvaluateOptions, review_cache
+from drex_model.text import (
+    PREPROCESSING_VERSION,
+    ReviewCache,
+    TextEncoder,
+    preprocess,
+    review_bytes,
+)
+from drex_model.types import Interaction
 
 
 def test_preprocess_lowercases_drops_stopwords_keeps_negations_and_lemmatises() -> None:
@@ -151,3 +160,30 @@ def test_cache_unloads_the_oldest_within_a_budget_and_loads_them_back(
     assert cache.add_unloaded("elsewhere") == 4 and len(cache) == 5
     with pytest.raises(KeyError, match="elsewhere"):
         cache.get(4)
+
+
+def test_the_encoder_output_cache_is_kept_per_preprocessing_version(
+    tiny_encoder_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder reads the preprocessed words: outputs cached under other rules are not
+    read back (the cache used to be keyed by the texts alone)."""
+    data = [Interaction("u1", "i1", 5.0, "I've loved its tone", 0.0)]
+    opts = EvaluateOptions(
+        dataset="sample",
+        output=str(tmp_path / "out"),
+        encoder=str(tiny_encoder_dir),
+        precision="fp32",
+        device="cpu",
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+    )
+    cache = review_cache(opts, data, "cpu")
+    assert cache.get(0).words == ["love", "tone"]
+    (first,) = (tmp_path / "cache").iterdir()
+    assert f"-p{PREPROCESSING_VERSION}-" in first.name
+    assert review_cache(opts, data, "cpu").get(0).words == ["love", "tone"]  # read back
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+    monkeypatch.setattr(runner, "PREPROCESSING_VERSION", PREPROCESSING_VERSION + 1)
+    review_cache(opts, data, "cpu")
+    assert len(list((tmp_path / "cache").iterdir())) == 2
