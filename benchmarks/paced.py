@@ -52,6 +52,7 @@ BUFFER_FULL = "drex_producer_buffer_full_total"  # faust's producer buffer full,
 SAMPLE_SECONDS = 1.0
 PRODUCER_SHARE = 0.95  # of the events due that the producer must have sent
 TOLERANCE = 0.1  # the largest growth of the lag and of the backlog, a share of the rate
+SEND_EVERY = 0.05  # seconds between the producer's sends of the events due
 LAG_SECONDS = 5.0  # between two lag readings of the worker (streams/lag.py)
 MIN_LAG_READINGS = 4  # in the second half (the first point too), for the lag slope to count
 
@@ -177,10 +178,19 @@ class Progress:
 
 
 async def paced_send(
-    url: str, events: Sequence[Event], event_rate: float, duration: float, progress: Progress
+    url: str,
+    events: Sequence[Event],
+    event_rate: float,
+    duration: float,
+    progress: Progress,
+    every: float = SEND_EVERY,
 ) -> None:
-    """Send ``events`` in order, event ``i`` at ``i / event_rate`` seconds after the first
-    (those due are sent together every few ms), for ``duration`` seconds."""
+    """Send ``events`` in order, event ``i`` at ``i / event_rate`` seconds after the first,
+    for ``duration`` seconds: every ``every`` seconds the events due go out together, in
+    the few requests the client makes of them, as a client lingering that long sends them.
+    The generator shares the cores with what it measures: ticks of 5 ms sent most text
+    events in a request of their own, which cost the broker and the generator ~1.1 ms of
+    CPU per text interaction more than ticks of 50 ms (docs/results.md)."""
     async with EventProducer(url) as producer:
         progress.started = time.monotonic()
         while True:
@@ -192,7 +202,7 @@ async def paced_send(
                 topic, key, value = events[progress.events]
                 await producer.send_raw(topic, key, value)
                 progress.events += 1
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(every)
 
 
 class Sampler(threading.Thread):
@@ -233,6 +243,7 @@ def probe(
     duration: float,
     tolerance: float = TOLERANCE,
     max_behind: float = 15.0,
+    send_every: float = SEND_EVERY,
 ) -> Probe:
     """Send ``events`` at ``rate`` interactions/s for ``duration`` seconds to the workers
     scraped on ``ports`` (the learner's first, its process ``proc``), and judge the rate."""
@@ -242,7 +253,8 @@ def probe(
     sampler = Sampler(ports, progress, pairs)
     sampler.start()
     try:
-        asyncio.run(paced_send(url, events, rate * per_interaction, duration, progress))
+        rate_events = rate * per_interaction
+        asyncio.run(paced_send(url, events, rate_events, duration, progress, send_every))
         sent_at = time.monotonic()
         sampler.sample()  # the end of the window
     finally:

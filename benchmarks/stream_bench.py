@@ -380,6 +380,7 @@ def paced_runs(
                     args.duration,
                     args.tolerance,
                     args.max_behind,
+                    args.send_every,
                 )
                 cpu = cpu_since(w, cpu_before)
                 learned = scrape(w.ports[w.learner]).get(paced.LEARNED, 0.0)
@@ -466,6 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     paced_flags.add_argument("--start-rate", type=float, default=200.0)
     paced_flags.add_argument("--duration", type=float, default=120.0, help="seconds per probe")
+    paced_flags.add_argument(
+        "--send-every", type=float, default=0.05, help="seconds between the producer's sends"
+    )
     paced_flags.add_argument("--max-probes", type=int, default=8)
     paced_flags.add_argument("--bisect-steps", type=int, default=2)
     paced_flags.add_argument(
@@ -492,8 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--streams takes text, ratings and join, got {args.streams!r}")
     if args.paced and "join" in chosen:
         parser.error("--paced takes --streams text and ratings (the learner's rate)")
-    if args.paced and (args.duration <= 0 or args.start_rate <= 0):
-        parser.error("--duration and --start-rate must be positive")
+    if args.paced and min(args.duration, args.start_rate, args.send_every) <= 0:
+        parser.error("--duration, --start-rate and --send-every must be positive")
     if args.passes < 1:
         parser.error(f"--passes must be at least 1, got {args.passes}")
 
