@@ -59,7 +59,7 @@ UNMARKED_NEGATIONS = frozenset(
     hasnt hadnt wont aint""".split()
 )
 # Bump when preprocess() changes what it returns: encoder outputs cached on disk were
-# computed from its words (drex_model.evaluate.runner.review_cache keys on it).
+# computed from its words (TextEncoder.name, which names cache directories, holds it).
 PREPROCESSING_VERSION = 2
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
@@ -176,8 +176,12 @@ class TextEncoder:
 
     @property
     def name(self) -> str:
-        """Identifies the encoder output in cache directories."""
-        return f"{Path(self.model_path).name}-{self.max_tokens}-{self.precision}"
+        """Identifies the encoder output in cache directories: the model, the length limit,
+        the precision and the preprocessing that made its input words."""
+        return (
+            f"{Path(self.model_path).name}-{self.max_tokens}-{self.precision}"
+            f"-p{PREPROCESSING_VERSION}"
+        )
 
     @cached_property
     def identity(self) -> dict[str, Any]:

@@ -63,7 +63,7 @@ from drex_model.evaluate.metrics import (
     rating_metrics,
 )
 from drex_model.model import VARIANTS, DReXConfig
-from drex_model.text import PREPROCESSING_VERSION, ReviewCache, TextEncoder
+from drex_model.text import ReviewCache, TextEncoder
 from drex_model.types import Interaction
 
 DEFAULT_BASELINES = ("global-mean", "bias", "mf", "popularity", "ease", "itemknn")
@@ -346,8 +346,7 @@ def review_cache(opts: EvaluateOptions, data: Sequence[Interaction], device: str
     texts = sorted({x.text for x in data if x.text})
     digest = hashlib.blake2b("\n".join(texts).encode(), digest_size=8).hexdigest()
     root = Path(opts.cache_dir or Path.home() / ".cache" / "drex" / "reviews")
-    # the encoder reads the preprocessed words: outputs of another preprocessing are stale
-    path = root / f"{encoder.name}-p{PREPROCESSING_VERSION}-{digest}"
+    path = root / f"{encoder.name}-{digest}"
     if (path / "index.json").exists():
         cache = ReviewCache.load(path)
         say(opts, f"review cache: {len(cache)} encoded reviews from {path}")

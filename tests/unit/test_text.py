@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from drex_model.evaluate import runner
+from drex_model import text as text_module
 from drex_model.evaluate.runner import EvaluateOptions, review_cache
 from drex_model.text import (
     PREPROCESSING_VERSION,
@@ -184,6 +184,6 @@ def test_the_encoder_output_cache_is_kept_per_preprocessing_version(
     assert review_cache(opts, data, "cpu").get(0).words == ["love", "tone"]  # read back
     assert len(list((tmp_path / "cache").iterdir())) == 1
 
-    monkeypatch.setattr(runner, "PREPROCESSING_VERSION", PREPROCESSING_VERSION + 1)
+    monkeypatch.setattr(text_module, "PREPROCESSING_VERSION", PREPROCESSING_VERSION + 1)
     review_cache(opts, data, "cpu")
     assert len(list((tmp_path / "cache").iterdir())) == 2
